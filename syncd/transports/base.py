@@ -69,7 +69,8 @@ class RejectedError(DeliveryError):
 
 
 class ShareNotFoundError(RejectedError):
-    """The receiver lost the share: the delivery loop re-creates it once and re-sends the session."""
+    """The receiver lost the share: the delivery loop re-creates it once and re-sends the
+    whole session."""
 
 
 class Transport(ABC):
