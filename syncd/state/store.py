@@ -1,0 +1,287 @@
+"""syncd's durable state: source cursors, pending items, shares and dead letters.
+
+One SQLite file (mode 0600: it holds share secrets), one connection, short transactions.
+A capture records the pending items and moves the source cursor in the same transaction, and
+pending items leave only when the receiver acknowledged them, so a `kill -9` at any moment
+re-sends at most the batch that was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import UserError
+from ..migrate import migrate
+from ..transports.base import Share
+
+MIGRATIONS = Path(__file__).with_name("migration")
+# Send order inside a session: the session first, then what hangs off it.
+KIND_ORDER = ("session", "message", "part", "session_diff", "model", "delete")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    journal_seq: int | None
+    time_updated: int | None
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    session_id: str
+    kind: str
+    item_id: str
+    version: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StateStore:
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, target: str | None = None) -> StateStore:
+        """Open (creating, 0600) and migrate the state at `path`. With `target` (the receiver
+        this daemon delivers to), a state last used with another target forgets its cursors
+        so that every session is captured and delivered again to the new one."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(path, 0o600)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            conn.row_factory = aiosqlite.Row
+            await migrate(conn, MIGRATIONS)
+        except (OSError, aiosqlite.Error) as exc:
+            raise UserError(f"cannot open the state database {path}: {exc}") from exc
+        store = cls(path, conn)
+        if target is not None:
+            await store._bind_target(target)
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _bind_target(self, target: str) -> None:
+        rows = await self._rows("SELECT value FROM meta WHERE key = 'target'")
+        if rows and rows[0][0] == target:
+            return
+        async with self._write() as db:
+            if rows:  # delivered elsewhere before: this receiver has seen nothing yet
+                await db.execute("DELETE FROM session_cursor")
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('target', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (target,),
+            )
+
+    # -- source side -------------------------------------------------------------------------
+
+    async def cursors(self) -> dict[str, Cursor]:
+        rows = await self._rows("SELECT session_id, journal_seq, time_updated FROM session_cursor")
+        return {row[0]: Cursor(row[1], row[2]) for row in rows}
+
+    async def capture(
+        self,
+        session_id: str,
+        keys: Iterable[tuple[str, str]],
+        *,
+        journal_seq: int | None = None,
+        time_updated: int | None = None,
+    ) -> None:
+        """Record `keys` as pending and move the session's cursor, atomically."""
+        stamp = now_ms()
+        async with self._write() as db:
+            async with db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM pending_item") as c:
+                version = (await c.fetchone())[0]  # type: ignore[index]
+            await db.executemany(
+                "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, kind, item_id) "
+                "DO UPDATE SET version = excluded.version",
+                [(session_id, kind, item_id, version, stamp) for kind, item_id in keys],
+            )
+            await db.execute(
+                "INSERT INTO session_cursor (session_id, journal_seq, time_updated) "
+                "VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+                "journal_seq = COALESCE(excluded.journal_seq, journal_seq), "
+                "time_updated = COALESCE(excluded.time_updated, time_updated)",
+                (session_id, journal_seq, time_updated),
+            )
+
+    async def forget_session(self, session_id: str) -> None:
+        """A session gone from opencode whose remote copy is kept: stop tracking it."""
+        async with self._write() as db:
+            for table in ("pending_item", "session_cursor", "share"):
+                await db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+
+    # -- delivery side -----------------------------------------------------------------------
+
+    async def pending_sessions(self) -> dict[str, int]:
+        """Sessions with pending items, and the capture time (ms) of their oldest one."""
+        rows = await self._rows(
+            "SELECT session_id, MIN(time_created) FROM pending_item GROUP BY session_id"
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def pending(self, session_id: str, limit: int) -> list[PendingItem]:
+        order = " ".join(f"WHEN '{kind}' THEN {i}" for i, kind in enumerate(KIND_ORDER))
+        rows = await self._rows(
+            "SELECT kind, item_id, version FROM pending_item WHERE session_id = ? "
+            f"ORDER BY CASE kind {order} ELSE 99 END, time_created, item_id LIMIT ?",
+            (session_id, limit),
+        )
+        return [PendingItem(session_id, row[0], row[1], row[2]) for row in rows]
+
+    async def ack(
+        self, session_id: str, items: Iterable[PendingItem], diff_hash: str | None = None
+    ) -> None:
+        """The receiver acknowledged `items`: drop them unless captured again meanwhile."""
+        async with self._write() as db:
+            await self._remove(db, items)
+            await db.execute(
+                "UPDATE session_cursor SET time_last_delivery = ?, last_error = NULL, "
+                "attempts = 0, diff_hash = COALESCE(?, diff_hash) WHERE session_id = ?",
+                (now_ms(), diff_hash, session_id),
+            )
+
+    async def dead_letter(
+        self, session_id: str, letters: Iterable[tuple[PendingItem, Any]], reason: str
+    ) -> None:
+        """Move items the receiver refused (or that could not be read) to the dead letters,
+        with their payload, so that nothing disappears unseen."""
+        letters = list(letters)
+        stamp = now_ms()
+        async with self._write() as db:
+            await db.executemany(
+                "INSERT INTO dead_letter (session_id, kind, item_id, payload, reason, "
+                "time_created) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        session_id,
+                        item.kind,
+                        item.item_id,
+                        None if payload is None else json.dumps(payload, ensure_ascii=False),
+                        reason,
+                        stamp,
+                    )
+                    for item, payload in letters
+                ],
+            )
+            await self._remove(db, (item for item, _ in letters))
+            await db.execute(
+                "UPDATE session_cursor SET last_error = ? WHERE session_id = ?",
+                (reason, session_id),
+            )
+
+    async def record_error(self, session_id: str, message: str) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO session_cursor (session_id, last_error, attempts) VALUES (?, ?, 1) "
+                "ON CONFLICT (session_id) DO UPDATE SET last_error = excluded.last_error, "
+                "attempts = attempts + 1",
+                (session_id, message),
+            )
+
+    @staticmethod
+    async def _remove(db: aiosqlite.Connection, items: Iterable[PendingItem]) -> None:
+        await db.executemany(
+            "DELETE FROM pending_item WHERE session_id = ? AND kind = ? AND item_id = ? "
+            "AND version <= ?",
+            [(item.session_id, item.kind, item.item_id, item.version) for item in items],
+        )
+
+    async def diff_hash(self, session_id: str) -> str | None:
+        rows = await self._rows(
+            "SELECT diff_hash FROM session_cursor WHERE session_id = ?", (session_id,)
+        )
+        return rows[0][0] if rows else None
+
+    # -- shares ------------------------------------------------------------------------------
+
+    async def share(self, session_id: str, target: str) -> tuple[Share, bool] | None:
+        """The session's share on `target`, and whether it was already re-created once."""
+        rows = await self._rows(
+            "SELECT share_id, secret, url, recreated FROM share "
+            "WHERE session_id = ? AND target = ?",
+            (session_id, target),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return Share(row[0], row[1], row[2]), bool(row[3])
+
+    async def save_share(
+        self, session_id: str, target: str, share: Share, *, recreated: bool = False
+    ) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO share (session_id, target, share_id, secret, url, recreated, "
+                "time_created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, target) "
+                "DO UPDATE SET share_id = excluded.share_id, secret = excluded.secret, "
+                "url = excluded.url, recreated = excluded.recreated",
+                (session_id, target, share.id, share.secret, share.url, int(recreated), now_ms()),
+            )
+
+    async def drop_share(self, session_id: str, target: str) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "DELETE FROM share WHERE session_id = ? AND target = ?", (session_id, target)
+            )
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    async def session_report(self) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            """
+            SELECT c.session_id, s.url, c.time_last_delivery, c.last_error, c.attempts,
+                   (SELECT COUNT(*) FROM pending_item p WHERE p.session_id = c.session_id),
+                   (SELECT MIN(time_created) FROM pending_item p
+                     WHERE p.session_id = c.session_id),
+                   (SELECT COUNT(*) FROM dead_letter d WHERE d.session_id = c.session_id)
+            FROM session_cursor c LEFT JOIN share s ON s.session_id = c.session_id
+            ORDER BY c.session_id
+            """
+        )
+        keys = ("session_id", "share_url", "time_last_delivery", "last_error", "attempts",
+                "pending", "oldest_pending", "dead_letters")  # fmt: skip
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT id, session_id, kind, item_id, reason, time_created FROM dead_letter "
+            "ORDER BY id"
+        )
+        keys = ("id", "session_id", "kind", "item_id", "reason", "time_created")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
