@@ -1,0 +1,159 @@
+"""Which sessions changed since the cursors, and which entities in them.
+
+Two ways to see a change, chosen per session:
+- the journal (`event_sequence` / `event`): a session whose `seq` moved is read from its
+  cursor on, and its events name the entities that changed;
+- the tables alone, for a database without a journal: rows whose `time_updated` reached the
+  session's watermark.
+A session seen for the first time, or whose journal has a gap, is captured whole. A session
+that vanished from the `session` table was deleted (no deletion event survives).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from ..state.store import Cursor
+from .opencode_db import OpencodeDb
+
+ItemKey = tuple[str, str]  # (kind, id); kind is session | message | part
+# Without a journal, a part can grow without its session's time_updated moving: sessions
+# active this recently are checked on every wake-up, the others on the deep safety poll.
+ACTIVE_WINDOW_MS = 15 * 60 * 1000
+
+
+@dataclass
+class SessionChange:
+    session_id: str
+    keys: set[ItemKey] = field(default_factory=set)
+    journal_seq: int | None = None
+    time_updated: int | None = None
+
+
+@dataclass
+class ChangeSet:
+    changed: list[SessionChange]
+    deleted: list[str]
+    rows_read: int = 0
+
+
+class ChangeDetector:
+    def __init__(self, db: OpencodeDb, *, only_shared: bool) -> None:
+        self._db = db
+        self._only_shared = only_shared
+        # Table mode: ids already captured at the watermark millisecond, so that `>=` (which
+        # must not miss a row committed later in the same millisecond) does not re-capture.
+        self._at_watermark: dict[str, set[str]] = {}
+
+    async def detect(self, cursors: dict[str, Cursor], *, deep: bool = False) -> ChangeSet:
+        db = self._db
+        result = ChangeSet(changed=[], deleted=[])
+        async with db.snapshot():
+            sessions = {
+                row[0]: (row[1], bool(row[2]))
+                for row in await db.rows("SELECT id, time_updated, share_url FROM session")
+            }
+            heads: dict[str, int] = {}
+            if db.has_journal:
+                heads = {
+                    row[0]: row[1]
+                    for row in await db.rows("SELECT aggregate_id, seq FROM event_sequence")
+                }
+            shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
+            result.rows_read += len(sessions) + len(heads) + len(shared)
+            now = int(time.time() * 1000)
+            for session_id, (time_updated, has_share_url) in sessions.items():
+                if self._only_shared and not (has_share_url or session_id in shared):
+                    continue
+                cursor = cursors.get(session_id)
+                if session_id in heads:
+                    change = await self._from_journal(session_id, heads[session_id], cursor)
+                else:
+                    active = now - time_updated < ACTIVE_WINDOW_MS
+                    change = await self._from_tables(
+                        session_id, time_updated, cursor, check_rows=deep or active
+                    )
+                if change is not None:
+                    result.changed.append(change)
+                    result.rows_read += len(change.keys)
+        result.deleted = [sid for sid in cursors if sid not in sessions]
+        return result
+
+    async def _from_journal(
+        self, session_id: str, head: int, cursor: Cursor | None
+    ) -> SessionChange | None:
+        last = cursor.journal_seq if cursor else None
+        if last is not None and head <= last:
+            return None
+        change = SessionChange(session_id, journal_seq=head)
+        if last is None:
+            change.keys = await self._whole_session(session_id)
+            return change
+        events = await self._db.rows(
+            "SELECT seq, type, data FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq",
+            (session_id, last, head),
+        )
+        keys = _keys_from_events(session_id, events)
+        gap = not events or events[0][0] != last + 1 or len(events) != head - last
+        change.keys = await self._whole_session(session_id) if keys is None or gap else keys
+        return change
+
+    async def _from_tables(
+        self, session_id: str, time_updated: int, cursor: Cursor | None, *, check_rows: bool
+    ) -> SessionChange | None:
+        watermark = cursor.time_updated if cursor and cursor.time_updated is not None else -1
+        seen = self._at_watermark.get(session_id, set())
+        unchanged = time_updated < watermark or (time_updated == watermark and session_id in seen)
+        if unchanged and not check_rows:
+            return None
+        stamps: dict[ItemKey, int] = {("session", session_id): time_updated}
+        for kind in ("message", "part"):
+            rows = await self._db.rows(
+                f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
+                (session_id, watermark),
+            )
+            stamps.update(((kind, row[0]), row[1]) for row in rows)
+        fresh = {
+            key: stamp
+            for key, stamp in stamps.items()
+            if stamp > watermark or (stamp == watermark and key[1] not in seen)
+        }
+        if not fresh:
+            return None
+        newest = max(fresh.values())
+        boundary = {key[1] for key, stamp in fresh.items() if stamp == newest}
+        self._at_watermark[session_id] = boundary | seen if newest == watermark else boundary
+        return SessionChange(session_id, keys=set(fresh), time_updated=newest)
+
+    async def _whole_session(self, session_id: str) -> set[ItemKey]:
+        keys: set[ItemKey] = {("session", session_id)}
+        for kind in ("message", "part"):
+            rows = await self._db.rows(f"SELECT id FROM {kind} WHERE session_id = ?", (session_id,))
+            keys.update((kind, row[0]) for row in rows)
+        return keys
+
+
+def _keys_from_events(session_id: str, events: list) -> set[ItemKey] | None:
+    """Entities named by journal events; None when an event cannot be understood (the
+    caller then captures the whole session rather than guess)."""
+    keys: set[ItemKey] = set()
+    for _, event_type, data in events:
+        name = event_type.rsplit(".", 1)[0]
+        try:
+            payload = json.loads(data)
+        except (TypeError, ValueError):
+            return None
+        if name.startswith("session."):
+            keys.add(("session", session_id))
+        elif name == "message.updated":
+            keys.add(("message", payload["info"]["id"]))
+        elif name == "message.part.updated":
+            keys.add(("part", payload["part"]["id"]))
+        elif name in ("message.removed", "message.part.removed"):
+            continue  # the share API has no removal; the receiver keeps what it had
+        else:
+            return None
+    return keys
