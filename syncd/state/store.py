@@ -228,6 +228,12 @@ class StateStore:
         )
         return rows[0][0] if rows else None
 
+    async def reset_diff_hash(self, session_id: str) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE session_cursor SET diff_hash = NULL WHERE session_id = ?", (session_id,)
+            )
+
     # -- shares ------------------------------------------------------------------------------
 
     async def share(self, session_id: str, target: str) -> tuple[Share, bool] | None:

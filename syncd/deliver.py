@@ -1,0 +1,220 @@
+"""Delivers one session's pending items: share lifecycle, retries, acknowledgements.
+
+Retryable failures (transport errors, timeouts, 5xx, 429, a dropped socket) are retried with
+full-jitter exponential backoff, honouring `Retry-After`; the concurrency slot is held only
+during a call, never while backing off. A refusal dead-letters the batch with the server's
+message. A lost share is re-created once and the whole session sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_random_exponential,
+)
+
+from .coalesce import PlannedBatch, plan_batches
+from .source.loader import load
+from .source.models import ModelCatalogue
+from .source.opencode_db import OpencodeDb
+from .state.store import PendingItem, StateStore
+from .transports.base import (
+    Batch,
+    RejectedError,
+    RetryableError,
+    Share,
+    ShareNotFoundError,
+    Transport,
+)
+
+log = structlog.get_logger("syncd.deliver")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    backoff_max: float = 300.0
+    give_up_after: float | None = None  # None: retry for ever (the daemon); set by `sync`
+
+    def wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), self.backoff_max)
+        return wait_random_exponential(multiplier=1, max=self.backoff_max)(state)
+
+
+class SessionDelivery:
+    """Everything needed to bring one session's remote copy up to date."""
+
+    def __init__(
+        self,
+        *,
+        db: OpencodeDb,
+        state: StateStore,
+        transport: Transport,
+        target: str,
+        origin: str | None,
+        catalogue: ModelCatalogue,
+        whole_session: Callable[[str], Awaitable[set[tuple[str, str]]]],
+        policy: RetryPolicy,
+        concurrency: int,
+        max_items: int,
+        max_bytes: int,
+    ) -> None:
+        self._db = db
+        self._state = state
+        self._transport = transport
+        self._target = target
+        self._origin = origin
+        self._catalogue = catalogue
+        self._whole_session = whole_session
+        self._policy = policy
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+
+    async def deliver(self, session_id: str) -> None:
+        """Send batches until nothing is pending for the session. Raises RetryableError only
+        when the policy gives up (`sync`); the items then stay pending."""
+        while pending := await self._state.pending(session_id, self._max_items):
+            loaded = await load(self._db, pending, self._catalogue)
+            if loaded.bad:
+                for item, reason, raw in loaded.bad:
+                    log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
+                    await self._state.dead_letter(session_id, [(item, raw)], reason)
+            if loaded.gone:  # deleted in opencode: nothing left to deliver
+                await self._state.ack(session_id, loaded.gone)
+            delivered_diff = await self._state.diff_hash(session_id)
+            batches = plan_batches(
+                session_id,
+                loaded,
+                delivered_diff,
+                max_items=self._max_items,
+                max_bytes=self._max_bytes,
+            )
+            for planned in batches:
+                if not await self._send(session_id, planned):
+                    break  # the share was re-created: pending now holds the whole session
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the remote copy of a session deleted in opencode."""
+        known = await self._state.share(session_id, self._target)
+        if known is not None:
+            share, _ = known
+            try:
+                await self._retrying(session_id, lambda: self._transport.delete(share))
+            except (ShareNotFoundError, RejectedError) as error:
+                log.warning("remote delete refused", session=session_id, error=str(error))
+        await self._state.forget_session(session_id)
+
+    async def _send(self, session_id: str, planned: PlannedBatch) -> bool:
+        """Deliver one batch; False when the share had to be re-created."""
+        batch = planned.batch
+        try:
+            known = await self._share(session_id)
+            if known is None:
+                created = await self._retrying(
+                    session_id, lambda: self._transport.create(session_id, batch)
+                )
+                await self._state.save_share(session_id, self._target, created.share)
+                log.info("share created", session=session_id, url=created.share.url)
+                if not created.synced:
+                    await self._sync(session_id, created.share, batch)
+            else:
+                await self._sync(session_id, known[0], batch)
+        except ShareNotFoundError as error:
+            return await self._recreate(session_id, planned, str(error))
+        except RejectedError as error:
+            await self._reject(session_id, planned, str(error))
+            return True
+        await self._state.ack(session_id, planned.pending, planned.diff_hash)
+        log.debug("batch delivered", session=session_id, items=len(batch.items))
+        return True
+
+    async def _sync(self, session_id: str, share: Share, batch: Batch) -> None:
+        await self._retrying(session_id, lambda: self._transport.sync(share, batch))
+
+    async def _share(self, session_id: str) -> tuple[Share, bool] | None:
+        known = await self._state.share(session_id, self._target)
+        if known is not None or not self._transport.reuses_opencode_shares:
+            return known
+        # opencode shared it on this same server: continue its share rather than make another.
+        rows = await self._db.rows(
+            "SELECT id, secret, url FROM session_share WHERE session_id = ?", (session_id,)
+        )
+        if rows and self._origin and _origin_of(rows[0][2]) == self._origin:
+            share = Share(rows[0][0], rows[0][1], rows[0][2])
+            await self._state.save_share(session_id, self._target, share)
+            return share, False
+        return None
+
+    async def _recreate(self, session_id: str, planned: PlannedBatch, message: str) -> bool:
+        known = await self._state.share(session_id, self._target)
+        if known is not None and known[1]:
+            await self._reject(
+                session_id, planned, f"share lost again after re-creating it: {message}"
+            )
+            return True
+        log.warning("share lost on the receiver; re-creating it", session=session_id)
+        created = await self._retrying(session_id, lambda: self._transport.create(session_id, None))
+        await self._state.save_share(session_id, self._target, created.share, recreated=True)
+        # The new share is empty: everything the session has must go again, diffs included.
+        await self._state.capture(session_id, await self._whole_session(session_id))
+        await self._state.reset_diff_hash(session_id)
+        return False
+
+    async def _reject(self, session_id: str, planned: PlannedBatch, reason: str) -> None:
+        log.error("batch refused; dead-lettered", session=session_id, reason=reason)
+        # Items derived from the session (diffs, models) are recorded too, under its id.
+        covered = {id(item) for _, item in planned.covers}
+        derived = [
+            (PendingItem(session_id, item["type"], session_id, 0), item)
+            for item in planned.batch.items
+            if id(item) not in covered
+        ]
+        await self._state.dead_letter(session_id, [*planned.covers, *derived], reason)
+
+    async def _retrying(self, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            async with self._slots:
+                return await call()
+
+        async def note(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            await self._state.record_error(session_id, str(error))
+            log.warning(
+                "delivery failed; retrying",
+                session=session_id,
+                error=str(error),
+                attempt=state.attempt_number,
+                wait=round(state.upcoming_sleep, 2),
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=self._policy.wait,
+            stop=(
+                stop_never
+                if self._policy.give_up_after is None
+                else stop_after_delay(self._policy.give_up_after)
+            ),
+            before_sleep=note,
+            reraise=True,
+        )
+        return await retrying(attempt)
+
+
+def _origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
