@@ -89,7 +89,7 @@ class ChangeDetector:
             return None
         change = SessionChange(session_id, journal_seq=head)
         if last is None:
-            change.keys = await self._whole_session(session_id)
+            change.keys = await self.whole_session(session_id)
             return change
         events = await self._db.rows(
             "SELECT seq, type, data FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ? "
@@ -98,7 +98,7 @@ class ChangeDetector:
         )
         keys = _keys_from_events(session_id, events)
         gap = not events or events[0][0] != last + 1 or len(events) != head - last
-        change.keys = await self._whole_session(session_id) if keys is None or gap else keys
+        change.keys = await self.whole_session(session_id) if keys is None or gap else keys
         return change
 
     async def _from_tables(
@@ -128,7 +128,8 @@ class ChangeDetector:
         self._at_watermark[session_id] = boundary | seen if newest == watermark else boundary
         return SessionChange(session_id, keys=set(fresh), time_updated=newest)
 
-    async def _whole_session(self, session_id: str) -> set[ItemKey]:
+    async def whole_session(self, session_id: str) -> set[ItemKey]:
+        """Every entity of the session: for a first capture, a journal gap, a lost share."""
         keys: set[ItemKey] = {("session", session_id)}
         for kind in ("message", "part"):
             rows = await self._db.rows(f"SELECT id FROM {kind} WHERE session_id = ?", (session_id,))

@@ -26,7 +26,7 @@ from ..transports.base import Share
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
-KIND_ORDER = ("session", "message", "part", "session_diff", "model", "delete")
+KIND_ORDER = ("session", "message", "part")
 
 
 @dataclass(frozen=True)

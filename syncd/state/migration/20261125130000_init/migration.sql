@@ -23,7 +23,7 @@ CREATE TABLE session_cursor (
 -- capture so an acknowledgement never removes a capture newer than the batch it covered.
 CREATE TABLE pending_item (
   session_id TEXT NOT NULL,
-  kind TEXT NOT NULL,                -- session | message | part | session_diff | model | delete
+  kind TEXT NOT NULL,                -- session | message | part
   item_id TEXT NOT NULL,
   version INTEGER NOT NULL,
   time_created INTEGER NOT NULL,

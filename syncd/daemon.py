@@ -1,0 +1,230 @@
+"""The pipeline, wired: opencode database -> changes -> pending (state) -> windows -> wire.
+
+`run` is the service: it tails the database until SIGTERM/SIGINT, then flushes what is pending
+(within STOP_FLUSH_SECONDS) and exits 0. `sync_once` catches up once and exits 0 only when
+everything was delivered, for headless hosts after `opencode run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+
+import structlog
+
+from . import systemd
+from .coalesce import Coalescer
+from .config import Config
+from .deliver import RetryPolicy, SessionDelivery
+from .errors import UserError
+from .serve.store import ShareStore
+from .source.changes import ChangeDetector
+from .source.models import ModelCatalogue
+from .source.opencode_db import OpencodeDb
+from .source.wakeups import Wakeup, wakeups
+from .state.store import StateStore
+from .transports import make_transport, target_of
+from .transports.base import Transport
+
+log = structlog.get_logger("syncd")
+STOP_FLUSH_SECONDS = 20.0
+WAIT_FOR_DB_SECONDS = 2.0
+
+
+@dataclass
+class Pipeline:
+    config: Config
+    db: OpencodeDb
+    state: StateStore
+    transport: Transport
+    archive: ShareStore | None
+    detector: ChangeDetector
+    delivery: SessionDelivery
+    coalescer: Coalescer
+
+    @classmethod
+    async def open(cls, config: Config, policy: RetryPolicy) -> Pipeline:
+        state = await StateStore.open(config.state, target_of(config))
+        db = archive = transport = None
+        try:
+            db = await OpencodeDb.open(config.db)
+            if config.transport == "local":
+                archive = await ShareStore.open(config.archive)
+            transport = make_transport(config, archive)
+            detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+            delivery = SessionDelivery(
+                db=db,
+                state=state,
+                transport=transport,
+                target=target_of(config),
+                origin=config.origin,
+                catalogue=ModelCatalogue(
+                    config.opencode_cache_dir / "models.json", config.opencode_providers
+                ),
+                whole_session=detector.whole_session,
+                policy=policy,
+                concurrency=config.concurrency,
+                max_items=config.batch_max_items,
+                max_bytes=config.batch_max_bytes,
+            )
+        except BaseException:
+            for resource in (transport, archive, db, state):
+                if resource is not None:
+                    await _close(resource)
+            raise
+        pipeline = cls(config, db, state, transport, archive, detector, delivery, None)  # type: ignore[arg-type]
+        pipeline.coalescer = Coalescer(config.window, pipeline.deliver)
+        return pipeline
+
+    async def close(self) -> None:
+        for resource in (self.transport, self.archive, self.db, self.state):
+            if resource is not None:
+                await _close(resource)
+
+    async def capture(self, *, deep: bool = False) -> int:
+        """Record what changed since the cursors and open the windows of those sessions."""
+        changes = await self.detector.detect(await self.state.cursors(), deep=deep)
+        for change in changes.changed:
+            await self.state.capture(
+                change.session_id,
+                change.keys,
+                journal_seq=change.journal_seq,
+                time_updated=change.time_updated,
+            )
+        for session_id in changes.deleted:
+            await self._deleted(session_id)
+        # Everything pending is scheduled, including what an earlier run left behind.
+        for session_id in await self.state.pending_sessions():
+            self.coalescer.touch(session_id)
+        return len(changes.changed)
+
+    async def _deleted(self, session_id: str) -> None:
+        if self.config.on_delete == "delete":
+            log.info("session deleted in opencode; deleting its remote copy", session=session_id)
+            await self.delivery.delete(session_id)
+        else:
+            log.info("session deleted in opencode; remote copy kept", session=session_id)
+            await self.state.forget_session(session_id)
+
+    async def deliver(self, session_id: str) -> None:
+        try:
+            await self.delivery.deliver(session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # one session's failure must not stop the others
+            await self.state.record_error(session_id, str(error))
+            log.error("delivery stopped; items stay pending", session=session_id, error=str(error))
+
+
+async def run(config: Config) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await _wait_for_database(config, stop)
+    if stop.is_set():
+        return 0
+    pipeline = await Pipeline.open(config, RetryPolicy(backoff_max=config.backoff_max))
+    watchdog = asyncio.create_task(_watchdog(pipeline))
+    try:
+        systemd.notify("READY=1")
+        log.info(
+            "syncd running",
+            db=str(config.db),
+            transport=config.transport,
+            url=config.url or str(config.archive),
+            sessions=config.sessions,
+        )
+        await pipeline.capture(deep=True)
+        last_version = await pipeline.db.data_version()
+        async for wakeup in wakeups(config.db, config.poll_interval, stop):
+            version = await pipeline.db.data_version()
+            if wakeup is Wakeup.FILE and version == last_version:
+                continue  # a file event without a commit (a checkpoint, our own read)
+            last_version = version
+            await pipeline.capture(deep=wakeup is Wakeup.DEEP)
+        systemd.notify("STOPPING=1")
+        log.info("stopping: flushing pending items", seconds=STOP_FLUSH_SECONDS)
+        try:
+            await asyncio.wait_for(pipeline.coalescer.drain(), STOP_FLUSH_SECONDS)
+        except TimeoutError:
+            log.warning("flush did not finish in time; what is left stays pending for next start")
+            await pipeline.coalescer.cancel()
+    finally:
+        watchdog.cancel()
+        await pipeline.coalescer.cancel()
+        await pipeline.close()
+    return 0
+
+
+async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
+    """Capture everything, deliver it without waiting for windows, and report."""
+    pipeline = await Pipeline.open(
+        config, RetryPolicy(backoff_max=min(config.backoff_max, 10.0), give_up_after=give_up_after)
+    )
+    try:
+        dead_before = len(await pipeline.state.dead_letters())
+        pipeline.coalescer.window = 0.0  # catching up: no window to wait for
+        await pipeline.capture(deep=True)
+        await pipeline.coalescer.drain()
+        pending = await pipeline.state.pending_sessions()
+        dead = len(await pipeline.state.dead_letters()) - dead_before
+    finally:
+        await pipeline.coalescer.cancel()
+        await pipeline.close()
+    if pending:
+        rows = await _report(config)
+        errors = {row["last_error"] for row in rows if row["pending"] and row["last_error"]}
+        raise UserError(
+            f"{len(pending)} session(s) not delivered to {config.url or config.archive}: "
+            f"{'; '.join(sorted(errors)) or 'unknown error'} (items stay pending; run again)",
+            exit_code=1,
+        )
+    if dead:
+        raise UserError(
+            f"{dead} item(s) refused by the receiver and dead-lettered; see `syncd status`",
+            exit_code=1,
+        )
+    log.info("everything delivered")
+    return 0
+
+
+async def _report(config: Config) -> list[dict]:
+    state = await StateStore.open(config.state)
+    try:
+        return await state.session_report()
+    finally:
+        await state.close()
+
+
+async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
+    """A service installed before opencode's first run waits for its database."""
+    if config.db.is_file():
+        return
+    log.warning(
+        "opencode database not found yet; waiting for opencode to create it", db=str(config.db)
+    )
+    while not config.db.is_file() and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WAIT_FOR_DB_SECONDS)
+
+
+async def _watchdog(pipeline: Pipeline) -> None:
+    """Pings systemd from the event loop itself, so a stuck loop gets the service restarted."""
+    interval = systemd.watchdog_interval()
+    period = interval / 2 if interval else 5.0
+    while True:
+        pending = await pipeline.state.pending_sessions()
+        systemd.notify(
+            f"STATUS={len(pending)} session(s) pending, {pipeline.coalescer.busy} in flight"
+            + ("\nWATCHDOG=1" if interval else "")
+        )
+        await asyncio.sleep(period)
+
+
+async def _close(resource: object) -> None:
+    closer = getattr(resource, "aclose", None) or resource.close  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        await closer()
