@@ -1,0 +1,163 @@
+"""Change detection: journal mode, table mode, deletions, first sight, journal gaps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.errors import UserError
+from syncd.source.changes import ChangeDetector
+from syncd.source.opencode_db import OpencodeDb
+from syncd.state.store import Cursor
+from tests.fake_opencode import FakeOpencode
+
+
+def cursors_after(changes) -> dict[str, Cursor]:
+    return {c.session_id: Cursor(c.journal_seq, c.time_updated) for c in changes.changed}
+
+
+async def test_first_sight_captures_every_entity(sample_db: Path) -> None:
+    db = await OpencodeDb.open(sample_db)
+    try:
+        changes = await ChangeDetector(db, only_shared=False).detect({})
+    finally:
+        await db.close()
+    keys = set().union(*(c.keys for c in changes.changed))
+    assert len(changes.changed) == 5
+    assert sum(1 for kind, _ in keys if kind == "session") == 5
+    assert sum(1 for kind, _ in keys if kind == "message") == 15
+    assert sum(1 for kind, _ in keys if kind == "part") == 35
+    assert all(c.journal_seq == 27 for c in changes.changed)
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
+async def test_only_what_changed_is_captured(
+    tmp_path: Path, shared_dir: Path, journal: bool
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=journal)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    first = writer.part(sid, mid, {"type": "text", "text": "a"})
+    other = writer.part(sid, mid, {"type": "text", "text": "b"})
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        initial = await detector.detect({})
+        cursors = cursors_after(initial)
+        assert initial.changed[0].keys == {
+            ("session", sid),
+            ("message", mid),
+            ("part", first),
+            ("part", other),
+        }
+        assert (await detector.detect(cursors)).changed == []
+
+        writer.part(sid, mid, {"type": "text", "text": "a, grown"}, part_id=first)
+        again = await detector.detect(cursors)
+        assert [c.keys for c in again.changed] == [{("part", first)}]
+    finally:
+        await db.close()
+        writer.close()
+
+
+async def test_table_mode_sees_rows_written_in_the_same_millisecond(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        stamp = cursors[sid].time_updated
+        # A row committed later, stamped with the very millisecond of the watermark.
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES ('prt_late', ?, ?, ?, ?, '{}')",
+            (mid, sid, stamp, stamp),
+        )
+        later = await detector.detect(cursors)
+        assert [c.keys for c in later.changed] == [{("part", "prt_late")}]
+    finally:
+        await db.close()
+        writer.close()
+
+
+async def test_deleted_sessions_are_reported(tmp_path: Path, shared_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    kept, gone = writer.session(), writer.session()
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        writer.delete_session(gone)
+        changes = await detector.detect(cursors)
+        assert changes.deleted == [gone]
+        assert kept not in changes.deleted
+    finally:
+        await db.close()
+        writer.close()
+
+
+async def test_a_journal_gap_recaptures_the_whole_session(tmp_path: Path, shared_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        part = writer.part(sid, mid, {"type": "text"})
+        writer.conn.execute("DELETE FROM event WHERE aggregate_id = ? AND seq > 1", (sid,))
+        changes = await detector.detect(cursors)
+        assert changes.changed[0].keys == {("session", sid), ("message", mid), ("part", part)}
+    finally:
+        await db.close()
+        writer.close()
+
+
+async def test_shared_only_skips_sessions_opencode_did_not_share(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    private, public = writer.session(), writer.session()
+    writer.share(public, "abc", "s3cret", "http://127.0.0.1:1/share/abc")
+    db = await OpencodeDb.open(writer.path)
+    try:
+        changes = await ChangeDetector(db, only_shared=True).detect({})
+    finally:
+        await db.close()
+        writer.close()
+    assert [c.session_id for c in changes.changed] == [public]
+    assert private not in {c.session_id for c in changes.changed}
+
+
+async def test_missing_database_and_unknown_schema_are_named(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="opencode database not found at"):
+        await OpencodeDb.open(tmp_path / "nope.db")
+    odd = tmp_path / "odd.db"
+    conn = sqlite3.connect(odd)
+    conn.execute("CREATE TABLE session (id TEXT)")
+    conn.close()
+    with pytest.raises(UserError, match=r"unknown schema: missing column session\.project_id"):
+        await OpencodeDb.open(odd)
+
+
+async def test_reading_never_writes_or_holds_a_transaction(sample_db: Path) -> None:
+    before = sample_db.read_bytes()
+    db = await OpencodeDb.open(sample_db)
+    try:
+        await ChangeDetector(db, only_shared=False).detect({})
+        # A writer can take the write lock and checkpoint: syncd holds no reader open.
+        writer = sqlite3.connect(sample_db, timeout=0.1)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("COMMIT")
+        busy, log, checkpointed = writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        writer.close()
+        assert busy == 0 and log == checkpointed
+    finally:
+        await db.close()
+    assert sample_db.stat().st_size >= len(before)
