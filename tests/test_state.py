@@ -1,0 +1,121 @@
+"""The durable state: acknowledgements never drop newer captures, dead letters keep payloads,
+the file is private, migrations follow the layout."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from syncd.errors import UserError
+from syncd.migrate import migrate, migration_folders
+from syncd.state.store import MIGRATIONS, PendingItem, StateStore
+from syncd.transports.base import Share
+
+
+@pytest.fixture
+async def state(tmp_path: Path):
+    store = await StateStore.open(tmp_path / "state" / "state.db", "share:http://127.0.0.1:1")
+    yield store
+    await store.close()
+
+
+async def test_file_is_private(state: StateStore) -> None:
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+
+
+async def test_ack_keeps_a_capture_newer_than_the_batch(state: StateStore) -> None:
+    await state.capture("ses_1", [("part", "p1"), ("part", "p2")], journal_seq=3)
+    in_flight = await state.pending("ses_1", 10)
+    await state.capture("ses_1", [("part", "p1")], journal_seq=4)  # p1 grew while sending
+    await state.ack("ses_1", in_flight)
+    left = await state.pending("ses_1", 10)
+    assert [(p.kind, p.item_id) for p in left] == [("part", "p1")]
+    assert (await state.cursors())["ses_1"].journal_seq == 4
+
+
+async def test_pending_comes_session_first_and_bounded(state: StateStore) -> None:
+    await state.capture("ses_1", [("part", "p1"), ("message", "m1"), ("session", "ses_1")])
+    assert [p.kind for p in await state.pending("ses_1", 10)] == ["session", "message", "part"]
+    assert len(await state.pending("ses_1", 2)) == 2
+
+
+async def test_dead_letters_keep_payload_and_reason(state: StateStore) -> None:
+    await state.capture("ses_1", [("part", "p1")])
+    [item] = await state.pending("ses_1", 10)
+    await state.dead_letter("ses_1", [(item, {"type": "part", "data": {"id": "p1"}})], "400 bad")
+    assert await state.pending("ses_1", 10) == []
+    [letter] = await state.dead_letters()
+    assert letter["reason"] == "400 bad" and letter["item_id"] == "p1"
+    [row] = await state.session_report()
+    assert row["dead_letters"] == 1 and row["last_error"] == "400 bad"
+
+
+async def test_shares_survive_reopen_and_target_change_recaptures(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = await StateStore.open(path, "share:http://a")
+    await first.capture("ses_1", [("session", "ses_1")], journal_seq=7)
+    await first.save_share("ses_1", "share:http://a", Share("id1", "secret1", "http://a/share/id1"))
+    await first.close()
+
+    same = await StateStore.open(path, "share:http://a")
+    share, recreated = await same.share("ses_1", "share:http://a")  # type: ignore[misc]
+    assert (share.id, share.secret, recreated) == ("id1", "secret1", False)
+    assert "secret1" not in repr(share)
+    assert (await same.cursors())["ses_1"].journal_seq == 7
+    await same.close()
+
+    moved = await StateStore.open(path, "share:http://b")
+    assert await moved.cursors() == {}  # the new receiver has nothing yet: capture again
+    assert len(await moved.pending("ses_1", 10)) == 1  # pending survives
+    await moved.close()
+
+
+async def test_migration_layout_and_idempotence(tmp_path: Path) -> None:
+    folders = migration_folders(MIGRATIONS)
+    assert folders, "the state has at least its initial migration"
+    for folder in folders:
+        assert (folder / "migration.sql").is_file()
+    async with aiosqlite.connect(tmp_path / "m.db") as db:
+        assert await migrate(db, MIGRATIONS) == [f.name for f in folders]
+        assert await migrate(db, MIGRATIONS) == []
+
+
+async def test_upgrade_keeps_pending_items(tmp_path: Path) -> None:
+    """A later migration applied to a state with pending items leaves them in place."""
+    root = tmp_path / "migration"
+    for folder in migration_folders(MIGRATIONS):
+        (root / folder.name).mkdir(parents=True)
+        (root / folder.name / "migration.sql").write_text((folder / "migration.sql").read_text())
+    path = tmp_path / "state.db"
+    async with aiosqlite.connect(path) as db:
+        await migrate(db, root)
+    store = await StateStore.open(path)
+    await store.capture("ses_1", [("part", "p1")])
+    await store.close()
+    later = root / "29990101000000_add_note"
+    later.mkdir()
+    (later / "migration.sql").write_text("ALTER TABLE pending_item ADD COLUMN note TEXT;")
+    async with aiosqlite.connect(path) as db:
+        assert await migrate(db, root) == [later.name]
+        async with db.execute("SELECT item_id FROM pending_item") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == ["p1"]
+
+
+async def test_bad_migration_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "not-a-migration").mkdir()
+    with pytest.raises(UserError, match="must be named"):
+        migration_folders(tmp_path)
+
+
+async def test_unwritable_state_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot open the state database"):
+        await StateStore.open(blocker / "state.db")
+
+
+def test_pending_item_is_hashable() -> None:
+    assert len({PendingItem("s", "part", "p", 1), PendingItem("s", "part", "p", 1)}) == 1
