@@ -16,7 +16,7 @@ import structlog
 
 from . import systemd
 from .coalesce import Coalescer
-from .config import Config
+from .config import Config, opencode_settings
 from .deliver import RetryPolicy, SessionDelivery
 from .errors import UserError
 from .serve.store import ShareStore
@@ -61,7 +61,8 @@ class Pipeline:
                 target=target_of(config),
                 origin=config.origin,
                 catalogue=ModelCatalogue(
-                    config.opencode_cache_dir / "models.json", config.opencode_providers
+                    config.opencode_cache_dir / "models.json",
+                    opencode_settings(config.opencode_config_dir).get("provider"),
                 ),
                 whole_session=detector.whole_session,
                 policy=policy,

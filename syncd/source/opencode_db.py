@@ -8,6 +8,7 @@ autocommit mode or one short explicit transaction that ends before the call retu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -47,6 +48,8 @@ class OpencodeDb:
         self.path = path
         self._conn = conn
         self.has_journal = has_journal
+        # Session workers share the connection; their snapshots take turns.
+        self._snapshot_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> OpencodeDb:
@@ -94,11 +97,12 @@ class OpencodeDb:
     async def snapshot(self) -> AsyncIterator[OpencodeDb]:
         """A consistent view across several reads, ended before control returns to the loop
         that waits for the next wake-up."""
-        await self._conn.execute("BEGIN")
-        try:
-            yield self
-        finally:
-            await self._conn.execute("COMMIT")
+        async with self._snapshot_lock:
+            await self._conn.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                await self._conn.execute("COMMIT")
 
 
 async def _columns(conn: aiosqlite.Connection) -> dict[str, set[str]]:

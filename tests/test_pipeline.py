@@ -1,0 +1,147 @@
+"""The whole pipeline in-process on the real sample database: source -> state -> local
+archive. (The end-to-end tests with the real opencode and a remote receiver are elsewhere.)"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.config import Config, load_config
+from syncd.daemon import sync_once
+from syncd.errors import UserError
+from syncd.serve.store import ShareStore
+from syncd.state.store import StateStore
+from tests.fake_opencode import FakeOpencode
+
+
+def make_config(tmp_path: Path, db: Path, **overrides: object) -> Config:
+    env = {"HOME": str(tmp_path / "home")}
+    flags = {"db": str(db), "state": str(tmp_path / "state.db"),
+             "archive": str(tmp_path / "archive.db"), **overrides}  # fmt: skip
+    return load_config(flags, env)
+
+
+def expected_state(db: Path) -> dict[str, dict]:
+    """session id -> {messages, parts} as the SDK objects, read straight from opencode."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    out: dict[str, dict] = {}
+    for (sid,) in conn.execute("SELECT id FROM session"):
+        messages = {
+            r["id"]: {**json.loads(r["data"]), "id": r["id"], "sessionID": sid}
+            for r in conn.execute("SELECT * FROM message WHERE session_id = ?", (sid,))
+        }
+        parts = {
+            r["id"]: {
+                **json.loads(r["data"]),
+                "id": r["id"],
+                "sessionID": sid,
+                "messageID": r["message_id"],
+            }
+            for r in conn.execute("SELECT * FROM part WHERE session_id = ?", (sid,))
+        }
+        out[sid] = {"messages": messages, "parts": parts}
+    conn.close()
+    return out
+
+
+async def archived(config: Config) -> dict[str, dict]:
+    state = await StateStore.open(config.state)
+    store = await ShareStore.open(config.archive)
+    try:
+        out = {}
+        for row in await state.session_report():
+            known = await state.share(row["session_id"], f"local:{config.archive}")
+            assert known is not None, row
+            share = await store.read_share(known[0].id)
+            out[row["session_id"]] = {
+                "session": share["session"],
+                "messages": {m["id"]: m for m in share["messages"]},
+                "parts": {p["id"]: p for p in share["parts"]},
+                "diffs": share["diffs"],
+            }
+        return out
+    finally:
+        await state.close()
+        await store.close()
+
+
+async def test_sync_delivers_the_sample_database_exactly(tmp_path: Path, sample_db: Path) -> None:
+    config = make_config(tmp_path, sample_db)
+    assert config.transport == "local" and config.sessions == "all"
+    assert await sync_once(config) == 0
+    expected = expected_state(sample_db)
+    got = await archived(config)
+    assert set(got) == set(expected)
+    for sid, want in expected.items():
+        assert got[sid]["messages"] == want["messages"]
+        assert got[sid]["parts"] == want["parts"]
+        assert got[sid]["session"]["id"] == sid
+    # Nothing changed: a second sync sends nothing and creates no share.
+    assert await sync_once(config) == 0
+    assert await archived(config) == got
+
+
+async def test_changes_after_a_sync_arrive_and_diffs_are_not_repeated(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    diffs = [{"file": "a.txt", "patch": "+a", "additions": 1, "deletions": 0, "status": "added"}]
+    sid = writer.session(summary_additions=1, summary_deletions=0, summary_files=1,
+                         summary_diffs=json.dumps(diffs))  # fmt: skip
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    part = writer.part(sid, mid, {"type": "text", "text": "hel"})
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+
+    writer.part(sid, mid, {"type": "text", "text": "hello, world"}, part_id=part)
+    writer.session(session_id=sid, title="renamed", summary_additions=1, summary_deletions=0,
+                   summary_files=1, summary_diffs=json.dumps(diffs))  # fmt: skip
+    assert await sync_once(config) == 0
+    got = (await archived(config))[sid]
+    assert got["parts"][part]["text"] == "hello, world"
+    assert got["session"]["title"] == "renamed"
+    assert got["diffs"] == diffs  # the server appends: sent once because it did not change
+    writer.close()
+
+
+async def test_a_malformed_row_is_dead_lettered_and_the_rest_flows(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    good = writer.part(sid, mid, {"type": "text", "text": "fine"})
+    bad = writer.part(sid, mid, "{this is not json")
+    config = make_config(tmp_path, writer.path)
+    with pytest.raises(UserError, match="dead-lettered") as caught:
+        await sync_once(config)
+    assert caught.value.exit_code == 1
+    got = (await archived(config))[sid]
+    assert good in got["parts"] and bad not in got["parts"]
+    state = await StateStore.open(config.state)
+    [letter] = await state.dead_letters()
+    await state.close()
+    assert letter["item_id"] == bad and "not valid JSON" in letter["reason"]
+    writer.close()
+
+
+async def test_deleted_session_keeps_its_archived_copy(tmp_path: Path, shared_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+    state = await StateStore.open(config.state)
+    [share_row] = [r for r in await state.session_report() if r["session_id"] == sid]
+    known = await state.share(sid, f"local:{config.archive}")
+    await state.close()
+    writer.delete_session(sid)
+    assert await sync_once(config) == 0
+    store = await ShareStore.open(config.archive)
+    assert (await store.read_share(known[0].id))["session"]["id"] == sid
+    await store.close()
+    assert share_row["session_id"] == sid
+    writer.close()
