@@ -1,0 +1,54 @@
+"""The embedded archive: delivery into a local ShareStore when no receiver url is configured."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import ClassVar, TypeVar
+
+import aiosqlite
+
+from ..serve.store import BadSyncData, InvalidSecret, ShareNotFound, ShareStore
+from .base import (
+    Batch,
+    Created,
+    RejectedError,
+    RetryableError,
+    Share,
+    ShareNotFoundError,
+    Transport,
+)
+
+ARCHIVE_BASE_URL = "archive:"
+
+T = TypeVar("T")
+
+
+async def _outcome(call: Awaitable[T]) -> T:
+    """The store's answer in the transport's terms."""
+    try:
+        return await call
+    except ShareNotFound as exc:
+        raise ShareNotFoundError(str(exc)) from exc
+    except (InvalidSecret, BadSyncData) as exc:
+        raise RejectedError(str(exc)) from exc
+    except aiosqlite.Error as exc:  # a busy or full disk passes; try again later
+        raise RetryableError(f"archive write failed: {exc}") from exc
+
+
+class LocalTransport(Transport):
+    name: ClassVar[str] = "local"
+    # opencode's own shares live on a remote server, never in this archive.
+    reuses_opencode_shares: ClassVar[bool] = False
+
+    def __init__(self, store: ShareStore) -> None:
+        self.store = store
+
+    async def create(self, session_id: str, batch: Batch | None) -> Created:
+        share = await _outcome(self.store.create_share(session_id, base_url=ARCHIVE_BASE_URL))
+        return Created(share=share, synced=False)
+
+    async def sync(self, share: Share, batch: Batch) -> None:
+        await _outcome(self.store.sync(share.id, share.secret, batch.items, dedup_key=batch.key))
+
+    async def delete(self, share: Share) -> None:
+        await _outcome(self.store.delete_share(share.id, share.secret))

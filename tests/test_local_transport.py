@@ -1,0 +1,74 @@
+"""The embedded archive transport: delivery into a local ShareStore, errors in transport terms."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from syncd.serve.store import ShareStore
+from syncd.transports.base import (
+    Batch,
+    RejectedError,
+    Share,
+    ShareNotFoundError,
+)
+from syncd.transports.local import LocalTransport
+
+EXAMPLES = json.loads(Path("/work/shared/opencode/share-sync-examples-1.18.33.json").read_text())
+SESSION_ID = EXAMPLES["create-request"]["sessionID"]
+ITEMS = [value for name, value in EXAMPLES.items() if name != "create-request"]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ShareStore]:
+    opened = await ShareStore.open(tmp_path / "archive.db")
+    yield opened
+    await opened.close()
+
+
+async def test_create_and_sync_land_in_the_archive(store: ShareStore) -> None:
+    transport = LocalTransport(store)
+    assert transport.name == "local"
+    batch = Batch(SESSION_ID, ITEMS)
+    created = await transport.create(SESSION_ID, batch)
+    assert created.synced is False
+    assert created.share.url == f"archive:/share/{created.share.id}"
+    await transport.sync(created.share, batch)
+    doc = await store.read_share(created.share.id)
+    assert doc["session"] == EXAMPLES["session"]["data"]
+    assert doc["parts"] == [EXAMPLES["part:text"]["data"]]
+    assert doc["messages"] == [EXAMPLES["message"]["data"]]
+
+
+async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:
+    transport = LocalTransport(store)
+    share = (await transport.create(SESSION_ID, None)).share
+    first = Batch(SESSION_ID, [{"type": "message", "data": {"id": "m", "v": 1}}])
+    newer = Batch(SESSION_ID, [{"type": "message", "data": {"id": "m", "v": 2}}])
+    await transport.sync(share, first)
+    await transport.sync(share, newer)
+    await transport.sync(share, first)  # re-sent after a lost acknowledgement
+    assert (await store.read_share(share.id))["messages"] == [{"id": "m", "v": 2}]
+    assert await store.sync(share.id, share.secret, []) == 3  # two applied syncs before
+
+
+async def test_errors_in_transport_terms(store: ShareStore) -> None:
+    transport = LocalTransport(store)
+    share = (await transport.create(SESSION_ID, None)).share
+    batch = Batch(SESSION_ID, ITEMS)
+    with pytest.raises(ShareNotFoundError, match="Share not found"):
+        await transport.sync(Share(id="missing", secret=share.secret, url="archive:"), batch)
+    with pytest.raises(RejectedError, match="Invalid secret") as wrong:
+        await transport.sync(Share(id=share.id, secret="wrong", url=share.url), batch)
+    assert not isinstance(wrong.value, ShareNotFoundError)
+    with pytest.raises(RejectedError, match=r"item 1 \(part\)"):
+        await transport.sync(share, Batch(SESSION_ID, [ITEMS[0], {"type": "part", "data": {}}]))
+    assert (await store.read_share(share.id))["session"] is None
+    await transport.delete(share)
+    with pytest.raises(ShareNotFoundError):
+        await transport.sync(share, batch)
+    with pytest.raises(ShareNotFoundError):
+        await transport.delete(share)
