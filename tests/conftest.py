@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fake_llm import FakeLlm, running_fake_llm
+from tests.opencode_driver import Opencode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,3 +37,24 @@ def sample_db(tmp_path: Path, shared_dir: Path) -> Path:
         shutil.copy(source, tmp_path / source.name)
         os.chmod(tmp_path / source.name, 0o644)
     return tmp_path / "sample-1.18.33.db"
+
+
+@pytest.fixture(scope="session")
+def opencode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One XDG_CACHE_HOME for every opencode of the session: what opencode downloads or builds
+    on first use (provider packages, its bin/ tools) is done once, not per run."""
+    return tmp_path_factory.mktemp("opencode-cache")
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLlm]:
+    with running_fake_llm() as llm:
+        yield llm
+
+
+@pytest.fixture
+def opencode(tmp_path: Path, fake_llm: FakeLlm, opencode_cache: Path) -> Opencode:
+    """The real opencode in an isolated home, talking to `fake_llm`, its database created."""
+    installation = Opencode(tmp_path / "opencode", fake_llm.url, cache_dir=opencode_cache)
+    installation.init_db()
+    return installation
