@@ -20,11 +20,12 @@ from .config import Config, opencode_settings
 from .deliver import RetryPolicy, SessionDelivery
 from .errors import UserError
 from .serve.store import ShareStore
-from .source.changes import ChangeDetector
+from .source.changes import ChangeDetector, SessionChange
 from .source.models import ModelCatalogue
 from .source.opencode_db import OpencodeDb
 from .source.wakeups import Wakeup, wakeups
-from .state.store import StateStore
+from .state.lock import StateLock, StateLocked
+from .state.store import Cursor, StateStore
 from .transports import make_transport, target_of
 from .transports.base import Transport
 
@@ -124,9 +125,17 @@ async def run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await _wait_for_database(config, stop)
-    if stop.is_set():
-        return 0
+    lock = _lock(config)
+    try:
+        await _wait_for_database(config, stop)
+        if stop.is_set():
+            return 0
+        return await _serve_until(stop, config)
+    finally:
+        lock.release()
+
+
+async def _serve_until(stop: asyncio.Event, config: Config) -> int:
     pipeline = await Pipeline.open(config, RetryPolicy(backoff_max=config.backoff_max))
     watchdog = asyncio.create_task(_watchdog(pipeline))
     try:
@@ -161,7 +170,21 @@ async def run(config: Config) -> int:
 
 
 async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
-    """Capture everything, deliver it without waiting for windows, and report."""
+    """Capture everything, deliver it without waiting for windows, and report. While a
+    daemon owns the state, wait for it to deliver everything instead of racing it."""
+    lock = StateLock(config.state)
+    try:
+        lock.acquire()
+    except StateLocked as held:
+        log.info("a syncd daemon owns this state; waiting for it to catch up", pid=held.pid)
+        return await _wait_for_daemon(config, give_up_after)
+    try:
+        return await _sync_owned(config, give_up_after)
+    finally:
+        lock.release()
+
+
+async def _sync_owned(config: Config, give_up_after: float) -> int:
     pipeline = await Pipeline.open(
         config, RetryPolicy(backoff_max=min(config.backoff_max, 10.0), give_up_after=give_up_after)
     )
@@ -190,6 +213,53 @@ async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
         )
     log.info("everything delivered")
     return 0
+
+
+async def _wait_for_daemon(config: Config, give_up_after: float) -> int:
+    """Until the daemon has captured every change now in the database and delivered it."""
+    db = await OpencodeDb.open(config.db)
+    state = await StateStore.open(config.state)
+    detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+    deadline = asyncio.get_running_loop().time() + give_up_after
+    try:
+        while True:
+            cursors = await state.cursors()
+            changes = await detector.detect(cursors)
+            behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id))]
+            pending = await state.pending_sessions()
+            if not behind and not pending:
+                log.info("everything delivered (by the running daemon)")
+                return 0
+            if asyncio.get_running_loop().time() > deadline:
+                raise UserError(
+                    f"the running daemon has not delivered {len(pending) + len(behind)} "
+                    f"session(s) within {give_up_after:.0f}s; see `syncd status`",
+                    exit_code=1,
+                )
+            await asyncio.sleep(0.5)
+    finally:
+        await db.close()
+        await state.close()
+
+
+def _ahead_of(change: SessionChange, cursor: Cursor | None) -> bool:
+    if cursor is None:
+        return True
+    if change.journal_seq is not None:
+        return cursor.journal_seq is None or change.journal_seq > cursor.journal_seq
+    return cursor.time_updated is None or (change.time_updated or 0) > cursor.time_updated
+
+
+def _lock(config: Config) -> StateLock:
+    lock = StateLock(config.state)
+    try:
+        lock.acquire()
+    except StateLocked as held:
+        raise UserError(
+            f"another syncd (pid {held.pid or 'unknown'}) is already running on state "
+            f"{config.state}: stop it first, or give this one its own --state"
+        ) from None
+    return lock
 
 
 async def _report(config: Config) -> list[dict]:
