@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,12 +15,21 @@ from syncd.transports.base import (
     RejectedError,
     Share,
     ShareNotFoundError,
+    SyncItem,
 )
 from syncd.transports.local import LocalTransport
 
-EXAMPLES = json.loads(Path("/work/shared/opencode/share-sync-examples-1.18.33.json").read_text())
-SESSION_ID = EXAMPLES["create-request"]["sessionID"]
-ITEMS = [value for name, value in EXAMPLES.items() if name != "create-request"]
+SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
+
+
+@pytest.fixture
+def examples(shared_dir: Path) -> dict[str, Any]:
+    """Real SyncData captured from opencode 1.18.33, by name."""
+    return json.loads((shared_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
+
+
+def items_of(examples: dict[str, Any]) -> list[SyncItem]:
+    return [value for name, value in examples.items() if name != "create-request"]
 
 
 @pytest.fixture
@@ -29,18 +39,21 @@ async def store(tmp_path: Path) -> AsyncIterator[ShareStore]:
     await opened.close()
 
 
-async def test_create_and_sync_land_in_the_archive(store: ShareStore) -> None:
+async def test_create_and_sync_land_in_the_archive(
+    store: ShareStore, examples: dict[str, Any]
+) -> None:
     transport = LocalTransport(store)
     assert transport.name == "local"
-    batch = Batch(SESSION_ID, ITEMS)
+    assert examples["create-request"]["sessionID"] == SESSION_ID
+    batch = Batch(SESSION_ID, items_of(examples))
     created = await transport.create(SESSION_ID, batch)
     assert created.synced is False
     assert created.share.url == f"archive:/share/{created.share.id}"
     await transport.sync(created.share, batch)
     doc = await store.read_share(created.share.id)
-    assert doc["session"] == EXAMPLES["session"]["data"]
-    assert doc["parts"] == [EXAMPLES["part:text"]["data"]]
-    assert doc["messages"] == [EXAMPLES["message"]["data"]]
+    assert doc["session"] == examples["session"]["data"]
+    assert doc["parts"] == [examples["part:text"]["data"]]
+    assert doc["messages"] == [examples["message"]["data"]]
 
 
 async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:
@@ -55,17 +68,18 @@ async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:
     assert await store.sync(share.id, share.secret, []) == 3  # two applied syncs before
 
 
-async def test_errors_in_transport_terms(store: ShareStore) -> None:
+async def test_errors_in_transport_terms(store: ShareStore, examples: dict[str, Any]) -> None:
     transport = LocalTransport(store)
     share = (await transport.create(SESSION_ID, None)).share
-    batch = Batch(SESSION_ID, ITEMS)
+    items = items_of(examples)
+    batch = Batch(SESSION_ID, items)
     with pytest.raises(ShareNotFoundError, match="Share not found"):
         await transport.sync(Share(id="missing", secret=share.secret, url="archive:"), batch)
     with pytest.raises(RejectedError, match="Invalid secret") as wrong:
         await transport.sync(Share(id=share.id, secret="wrong", url=share.url), batch)
     assert not isinstance(wrong.value, ShareNotFoundError)
     with pytest.raises(RejectedError, match=r"item 1 \(part\)"):
-        await transport.sync(share, Batch(SESSION_ID, [ITEMS[0], {"type": "part", "data": {}}]))
+        await transport.sync(share, Batch(SESSION_ID, [items[0], {"type": "part", "data": {}}]))
     assert (await store.read_share(share.id))["session"] is None
     await transport.delete(share)
     with pytest.raises(ShareNotFoundError):

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from receiver import running_receiver
 
 from syncd.errors import UserError
 from syncd.serve.app import serve
+from tests.receiver import running_receiver
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 

@@ -24,7 +24,6 @@ from syncd.serve.store import (
     ShareStore,
 )
 
-EXAMPLES = Path("/work/shared/opencode/share-sync-examples-1.18.33.json")
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 
 
@@ -131,8 +130,8 @@ async def test_session_diff_and_models_replace_whole_arrays(store: ShareStore) -
     assert doc["models"] == []
 
 
-async def test_real_sync_examples_read_back_unchanged(store: ShareStore) -> None:
-    examples = json.loads(EXAMPLES.read_text())
+async def test_real_sync_examples_read_back_unchanged(store: ShareStore, shared_dir: Path) -> None:
+    examples = json.loads((shared_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
     items = [value for name, value in examples.items() if name != "create-request"]
     share = await store.create_share(examples["create-request"]["sessionID"], "http://x")
     await store.sync(share.id, share.secret, items)
