@@ -1,0 +1,292 @@
+"""Transport `a2a`: syncd as an A2A 1.0 client (a2a-sdk, an optional extra).
+
+Mapping: a session is an A2A `contextId`; each batch is one `SendMessage` whose `messageId` is
+`Batch.key` (a batch re-sent after a crash carries the same id, and the receiver applies a
+`messageId` once), carrying one part per SyncData item.
+
+Numbers: an A2A data part is a `google.protobuf.Value`, where every number is a double, so the
+SDK sends `1790000000000` as `1790000000000.0` and a receiver reads a float. The rule both ends
+follow (`item_part` / `part_item`): in a data part a whole number is an integer, as in the
+JSON opencode (JavaScript) writes. An item the rule cannot carry exactly (an integer beyond
+2**53, a float with no fraction, NaN) travels as a text part holding its JSON text, media type
+`application/json`.
+
+A2A has no operation that removes a context: `delete` sends a message with metadata
+`{"syncd.operation": "delete"}`, which `syncd serve` answers by deleting the share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..errors import UserError
+from .base import Batch, Created, RejectedError, RetryableError, Share, SyncItem, Transport
+
+if TYPE_CHECKING:
+    from a2a.client import Client
+    from a2a.types.a2a_pb2 import Message, Part, SendMessageRequest
+
+KEY_HEADER = "x-opencode-share-key"
+JSON_MEDIA_TYPE = "application/json"
+OPERATION_FIELD = "syncd.operation"
+DELETE_OPERATION = "delete"
+# config.a2a_binding -> the binding name A2A agent cards use (spec section 5.3).
+BINDINGS = {"jsonrpc": "JSONRPC", "http+json": "HTTP+JSON"}
+EXACT_INT = 2**53  # doubles hold every integer up to this exactly
+
+
+def require_sdk() -> None:
+    """UserError (one line) when the optional a2a-sdk is not installed."""
+    try:
+        import a2a.client  # noqa: F401
+    except ImportError as exc:
+        raise UserError("transport 'a2a' needs the A2A SDK: pip install 'syncd[a2a]'") from exc
+
+
+# -- SyncData <-> A2A parts ------------------------------------------------------------------
+
+
+def _exact_as_double(value: Any) -> bool:
+    """Whether `value` comes back unchanged through a data part and `_whole_to_int`."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= EXACT_INT
+    if isinstance(value, float):
+        return math.isfinite(value) and not value.is_integer()
+    if isinstance(value, list):
+        return all(_exact_as_double(element) for element in value)
+    if isinstance(value, dict):
+        return all(_exact_as_double(element) for element in value.values())
+    return False
+
+
+def _whole_to_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_to_int(element) for element in value]
+    if isinstance(value, dict):
+        return {key: _whole_to_int(element) for key, element in value.items()}
+    return value
+
+
+def item_part(item: SyncItem) -> Part:
+    """The A2A part carrying one SyncData item (see the module docstring for numbers)."""
+    from a2a.types.a2a_pb2 import Part
+    from google.protobuf import json_format, struct_pb2
+
+    if _exact_as_double(item):
+        return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
+    return Part(
+        text=json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
+        media_type=JSON_MEDIA_TYPE,
+    )
+
+
+def part_item(part: Part) -> Any:
+    """The JSON value a part carries (ValueError naming the problem when it carries none)."""
+    from google.protobuf import json_format
+
+    content = part.WhichOneof("content")
+    if content == "data":
+        return _whole_to_int(json_format.MessageToDict(part.data))
+    if content == "text" and part.media_type == JSON_MEDIA_TYPE:
+        try:
+            return json.loads(part.text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"text part is not valid JSON ({exc})") from exc
+    raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
+
+
+def is_delete(message: Message) -> bool:
+    return message.metadata.fields.get(OPERATION_FIELD) is not None and (
+        message.metadata.fields[OPERATION_FIELD].string_value == DELETE_OPERATION
+    )
+
+
+# -- the transport --------------------------------------------------------------------------
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+class A2aTransport(Transport):
+    name = "a2a"
+    # The receiver keys shares by context (session) id; opencode's own shares live elsewhere.
+    reuses_opencode_shares = False
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key: str | None = None,
+        binding: str = "jsonrpc",
+        timeout: float = 30.0,
+        verify: bool | str = True,
+    ) -> None:
+        require_sdk()
+        if binding not in BINDINGS:
+            raise UserError(
+                f"a2a_binding {binding!r} is not one of {', '.join(BINDINGS)}: fix the config"
+            )
+        self._base_url = base_url.rstrip("/")
+        self._binding = BINDINGS[binding]
+        self._has_key = bool(key)
+        self._http = httpx.AsyncClient(
+            headers={KEY_HEADER: key} if key else {}, timeout=timeout, verify=verify
+        )
+        self._client: Client | None = None
+        self._connecting = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"A2aTransport({self._base_url!r}, binding={self._binding!r})"
+
+    async def create(self, session_id: str, batch: Batch | None) -> Created:
+        """No call: the receiver creates the share with the context's first message. The URL
+        is where `syncd serve` shows it (like opencode, it names a share by the session id's
+        last 8 characters)."""
+        url = f"{self._base_url}/share/{session_id[-8:]}"
+        return Created(Share(id=session_id, secret="", url=url), synced=False)
+
+    async def sync(self, share: Share, batch: Batch) -> None:
+        await self._send(share.id, batch.key, [item_part(item) for item in batch.items], {})
+
+    async def delete(self, share: Share) -> None:
+        from a2a.helpers.proto_helpers import new_text_part
+
+        await self._send(
+            share.id,
+            f"delete-{share.id}",
+            [new_text_part("delete this share")],
+            {OPERATION_FIELD: DELETE_OPERATION},
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        await self._http.aclose()
+
+    async def _connect(self) -> Client:
+        """Resolve the agent card once and pick the configured binding's interface."""
+        from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+
+        async with self._connecting:
+            if self._client is None:
+                resolver = A2ACardResolver(self._http, self._base_url)
+                card = await self._call(resolver.get_agent_card())
+                factory = ClientFactory(
+                    ClientConfig(
+                        streaming=False,
+                        httpx_client=self._http,
+                        supported_protocol_bindings=[self._binding],
+                    )
+                )
+                try:
+                    self._client = factory.create(card)
+                except ValueError as exc:
+                    offered = ", ".join(i.protocol_binding for i in card.supported_interfaces)
+                    raise RejectedError(
+                        f"{self._base_url} offers no A2A {self._binding} interface (it offers: "
+                        f"{offered or 'none'}): set a2a_binding to one it offers"
+                    ) from exc
+            return self._client
+
+    async def _send(
+        self, context_id: str, message_id: str, parts: list[Part], metadata: dict[str, str]
+    ) -> None:
+        from a2a.types.a2a_pb2 import Message, Role, SendMessageRequest
+
+        client = await self._connect()
+        message = Message(
+            message_id=message_id, context_id=context_id, role=Role.ROLE_USER, parts=parts
+        )
+        message.metadata.update(metadata)
+        responses = await self._call(_collect(client, SendMessageRequest(message=message)))
+        for response in responses:
+            if response.HasField("task"):
+                _check_task(response.task)
+
+    async def _call(self, call: Any) -> Any:
+        """Await an SDK call, turning its failures into the delivery loop's errors."""
+        from a2a.client import A2AClientError, A2AClientTimeoutError, AgentCardResolutionError
+        from a2a.utils.errors import A2AError, InternalError
+
+        try:
+            return await call
+        except A2AClientTimeoutError as exc:
+            raise RetryableError(f"A2A request to {self._base_url} timed out") from exc
+        except A2AError as exc:
+            response = _http_error_response(exc)
+            if response is not None:
+                raise self._status_error(response, exc.message) from exc
+            if isinstance(exc, InternalError):
+                raise RetryableError(f"A2A receiver failed: {exc.message}") from exc
+            if isinstance(exc, AgentCardResolutionError) or (
+                isinstance(exc, A2AClientError)
+                and isinstance(exc.__cause__, httpx.HTTPError | json.JSONDecodeError)
+            ):
+                # No usable answer: connection refused or dropped, an unreadable body.
+                raise RetryableError(f"A2A request to {self._base_url} failed: {exc}") from exc
+            raise RejectedError(f"A2A receiver refused the batch: {exc.message}") from exc
+
+    def _status_error(self, response: httpx.Response, message: str) -> Exception:
+        status = response.status_code
+        if status in (401, 403):
+            problem = "refused the key in" if self._has_key else "requires a key in"
+            return RejectedError(
+                f"A2A receiver {self._base_url} {problem} {KEY_HEADER} (HTTP {status}): "
+                "set the key syncd serve was started with"
+            )
+        if status == 429 or status >= 500:
+            return RetryableError(
+                f"A2A receiver {self._base_url} answered HTTP {status}",
+                retry_after=_retry_after(response),
+            )
+        return RejectedError(f"A2A receiver answered HTTP {status}: {message}")
+
+
+async def _collect(client: Client, request: SendMessageRequest) -> list[Any]:
+    return [response async for response in client.send_message(request)]
+
+
+def _http_error_response(error: BaseException) -> httpx.Response | None:
+    """The HTTP answer behind an SDK error (the SDK chains httpx's error as the cause)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, httpx.HTTPStatusError):
+            return cause.response
+        cause = cause.__cause__
+    return None
+
+
+def _check_task(task: Any) -> None:
+    """A task answer: completed is an acknowledgement, failed/rejected a refusal."""
+    from a2a.helpers.proto_helpers import get_message_text
+    from a2a.types.a2a_pb2 import TaskState
+
+    state = task.status.state
+    if state == TaskState.TASK_STATE_COMPLETED:
+        return
+    reason = get_message_text(task.status.message) if task.status.HasField("message") else ""
+    name = TaskState.Name(state).removeprefix("TASK_STATE_").lower()
+    if state in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING):
+        # Not acknowledged yet; re-sending is safe, the receiver applies a messageId once.
+        raise RetryableError(f"A2A task still {name}")
+    raise RejectedError(f"A2A task {name}: {reason or 'no reason given'}")
