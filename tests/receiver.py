@@ -7,6 +7,7 @@ faults a test can switch on and off:
         await r.faults.stop()                       # connections refused (socket closed)
         await r.faults.ok()                         # normal again, on the same port
         r.create_count                              # shares created successfully so far
+        r.answers                                   # (method, path, status) of every answer
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from syncd.serve.app import build_app, listening_socket
 from syncd.serve.body_limit import DEFAULT_MAX_BODY
@@ -68,6 +69,7 @@ class Receiver:
         self.url = ""
         self.faults = Faults(self)
         self.create_count = 0
+        self.answers: list[tuple[str, str, int]] = []
         self._app = app
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +87,8 @@ class Receiver:
         self.store.create_share = counted  # type: ignore[method-assign]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = self._recording(scope, send)
         faults = self.faults
         if scope["type"] == "http" and faults.mode == "status":
             headers = (
@@ -101,6 +105,14 @@ class Receiver:
         if faults.mode == "slow":
             await asyncio.sleep(faults.delay)
         await self._app(scope, receive, send)
+
+    def _recording(self, scope: Scope, send: Send) -> Send:
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.answers.append((scope["method"], scope["path"], message["status"]))
+            await send(message)
+
+        return record
 
     async def _listen(self) -> None:
         if self._server is not None:
