@@ -68,7 +68,11 @@ async def serve(config: Any) -> int:
     """Run the receiver on config.serve_host:config.serve_port over the archive at
     config.archive until interrupted."""
     sock = listening_socket(config.serve_host, config.serve_port)
-    store = await ShareStore.open(config.archive)
+    try:
+        store = await ShareStore.open(config.archive)
+    except BaseException:
+        sock.close()
+        raise
     try:
         app = build_app(store, key=config.key)
         shares = await store.list_shares()
