@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,9 @@ async def test_unreachable_receiver_is_retryable(tmp_path: Path, binding: str) -
 
 @pytest.mark.parametrize("sent_key", [None, "wrong-key-value"])
 async def test_key_refusal_names_the_header_not_the_key(
-    tmp_path: Path, binding: str, sent_key: str | None
+    tmp_path: Path, binding: str, sent_key: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDK logs call contexts (request headers) at debug
     async with running_receiver(tmp_path, key="right-key-value") as receiver:
         transport = A2aTransport(receiver.url, key=sent_key, binding=binding)
         try:
@@ -209,6 +211,21 @@ async def test_key_refusal_names_the_header_not_the_key(
         finally:
             await transport.aclose()
         assert len(await receiver.store.list_shares()) == 1
+    assert "'headers'" in caplog.text
+    assert "key-value" not in caplog.text
+
+
+async def test_timeout_is_retryable(tmp_path: Path, binding: str) -> None:
+    async with running_receiver(tmp_path) as receiver:
+        transport = A2aTransport(receiver.url, binding=binding, timeout=0.2)
+        try:
+            share = (await transport.create(SESSION, None)).share
+            await transport.sync(share, Batch(SESSION, examples()[:1]))
+            await receiver.faults.slow(1)
+            with pytest.raises(RetryableError, match="timed out"):
+                await transport.sync(share, Batch(SESSION, examples()[3:4]))
+        finally:
+            await transport.aclose()
 
 
 async def test_a2a_error_answers_are_mapped() -> None:

@@ -198,10 +198,12 @@ def a2a_routes(store: ShareStore, *, base_url: str | None, key: str | None) -> l
         return base_url or str(request.base_url).rstrip("/")
 
     class CallContextBuilder(DefaultServerCallContextBuilder):
-        """Hands the executor the base url share urls start with."""
+        """Hands the executor the base url share urls start with, and keeps the key out of
+        the call context (the SDK logs that at debug level)."""
 
         def build(self, request: Request):  # type: ignore[no-untyped-def]
             context = super().build(request)
+            context.state["headers"].pop(KEY_HEADER, None)
             context.state[BASE_URL_STATE] = request_base(request)
             return context
 

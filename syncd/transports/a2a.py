@@ -119,8 +119,10 @@ def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
-    if value.strip().isdigit():
-        return float(value)
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
     try:
         return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
