@@ -1,0 +1,318 @@
+"""HttpTransport against a real HTTP server on 127.0.0.1: the REST calls opencode's share makes,
+and how every kind of answer maps to ok / retry / reject / share-not-found."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from syncd.errors import UserError
+from syncd.transports.base import (
+    Batch,
+    RejectedError,
+    RetryableError,
+    Share,
+    ShareNotFoundError,
+)
+from syncd.transports.http import HttpTransport
+from syncd.transports.tls import verify_setting
+
+SECRET = "s3cr3t-7f1e9c2a-share-secret"
+SHARE = Share(id="shr_1", secret=SECRET, url="http://127.0.0.1/share/shr_1")
+BATCH = Batch(session_id="ses_1", items=[{"type": "session", "data": {"id": "ses_1"}}])
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes | str | dict[str, Any] = field(default_factory=lambda: {"success": True})
+    headers: dict[str, str] = field(default_factory=dict)
+    content_length: int | None = None  # lie about the length to truncate the body
+    delay: float = 0.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: Any
+
+
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # concurrent clients must not wait for a SYN retry
+
+
+class Server:
+    """A scripted HTTP server: `answer(method, path)` decides each reply; requests are kept."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.answer: Callable[[str, str], Answer] = lambda method, path: Answer()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                server.requests.append(
+                    Request(self.command, self.path, json.loads(raw) if raw else None)
+                )
+                answer = server.answer(self.command, self.path)
+                time.sleep(answer.delay)
+                body = answer.body
+                if isinstance(body, dict):
+                    body = json.dumps(body)
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                length = answer.content_length if answer.content_length is not None else len(data)
+                self.send_header("content-length", str(length))
+                self.end_headers()
+                self.wfile.write(data)
+                if answer.content_length is not None:
+                    self.close_connection = True
+
+            do_GET = do_POST = do_DELETE = handle_one
+
+        self._httpd = _Listener(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+async def transport(server: Server) -> Any:
+    http = HttpTransport(server.url + "/", timeout=5.0, verify=True)
+    yield http
+    await http.aclose()
+
+
+def assert_secret_hidden(error: BaseException) -> None:
+    assert SECRET not in str(error)
+    assert SECRET not in repr(error)
+    assert SECRET not in repr(error.args)
+
+
+async def test_create_sync_delete_speak_opencodes_share_api(
+    server: Server, transport: HttpTransport
+) -> None:
+    def answer(method: str, path: str) -> Answer:
+        if path == "/api/share":
+            return Answer(body={"id": "shr_1", "secret": SECRET, "url": "http://x/share/shr_1"})
+        if path.endswith("/sync"):
+            return Answer(body={"success": True, "syncCount": 3})
+        return Answer()
+
+    server.answer = answer
+    created = await transport.create("ses_1", BATCH)
+    assert created.synced is False  # REST cannot carry data with create
+    assert (created.share.id, created.share.secret) == ("shr_1", SECRET)
+    await transport.sync(created.share, BATCH)
+    await transport.delete(created.share)
+    assert [(r.method, r.path, r.body) for r in server.requests] == [
+        ("POST", "/api/share", {"sessionID": "ses_1"}),
+        ("POST", "/api/share/shr_1/sync", {"secret": SECRET, "data": BATCH.items}),
+        ("DELETE", "/api/share/shr_1", {"secret": SECRET}),
+    ]
+
+
+async def test_share_id_cannot_escape_its_path(server: Server, transport: HttpTransport) -> None:
+    await transport.sync(Share(id="../x?y", secret=SECRET, url=""), BATCH)
+    assert server.requests[0].path == "/api/share/..%2Fx%3Fy/sync"
+
+
+async def test_unknown_share_on_sync_is_share_not_found(
+    server: Server, transport: HttpTransport
+) -> None:
+    server.answer = lambda method, path: Answer(404, "Share not found")
+    with pytest.raises(ShareNotFoundError) as info:
+        await transport.sync(SHARE, BATCH)
+    assert "Share not found" in str(info.value)
+    await transport.delete(SHARE)  # already gone is what delete wants
+
+
+async def test_404_on_create_is_a_plain_rejection(server: Server, transport: HttpTransport) -> None:
+    server.answer = lambda method, path: Answer(404, "<html>no such route</html>")
+    with pytest.raises(RejectedError) as info:
+        await transport.create("ses_1", None)
+    assert not isinstance(info.value, ShareNotFoundError)
+
+
+async def test_other_4xx_is_rejected_with_the_servers_message_and_no_secret(
+    server: Server, transport: HttpTransport
+) -> None:
+    echo = f"Invalid secret {SECRET} for share shr_1 " + "x" * 1000
+    server.answer = lambda method, path: Answer(403, echo)
+    with pytest.raises(RejectedError) as info:
+        await transport.sync(SHARE, BATCH)
+    message = str(info.value)
+    assert not isinstance(info.value, (ShareNotFoundError, RetryableError))
+    assert "403" in message and "Invalid secret *** for share shr_1" in message
+    assert len(message) < 400
+    assert_secret_hidden(info.value)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+async def test_429_and_5xx_are_retryable_with_retry_after_seconds(
+    server: Server, transport: HttpTransport, status: int
+) -> None:
+    server.answer = lambda method, path: Answer(status, "busy", {"Retry-After": "7"})
+    with pytest.raises(RetryableError) as info:
+        await transport.sync(SHARE, BATCH)
+    assert info.value.retry_after == 7.0
+    assert str(status) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        (email.utils.formatdate(time.time() + 3600, usegmt=True), 3000.0, 3601.0),
+        (email.utils.formatdate(time.time() - 3600, usegmt=True), 0.0, 0.0),
+        ("1.5", 1.5, 1.5),
+        ("-3", 0.0, 0.0),
+    ],
+)
+async def test_retry_after_http_date_and_edge_values(
+    server: Server, transport: HttpTransport, header: str, low: float, high: float
+) -> None:
+    server.answer = lambda method, path: Answer(503, "", {"Retry-After": header})
+    with pytest.raises(RetryableError) as info:
+        await transport.sync(SHARE, BATCH)
+    assert info.value.retry_after is not None
+    assert low <= info.value.retry_after <= high
+
+
+@pytest.mark.parametrize("header", [None, "soon", "inf"])
+async def test_missing_or_garbage_retry_after_is_none(
+    server: Server, transport: HttpTransport, header: str | None
+) -> None:
+    headers = {"Retry-After": header} if header else {}
+    server.answer = lambda method, path: Answer(500, "", headers)
+    with pytest.raises(RetryableError) as info:
+        await transport.sync(SHARE, BATCH)
+    assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(200, "<html><body>Welcome to nginx</body></html>", {"content-type": "text/html"}),
+        Answer(200, '{"success": tr'),  # cut short with a correct length
+        Answer(200, '{"success": true}', content_length=200),  # the connection drops mid-body
+        Answer(200, {"success": False}),
+        Answer(200, {"syncCount": 1}),
+        Answer(200, "[]"),
+        Answer(204, ""),
+    ],
+)
+async def test_2xx_without_the_expected_json_is_not_acknowledged(
+    server: Server, transport: HttpTransport, answer: Answer
+) -> None:
+    server.answer = lambda method, path: answer
+    with pytest.raises(RetryableError) as info:
+        await transport.sync(SHARE, BATCH)
+    assert_secret_hidden(info.value)
+
+
+async def test_create_answer_without_secret_is_not_acknowledged(
+    server: Server, transport: HttpTransport
+) -> None:
+    server.answer = lambda method, path: Answer(200, {"id": "shr_1", "url": "u"})
+    with pytest.raises(RetryableError, match="lacks id, secret or url"):
+        await transport.create("ses_1", None)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirect_is_never_followed(
+    server: Server, transport: HttpTransport, status: int
+) -> None:
+    elsewhere = Server()
+    try:
+        location = f"{elsewhere.url}/api/share/shr_1/sync"
+        server.answer = lambda method, path: Answer(status, "", {"Location": location})
+        with pytest.raises(RejectedError) as info:
+            await transport.sync(SHARE, BATCH)
+        assert elsewhere.requests == []
+        assert len(server.requests) == 1
+        assert "redirect" in str(info.value) and location in str(info.value)
+        assert_secret_hidden(info.value)
+    finally:
+        elsewhere.close()
+
+
+async def test_refused_connection_is_retryable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    http = HttpTransport(f"http://127.0.0.1:{port}", timeout=5.0, verify=True)
+    try:
+        with pytest.raises(RetryableError) as info:
+            await http.sync(SHARE, BATCH)
+        assert "ConnectError" in str(info.value)
+        assert_secret_hidden(info.value)
+    finally:
+        await http.aclose()
+
+
+async def test_timeout_is_retryable(server: Server) -> None:
+    server.answer = lambda method, path: Answer(delay=1.0)
+    http = HttpTransport(server.url, timeout=0.1, verify=True)
+    try:
+        with pytest.raises(RetryableError) as info:
+            await http.sync(SHARE, BATCH)
+        assert "Timeout" in str(info.value)
+    finally:
+        await http.aclose()
+
+
+async def test_concurrent_calls_share_one_client(server: Server) -> None:
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        http = HttpTransport(server.url, timeout=5.0, verify=True, client=client)
+        shares = [Share(id=f"shr_{i}", secret=SECRET, url="") for i in range(20)]
+        await asyncio.gather(*(http.sync(share, BATCH) for share in shares))
+        await http.aclose()
+        assert not client.is_closed  # a client passed in belongs to the caller
+    assert sorted(r.path for r in server.requests) == sorted(
+        f"/api/share/shr_{i}/sync" for i in range(20)
+    )
+
+
+def test_ca_bundle_must_be_a_pem_file(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("this is not a certificate")
+    with pytest.raises(UserError, match="ca_bundle"):
+        verify_setting(str(not_pem))
+    assert isinstance(verify_setting(tmp_path), ssl.SSLContext)  # a certificate directory
+    assert verify_setting(False) is False
