@@ -28,8 +28,8 @@ def notify(msg: str, env: Mapping[str, str] = os.environ) -> None:
 
 
 def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
-    """Seconds between watchdog pings (half of WatchdogSec, as sd_watchdog_enabled advises),
-    or None when no watchdog is armed for this process."""
+    """The watchdog timeout in seconds (WatchdogSec=), as sd_watchdog_enabled reports it, or
+    None when no watchdog is armed for this process. Ping at least twice per timeout."""
     usec = env.get("WATCHDOG_USEC")
     if not usec:
         return None
@@ -40,4 +40,4 @@ def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
         value = int(usec)
     except ValueError:
         return None
-    return value / 2_000_000 if value > 0 else None
+    return value / 1_000_000 if value > 0 else None
