@@ -15,6 +15,7 @@ from ..errors import UserError
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
 from .rest import rest_routes
+from .rpc import rpc_routes
 from .store import ShareStore
 
 log = structlog.get_logger("syncd.serve")
@@ -32,6 +33,7 @@ def build_app(
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key),
+        *rpc_routes(store, base_url=base_url, key=key),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_body=max_body)])
 
