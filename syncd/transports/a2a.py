@@ -28,6 +28,7 @@ import httpx
 
 from ..errors import UserError
 from .base import Batch, Created, RejectedError, RetryableError, Share, SyncItem, Transport
+from .tls import verify_setting
 
 if TYPE_CHECKING:
     from a2a.client import Client
@@ -152,7 +153,9 @@ class A2aTransport(Transport):
         self._binding = BINDINGS[binding]
         self._has_key = bool(key)
         self._http = httpx.AsyncClient(
-            headers={KEY_HEADER: key} if key else {}, timeout=timeout, verify=verify
+            headers={KEY_HEADER: key} if key else {},
+            timeout=timeout,
+            verify=verify_setting(verify),
         )
         self._client: Client | None = None
         self._connecting = asyncio.Lock()
