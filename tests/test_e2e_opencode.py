@@ -1,0 +1,165 @@
+"""The whole thing: real opencode runs headless while `syncd run` (a real subprocess) pushes to a
+real receiver over the share REST API; at the end the receiver holds exactly what opencode's
+database holds, field by field, through SIGTERM, SIGKILL and receiver outages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.expected import assert_receiver_matches, database_snapshot, receiver_differences
+from tests.fake_llm import FakeLlm, Turn
+from tests.opencode_driver import Opencode
+from tests.receiver import Receiver, running_receiver
+from tests.syncd_process import SyncdProcess, state_dead_letters, state_shares, syncd_process
+
+pytestmark = pytest.mark.e2e
+
+CATCH_UP_TIMEOUT = 120.0
+
+
+def syncd_args(opencode: Opencode, receiver: Receiver, state_db: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--db",
+        str(opencode.db_path),
+        "--state",
+        str(state_db),
+        "--url",
+        receiver.url,
+        "--transport",
+        "http",
+        "--sessions",
+        "all",
+        *extra,
+    ]
+
+
+async def run_opencode(opencode: Opencode, fake_llm: FakeLlm, n: int) -> None:
+    """One headless session writing f{n}.txt, off the event loop (the receiver runs on it)."""
+    fake_llm.turn = Turn(
+        file_name=f"f{n}.txt",
+        file_text="".join(f"run {n} line {i}\n" for i in range(20)),
+        reply=" ".join(f"run{n}-word{i}" for i in range(80)),
+    )
+    await asyncio.to_thread(opencode.run, f"please write the file f{n}.txt")
+
+
+async def assert_receiver_holds_database(
+    receiver: Receiver, opencode: Opencode, state_db: Path, syncd: SyncdProcess
+) -> None:
+    snapshot = database_snapshot(opencode.db_path)
+    shares = state_shares(state_db)
+    assert set(shares) == set(snapshot), syncd.log()[-5000:]
+    for session_id, expected in snapshot.items():
+        assert_receiver_matches(expected, await receiver.store.read_share(shares[session_id]))
+    assert state_dead_letters(state_db) == []
+
+
+async def test_sigterm_after_headless_runs_leaves_the_receiver_complete(
+    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm
+) -> None:
+    state_db = tmp_path / "syncd-state.db"
+    async with running_receiver(tmp_path) as receiver:
+        args = syncd_args(opencode, receiver, state_db)
+        async with syncd_process(args, opencode.env, tmp_path / "syncd.log") as syncd:
+            for n in range(3):
+                await run_opencode(opencode, fake_llm, n)
+            # No waiting for delivery: stopping must flush what the last run just wrote.
+            assert await syncd.terminate() == 0, syncd.log()[-5000:]
+
+        snapshot = database_snapshot(opencode.db_path)
+        assert len(snapshot) == 3
+        await assert_receiver_holds_database(receiver, opencode, state_db, syncd)
+        assert receiver.create_count == 3
+
+
+async def test_crashes_and_receiver_outages_lose_nothing(
+    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm
+) -> None:
+    state_db = tmp_path / "syncd-state.db"
+    config = tmp_path / "syncd.toml"
+    # Short backoff so recovery after the outage is quick; a short window so kills land
+    # mid-delivery rather than always inside a window.
+    config.write_text("backoff_max = 2.0\nwindow = 0.3\n")
+    async with running_receiver(tmp_path) as receiver:
+        args = syncd_args(opencode, receiver, state_db, "--config", str(config))
+        async with syncd_process(args, opencode.env, tmp_path / "syncd.log") as syncd:
+            await run_opencode(opencode, fake_llm, 0)
+
+            await receiver.faults.stop()  # connections refused
+            await run_opencode(opencode, fake_llm, 1)
+
+            await receiver.faults.status(503)
+            await run_and_kill_mid_run(syncd, opencode, fake_llm, 2)
+
+            await receiver.faults.status(429, retry_after=1)
+            await run_opencode(opencode, fake_llm, 3)
+            await asyncio.sleep(3)
+
+            await receiver.faults.ok()
+            # A crash while deliveries succeed: the one that can fall between a share's
+            # creation and syncd recording its answer.
+            await run_and_kill_mid_run(syncd, opencode, fake_llm, 4)
+
+            await wait_until_receiver_holds_database(receiver, opencode, syncd)
+            assert await syncd.terminate() == 0, syncd.log()[-5000:]
+
+        assert syncd.starts == 3
+        statuses = {status for _method, _path, status in receiver.answers}
+        assert {503, 429, 200} <= statuses  # the outage phases were really met
+        snapshot = database_snapshot(opencode.db_path)
+        assert len(snapshot) == 5
+        await assert_receiver_holds_database(receiver, opencode, state_db, syncd)
+        sessions_of_shares = [share["session_id"] for share in await receiver.store.list_shares()]
+        assert set(sessions_of_shares) == set(snapshot)
+        # Each share created once; one extra only if the second kill fell between a create
+        # and syncd recording its answer (the first kill came while every create failed).
+        duplicated = len(sessions_of_shares) - len(set(sessions_of_shares))
+        assert duplicated <= 1, sessions_of_shares
+        assert receiver.create_count == len(snapshot) + duplicated
+
+
+async def run_and_kill_mid_run(
+    syncd: SyncdProcess, opencode: Opencode, fake_llm: FakeLlm, n: int
+) -> None:
+    """Run opencode; while its reply is streaming (the text part being rewritten), SIGKILL
+    syncd and start it again."""
+    replies_before = fake_llm.requests["reply"]
+    run = asyncio.create_task(run_opencode(opencode, fake_llm, n))
+    while fake_llm.requests["reply"] == replies_before and not run.done():
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # some of the reply streamed and committed
+    await syncd.kill()
+    await syncd.start()
+    await run
+
+
+async def wait_until_receiver_holds_database(
+    receiver: Receiver, opencode: Opencode, syncd: SyncdProcess
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CATCH_UP_TIMEOUT
+    while True:
+        snapshot = database_snapshot(opencode.db_path)
+        latest_share: dict[str, str] = {}
+        for share in await receiver.store.list_shares():  # newest first
+            latest_share.setdefault(share["session_id"], share["id"])
+        differences: list[str] = []
+        for session_id, expected in snapshot.items():
+            if session_id not in latest_share:
+                differences.append(f"session {session_id}: no share on the receiver")
+                continue
+            share = await receiver.store.read_share(latest_share[session_id])
+            differences += receiver_differences(expected, share)
+        if not differences:
+            return
+        if loop.time() > deadline:
+            shown = "\n".join(differences[:20])
+            raise AssertionError(
+                f"receiver still behind after {CATCH_UP_TIMEOUT:g}s:\n{shown}\n"
+                f"syncd log (end):\n{syncd.log()[-5000:]}"
+            )
+        await asyncio.sleep(0.5)
