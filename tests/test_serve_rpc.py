@@ -1,0 +1,175 @@
+"""`syncd serve`'s `/rpc/share` (Cap'n Web over HTTP batch and WebSocket): syncd's own client
+in both modes, and npm capnweb's client (tests/node/share_rpc_client.mjs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from syncd.transports.base import Batch, RejectedError, Share, ShareNotFoundError
+from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport, JsError
+from syncd.transports.capnweb.codec import dumps
+from syncd.transports.capnweb.protocol import Call, frame_calls, parse_answer, release
+from syncd.transports.capnweb.server import ServerSession
+from syncd.transports.capnweb.share import CapnwebTransport
+from tests.node_share_rpc import run_node_client
+from tests.receiver import Receiver, running_receiver
+
+KEY = "serve-key-31d"
+TRANSPORTS = {"batch": CapnwebBatchTransport, "ws": CapnwebWsTransport}
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
+    async with running_receiver(tmp_path, key=KEY) as running:
+        yield running
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+async def transport(request: pytest.FixtureRequest, receiver: Receiver) -> AsyncIterator[Any]:
+    made = TRANSPORTS[request.param](receiver.url, key=KEY, timeout=10, verify=True)
+    yield made
+    await made.aclose()
+
+
+def session_items(session_id: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "session", "data": {"id": session_id, "title": "t", "tags": ["date", 5]}},
+        {"type": "message", "data": {"id": "msg_1", "sessionID": session_id, "role": "user"}},
+        {"type": "part", "data": {"id": "prt_1", "messageID": "msg_1", "text": "héllo"}},
+        {"type": "session_diff", "data": [{"file": "a.txt", "additions": 1}]},
+        {"type": "model", "data": [{"id": "m1", "providerID": "p"}]},
+    ]
+
+
+async def test_create_sync_delete_against_syncd_serve(
+    transport: CapnwebTransport, receiver: Receiver
+) -> None:
+    session_id = f"ses_serve_{transport.name}"
+    first = Batch(session_id, session_items(session_id))
+    created = await transport.create(session_id, first)
+    assert created.synced
+    assert created.share.url == f"{receiver.url}/share/{created.share.id}"
+    stored = await receiver.store.read_share(created.share.id)
+    assert stored["session"]["tags"] == ["date", 5]
+    assert stored["diffs"] == [{"file": "a.txt", "additions": 1}]
+
+    more = Batch(session_id, [{"type": "session_diff", "data": [{"file": "b.txt"}]}])
+    await transport.sync(created.share, more)
+    assert (await receiver.store.read_share(created.share.id))["diffs"] == [{"file": "b.txt"}]
+    share = created.share
+    again = Call("syncShare", (share.id, share.secret, more.items, more.key))
+    other = Call("syncShare", (share.id, share.secret, more.items, "another-batch"))
+    # The batch re-sent after a lost answer is applied once; another batch counts.
+    answers = await transport.round_trip([again, again, other])
+    assert [answer["syncCount"] for answer in answers] == [2, 2, 3]
+
+    wrong = Share(created.share.id, "wrong-secret", created.share.url)
+    with pytest.raises(RejectedError, match="Invalid secret"):
+        await transport.sync(wrong, more)
+    await transport.delete(created.share)
+    with pytest.raises(ShareNotFoundError):
+        await transport.sync(created.share, more)
+
+
+async def test_create_and_sync_take_one_post(receiver: Receiver) -> None:
+    transport = CapnwebBatchTransport(receiver.url, key=KEY, timeout=10, verify=True)
+    try:
+        before = len(receiver.answers)
+        created = await transport.create("ses_one_post", Batch("ses_one_post", session_items("x")))
+    finally:
+        await transport.aclose()
+    assert created.synced
+    assert receiver.answers[before:] == [("POST", "/rpc/share", 200)]
+    assert receiver.create_count == 1
+
+
+async def test_bad_first_batch_keeps_the_share_and_is_refused_on_sync(
+    transport: CapnwebTransport, receiver: Receiver
+) -> None:
+    bad = Batch("ses_bad", [{"type": "no-such-type", "data": {}}])
+    created = await transport.create("ses_bad", bad)
+    assert not created.synced  # the share stands; the batch is refused when sync() sends it
+    with pytest.raises(RejectedError, match=r"TypeError.*no-such-type"):
+        await transport.sync(created.share, bad)
+    # opencode's form, createShare(sessionID, initialData), refuses bad data before creating.
+    [answer] = await transport.round_trip([Call("createShare", ("ses_bad_2", bad.items))])
+    assert isinstance(answer, JsError) and answer.name == "TypeError"
+    assert [s["session_id"] for s in await receiver.store.list_shares()] == ["ses_bad"]
+
+
+async def test_the_key_is_required_on_both_modes(receiver: Receiver) -> None:
+    for kind in TRANSPORTS.values():
+        for key in (None, "wrong-key-123"):
+            bare = kind(receiver.url, key=key, timeout=10, verify=True)
+            try:
+                with pytest.raises(RejectedError, match=r"401.*x-opencode-share-key") as refused:
+                    await bare.create("ses_nokey", None)
+            finally:
+                await bare.aclose()
+            assert KEY not in str(refused.value) and "wrong-key-123" not in str(refused.value)
+    assert receiver.create_count == 0
+
+
+@pytest.mark.parametrize("mode", ["batch", "ws"])
+async def test_npm_capnweb_client_against_syncd_serve(receiver: Receiver, mode: str) -> None:
+    session_id = f"ses_node_{mode}"
+    out = await run_node_client(receiver.url, mode, session_id, KEY)
+    assert "error" not in out, out
+    assert out["synced"] == {"success": True, "syncCount": 2}
+    assert out["secondSynced"] == {"success": True, "syncCount": 1}
+    assert out["wrongSecret"] == {"name": "Error", "message": "Invalid secret"}
+    assert out["deleted"] == {"success": True}
+    assert out["afterDelete"] == {"name": "Error", "message": "Share not found"}
+    stored = await receiver.store.read_share(out["created"]["id"])
+    assert stored["session"]["title"] == "from node"
+    assert stored["messages"][0]["tags"] == ["date", 5] and stored["messages"][0]["empty"] == []
+    assert stored["parts"][0]["text"] == "héllo ✓"
+    without_key = await run_node_client(receiver.url, mode, "ses_node_nokey", None)
+    assert "error" in without_key
+
+
+async def test_results_are_kept_until_released() -> None:
+    async def dispatch(method: str, args: list[Any]) -> Any:
+        return {"method": method, "args": args}
+
+    sent: list[str] = []
+    session = ServerSession(dispatch, sent.append)
+    try:
+        for message in frame_calls([Call("echo", (n,)) for n in range(50)], first_id=1):
+            session.receive(dumps(message))
+        await session.settled()
+        assert len(sent) == 50 and session.retained == 50
+        for answer in map(parse_answer, sent):
+            session.receive(dumps(release(answer.import_id)))  # type: ignore[arg-type]
+        assert session.retained == 0
+    finally:
+        await session.close()
+
+
+async def test_a_protocol_violation_aborts_the_socket(receiver: Receiver) -> None:
+    url = receiver.url.replace("http", "ws") + "/rpc/share"
+    async with connect(url, additional_headers={"x-opencode-share-key": KEY}) as socket:
+        await socket.send('["no-such-message"]')
+        abort = parse_answer(await asyncio.wait_for(socket.recv(), 10))
+        assert abort.kind == "abort" and "bad RPC message" in abort.value.message
+        await asyncio.wait_for(socket.wait_closed(), 10)
+    assert socket.close_code == 3000
+
+
+async def test_a_bad_batch_body_is_a_400(receiver: Receiver) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            receiver.url + "/rpc/share", content=b"not json", headers={"x-opencode-share-key": KEY}
+        )
+    assert answer.status_code == 400
+    assert "bad capnweb batch" in answer.text
+    assert json.dumps(answer.text)  # a readable message, not a traceback
