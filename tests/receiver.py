@@ -5,18 +5,29 @@ faults a test can switch on and off:
         await r.faults.status(503, retry_after=2)   # every request answers 503 + Retry-After
         await r.faults.slow(5)                      # every request answers after 5 s
         await r.faults.stop()                       # connections refused (socket closed)
+        await r.faults.drop()                       # request applied, connection dropped mid-answer
+        await r.faults.truncated()                  # request applied, 200 with a cut JSON body
+        await r.faults.html()                       # 200 with an HTML page, request not applied
+        await r.faults.late(5)                      # request applied, answered after 5 s
+        await r.faults.random(random.Random(1))     # any of the above (or ok) per request
         await r.faults.ok()                         # normal again, on the same port
         r.create_count                              # shares created successfully so far
         r.answers                                   # (method, path, status) of every answer
+        r.faults.injected                           # Counter: faulty answers given, by fault
+        r.faults.unanswered                         # Counter: applied but answer lost, by call
+        r.repeated_batches                          # syncs whose batch key was applied already
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random as random_module
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.responses import JSONResponse
@@ -34,8 +45,16 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
+HTML_PAGE = b"<html><body><h1>Service temporarily unavailable</h1></body></html>"
+# Per-request faults of `random` mode, and how often each is chosen.
+RANDOM_FAULTS: dict[str, float] = {
+    "ok": 0.45, "503": 0.1, "429": 0.1, "late": 0.05, "drop": 0.1, "html": 0.1, "truncated": 0.1,
+}  # fmt: skip
+
+
 class Faults:
-    """The receiver's current behaviour; `mode` is "ok", "status", "slow" or "stopped"."""
+    """The receiver's current behaviour; `mode` is "ok", "status", "slow", "stopped", "drop",
+    "truncated", "html", "late" or "random"."""
 
     def __init__(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -43,6 +62,9 @@ class Faults:
         self.status_code = 200
         self.retry_after: float | None = None
         self.delay = 0.0
+        self._rng = random_module.Random(0)
+        self.injected: Counter[str] = Counter()
+        self.unanswered: Counter[str] = Counter()
 
     async def ok(self) -> None:
         await self._receiver._listen()
@@ -61,6 +83,40 @@ class Faults:
         self.mode = "stopped"
         await self._receiver._close()
 
+    async def drop(self) -> None:
+        """Apply each request, then drop the connection halfway through the answer."""
+        await self._switch("drop")
+
+    async def truncated(self) -> None:
+        """Apply each request, then answer 200 with the JSON body cut in half."""
+        await self._switch("truncated")
+
+    async def html(self) -> None:
+        """Answer 200 with an HTML page (a proxy's, say) without applying anything."""
+        await self._switch("html")
+
+    async def late(self, seconds: float) -> None:
+        """Apply each request, then answer only after `seconds`."""
+        await self._switch("late")
+        self.delay = seconds
+
+    async def random(self, rng: random_module.Random, delay: float = 2.0) -> None:
+        """Each request meets one of RANDOM_FAULTS (ok included), drawn from `rng`; `late`
+        answers come after `delay` seconds."""
+        await self._switch("random")
+        self._rng, self.delay = rng, delay
+
+    async def _switch(self, mode: str) -> None:
+        await self._receiver._listen()
+        self.mode = mode
+
+    def draw(self) -> str:
+        """The fault this request meets (for modes that vary per request)."""
+        if self.mode != "random":
+            return self.mode
+        names = list(RANDOM_FAULTS)
+        return self._rng.choices(names, weights=[RANDOM_FAULTS[n] for n in names])[0]
+
 
 class Receiver:
     def __init__(self, store: ShareStore, app: ASGIApp, port: int) -> None:
@@ -70,11 +126,14 @@ class Receiver:
         self.faults = Faults(self)
         self.create_count = 0
         self.answers: list[tuple[str, str, int]] = []
+        self.repeated_batches = 0
+        self._applied_batches: set[tuple[str, str]] = set()
         self._app = app
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
         self._count_creates()
+        self._count_repeated_batches()
 
     def _count_creates(self) -> None:
         create_share = self.store.create_share
@@ -86,25 +145,81 @@ class Receiver:
 
         self.store.create_share = counted  # type: ignore[method-assign]
 
+    def _count_repeated_batches(self) -> None:
+        """A batch whose key was applied before, arriving again: a duplicate the sender made
+        (the store itself applies it once)."""
+        sync = self.store.sync
+
+        async def counted(
+            share_id: str, secret: str, data: list[dict[str, Any]], dedup_key: str | None = None
+        ) -> int:
+            if dedup_key is not None and (share_id, dedup_key) in self._applied_batches:
+                self.repeated_batches += 1
+            count = await sync(share_id, secret, data, dedup_key)
+            if dedup_key is not None:
+                self._applied_batches.add((share_id, dedup_key))
+            return count
+
+        self.store.sync = counted  # type: ignore[method-assign]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             send = self._recording(scope, send)
         faults = self.faults
-        if scope["type"] == "http" and faults.mode == "status":
-            headers = (
-                {} if faults.retry_after is None else {"retry-after": f"{faults.retry_after:g}"}
-            )
-            response = JSONResponse(
-                {"error": f"injected {faults.status_code}"}, faults.status_code, headers
-            )
+        fault = faults.draw()
+        if scope["type"] == "websocket" and fault not in ("ok", "slow"):
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        if fault in ("status", "503", "429"):
+            code = {"503": 503, "429": 429}.get(fault, faults.status_code)
+            retry_after = {"503": None, "429": 1.0}.get(fault, faults.retry_after)
+            headers = {} if retry_after is None else {"retry-after": f"{retry_after:g}"}
+            faults.injected[str(code)] += 1
+            response = JSONResponse({"error": f"injected {code}"}, code, headers)
             await response(scope, receive, send)
             return
-        if scope["type"] == "websocket" and faults.mode == "status":
-            await send({"type": "websocket.close", "code": 1013})
+        if fault == "html":
+            faults.injected["html"] += 1
+            await send_html(send)
+            return
+        if fault in ("drop", "truncated", "late"):
+            await self._apply_then_break(fault, scope, receive, send)
             return
         if faults.mode == "slow":
             await asyncio.sleep(faults.delay)
         await self._app(scope, receive, send)
+
+    async def _apply_then_break(
+        self, fault: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Let the app handle the request, then lose its answer the way `fault` says."""
+        start: Message = {}
+        body = b""
+
+        async def keep(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                body += message.get("body", b"")
+
+        await self._app(scope, receive, keep)
+        self.faults.injected[fault] += 1
+        if start.get("status") == 200 and scope["method"] == "POST":
+            self.faults.unanswered["create" if scope["path"] == "/api/share" else "sync"] += 1
+        if fault == "late":
+            await asyncio.sleep(self.faults.delay)
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+        elif fault == "truncated":
+            cut = body[: len(body) // 2]
+            await send(_with_length(start, len(cut)))
+            await send({"type": "http.response.body", "body": cut})
+        else:
+            # The declared length is never reached: the client sees the connection drop.
+            await send(_with_length(start, len(body)))
+            await send({"type": "http.response.body", "body": body[: len(body) // 2],
+                        "more_body": True})  # fmt: skip
 
     def _recording(self, scope: Scope, send: Send) -> Send:
         async def record(message: Message) -> None:
@@ -145,6 +260,17 @@ class Receiver:
         if self._socket is not None:
             self._socket.close()
         self._server = self._task = self._socket = None
+
+
+async def send_html(send: Send) -> None:
+    headers = [(b"content-type", b"text/html"), (b"content-length", str(len(HTML_PAGE)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": HTML_PAGE})
+
+
+def _with_length(start: Message, length: int) -> Message:
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    return {**start, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
 @contextlib.asynccontextmanager
