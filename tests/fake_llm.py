@@ -3,8 +3,9 @@
 opencode asks three things per `opencode run`: a title (request without `tools`), the turn (with
 `tools`: we answer with one `write` tool call) and, after the tool ran (a `role: "tool"` message),
 the closing text. Everything is streamed as `chat.completion.chunk` server-sent events; the
-closing text goes out a word at a time with a short pause so opencode rewrites its text part as it
-grows, which is what syncd has to follow.
+closing text goes out a word at a time with a short pause, so a test can act while it streams.
+opencode 1.18.33 stores that text part twice: empty when the stream starts, complete when it
+ends (the deltas in between are bus events only).
 """
 
 from __future__ import annotations

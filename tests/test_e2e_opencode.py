@@ -125,13 +125,13 @@ async def test_crashes_and_receiver_outages_lose_nothing(
 async def run_and_kill_mid_run(
     syncd: SyncdProcess, opencode: Opencode, fake_llm: FakeLlm, n: int
 ) -> None:
-    """Run opencode; while its reply is streaming (the text part being rewritten), SIGKILL
-    syncd and start it again."""
+    """Run opencode; while its reply is streaming (its text part stored empty, its final
+    version still to come), SIGKILL syncd and start it again."""
     replies_before = fake_llm.requests["reply"]
     run = asyncio.create_task(run_opencode(opencode, fake_llm, n))
     while fake_llm.requests["reply"] == replies_before and not run.done():
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # some of the reply streamed and committed
+    await asyncio.sleep(0.5)  # the reply's empty text part is committed by now
     await syncd.kill()
     await syncd.start()
     await run
