@@ -158,7 +158,8 @@ async def _serve_until(stop: asyncio.Event, config: Config) -> int:
         systemd.notify("STOPPING=1")
         log.info("stopping: flushing pending items", seconds=STOP_FLUSH_SECONDS)
         try:
-            await asyncio.wait_for(pipeline.coalescer.drain(), STOP_FLUSH_SECONDS)
+            # A commit whose file event had not arrived yet still belongs in the flush.
+            await asyncio.wait_for(_capture_and_drain(pipeline), STOP_FLUSH_SECONDS)
         except TimeoutError:
             log.warning("flush did not finish in time; what is left stays pending for next start")
             await pipeline.coalescer.cancel()
@@ -167,6 +168,11 @@ async def _serve_until(stop: asyncio.Event, config: Config) -> int:
         await pipeline.coalescer.cancel()
         await pipeline.close()
     return 0
+
+
+async def _capture_and_drain(pipeline: Pipeline) -> None:
+    await pipeline.capture()
+    await pipeline.coalescer.drain()
 
 
 async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
