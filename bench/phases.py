@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import resource
 import shutil
 import sqlite3
@@ -21,7 +22,6 @@ from .receiver import Receiver, running_receiver
 from .stats import acknowledgement_delays, percentile
 
 SETTLE_SECONDS = 60.0  # longest wait for a workload's last versions to be acknowledged
-QUIET_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Scale:
     batch_sessions: int
     idle_seconds: float
     replay_max_gap: float
+    quiet: float  # wait after the last expected arrival, for stragglers
 
 
 FULL = Scale(
@@ -51,6 +52,7 @@ FULL = Scale(
     batch_sessions=2000,
     idle_seconds=60,
     replay_max_gap=2.0,
+    quiet=3.0,
 )
 QUICK = Scale(
     window=0.5,
@@ -58,12 +60,13 @@ QUICK = Scale(
     lifecycle_updates=3,
     steady_sessions=6,
     steady_rate=50,
-    steady_seconds=5,
+    steady_seconds=4,
     backfill_sessions=20,
     backfill_parts=20,
-    batch_sessions=100,
-    idle_seconds=10,
+    batch_sessions=50,
+    idle_seconds=8,
     replay_max_gap=0.5,
+    quiet=1.0,
 )
 
 
@@ -96,7 +99,7 @@ async def live(
                     "source": str(replay),
                     "max_gap": scale.replay_max_gap,
                 }
-                run = await _workload(workdir, db, shared_dir, spec, receiver, daemon)
+                run = await _workload(workdir, db, shared_dir, spec, receiver, daemon, scale.quiet)
                 return {"lifecycle": run.traffic_per_session(), "latency": run.latency(scale)}
             spec = {
                 "workload": "lifecycle",
@@ -104,14 +107,16 @@ async def live(
                 "updates": scale.lifecycle_updates,
                 "gap": scale.window * 1.5,
             }
-            lifecycle = await _workload(workdir, db, shared_dir, spec, receiver, daemon)
+            lifecycle = await _workload(
+                workdir, db, shared_dir, spec, receiver, daemon, scale.quiet
+            )
             spec = {
                 "workload": "steady",
                 "sessions": scale.steady_sessions,
                 "rate": scale.steady_rate,
                 "seconds": scale.steady_seconds,
             }
-            steady = await _workload(workdir, db, shared_dir, spec, receiver, daemon)
+            steady = await _workload(workdir, db, shared_dir, spec, receiver, daemon, scale.quiet)
             return {"lifecycle": lifecycle.traffic_per_session(), "latency": steady.latency(scale)}
 
 
@@ -163,6 +168,7 @@ async def _workload(
     spec: dict[str, Any],
     receiver: Receiver,
     daemon: Daemon,
+    quiet: float,
 ) -> WorkloadRun:
     name = spec["workload"]
     spec_file, out = workdir / f"{name}.spec.json", workdir / f"{name}.writes.jsonl"
@@ -187,7 +193,7 @@ async def _workload(
         seen = {(kind, item_id, digest) for kind, item_id, digest, _ in receiver.arrivals.versions}
         return all((kind, item_id, digest) in seen for (kind, item_id), digest in final.items())
 
-    await _until(delivered, daemon, f"the {name} workload's last versions", quiet=True)
+    await _until(delivered, daemon, f"the {name} workload's last versions", quiet=quiet)
     arrivals = receiver.arrivals
     return WorkloadRun(
         sessions=max(1, _sessions_in(db) - sessions_before),
@@ -206,15 +212,14 @@ def _sessions_in(db: Path) -> int:
         conn.close()
 
 
-async def _until(check: Any, daemon: Daemon, what: str, *, quiet: bool = False) -> None:
+async def _until(check: Any, daemon: Daemon, what: str, *, quiet: float = 0.0) -> None:
     deadline = time.monotonic() + SETTLE_SECONDS
     while not check():
         daemon.check_alive()
         if time.monotonic() > deadline:
             raise PhaseError(f"timed out waiting for {what}; syncd log: {daemon.tail()}")
         await asyncio.sleep(0.05)
-    if quiet:
-        await asyncio.sleep(QUIET_SECONDS)  # stragglers (a trailing batch) count too
+    await asyncio.sleep(quiet)  # stragglers (a trailing batch) count too
 
 
 # -- backfill: `syncd sync` over a generated database ------------------------------------------
@@ -226,6 +231,7 @@ async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dic
         receiver.traffic.reset()
         setup = Setup(workdir / "syncd", db, receiver.url, transport, scale.window)
         own_before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.time()
         run = await sync_once(setup)
         own_after = resource.getrusage(resource.RUSAGE_SELF)
         if run.exit_code != 0:
@@ -240,10 +246,17 @@ async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dic
             "requests": traffic.requests + traffic.frames_up,
             "seconds": run.seconds,
             "items_per_s": arrivals.items / run.seconds,
+            # Before the first acknowledgement: start-up and capturing what is pending.
+            "first_ack_after_s": (arrivals.first or math.nan) - started,
+            "delivery_items_per_s": arrivals.items / _span(arrivals.first, arrivals.last),
             "batches_per_s": arrivals.batches / run.seconds,
             "syncd_cpu_s": run.cpu_seconds,
             "receiver_cpu_s": receiver_cpu,
         }
+
+
+def _span(first: float | None, last: float | None) -> float:
+    return last - first if first is not None and last is not None and last > first else math.nan
 
 
 # -- idle: `syncd run` over a database nobody touches ------------------------------------------
@@ -271,7 +284,7 @@ async def idle(
                     lambda: receiver.arrivals.batches >= sessions,
                     daemon,
                     "the sample's initial delivery",
-                    quiet=True,
+                    quiet=scale.quiet,
                 )
                 settled = receiver.arrivals.batches
                 cpu_before, began = daemon.cpu_seconds(), time.monotonic()

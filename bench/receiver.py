@@ -51,28 +51,28 @@ class Traffic:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        counts = self.counts
-        counts.requests += 1
-        counts.bytes_up += len(scope["raw_path"] or b"") + 16 + _headers_size(scope["headers"])
+        # Always the current counts: a WebSocket outlives a reset between workloads.
+        self.counts.requests += 1
+        self.counts.bytes_up += len(scope["raw_path"] or b"") + 16 + _headers_size(scope["headers"])
 
         async def counted_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
-                counts.bytes_up += len(message.get("body", b""))
+                self.counts.bytes_up += len(message.get("body", b""))
             elif message["type"] == "websocket.receive":
-                counts.frames_up += 1
-                counts.bytes_up += _payload_size(message)
+                self.counts.frames_up += 1
+                self.counts.bytes_up += _payload_size(message)
             return message
 
         async def counted_send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
-                counts.bytes_down += 16 + _headers_size(message.get("headers", []))
+                self.counts.bytes_down += 16 + _headers_size(message.get("headers", []))
             elif kind == "http.response.body":
-                counts.bytes_down += len(message.get("body", b""))
+                self.counts.bytes_down += len(message.get("body", b""))
             elif kind == "websocket.send":
-                counts.frames_down += 1
-                counts.bytes_down += _payload_size(message)
+                self.counts.frames_down += 1
+                self.counts.bytes_down += _payload_size(message)
             await send(message)
 
         await self.app(scope, counted_receive, counted_send)

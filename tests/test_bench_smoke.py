@@ -1,0 +1,65 @@
+"""The benchmark still runs and still measures everything (figures are not judged here:
+timings belong to bench/, not to tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+PER_TRANSPORT = {
+    "lifecycle": ("batches_per_session", "requests", "frames_up", "bytes_up", "bytes_down"),
+    "latency": ("samples", "p50_beyond_window_ms", "p99_beyond_window_ms", "p50_total_ms"),
+    "backfill": ("items", "items_per_s", "first_ack_after_s", "syncd_cpu_s"),
+    "batches": ("batches", "batches_per_s"),
+    "idle": ("cpu_percent", "rss_mb", "rss_max_mb"),
+}
+HEADLINE = (
+    "latency_p50_beyond_window_ms",
+    "latency_p99_beyond_window_ms",
+    "backfill_items_per_s",
+    "raw_read_rows_per_s",
+    "backfill_share_of_raw",
+    "idle_cpu_percent",
+    "idle_rss_mb",
+)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout)
+    assert "http" in results["transports"], results["meta"]["skipped_transports"]
+    for transport, measured in results["transports"].items():
+        for phase, names in PER_TRANSPORT.items():
+            figures = measured.get(phase, {})
+            assert "error" not in figures and "error" not in measured.get("live", {}), (
+                transport,
+                phase,
+                measured,
+            )
+            for name in names:
+                assert is_number(figures.get(name)), (transport, phase, name, figures)
+        # Every write the workload committed was acknowledged, none lost.
+        assert measured["latency"]["samples"] > 0 and measured["latency"]["missing"] == 0
+        assert measured["backfill"]["items"] > 0
+    for name in HEADLINE:
+        assert is_number(results["headline"][name]), (name, results["headline"])
+    assert is_number(results["raw_read"]["rows_per_s"])
+    report = (tmp_path / "results.md").read_text()
+    assert all(f"| {transport} |" in report for transport in results["transports"])
