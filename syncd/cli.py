@@ -1,4 +1,5 @@
-"""The `syncd` command: run the daemon, sync once, show status, or serve a receiver.
+"""The `syncd` command: run the daemon, sync once or backfill, show status, handle dead letters,
+or serve a receiver.
 
 The share key is deliberately not a flag: command lines are visible to every user in `ps`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
@@ -29,12 +31,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`syncd status | head`): stop quietly, as `cat` would. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # killed by SIGPIPE, in the shell's convention
 
 
-def _run(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+def _run(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     from syncd import daemon
 
-    return daemon.run(config)
+    # SIGHUP re-reads every layer with the same flags, so the command line keeps winning.
+    return daemon.run(config, reload_config=lambda: load_config(_flags(args)))
 
 
 def _sync(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
@@ -43,10 +51,30 @@ def _sync(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]
     return daemon.sync_once(config)
 
 
+def _backfill(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    from syncd import daemon
+
+    return daemon.sync_once(config, show_progress=True)
+
+
 def _status(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     from syncd import status
 
-    return status.show(config, as_json=args.json)
+    return status.show(config, as_json=args.json, max_lag=args.max_lag)
+
+
+def _dead_letters(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    from syncd import dead_letters
+
+    match args.action:
+        case "list":
+            return dead_letters.list_letters(config, as_json=args.json)
+        case "show":
+            return dead_letters.show_letter(config, args.id)
+        case "retry":
+            return dead_letters.retry(config, args.ids, args.all)
+        case _:
+            return dead_letters.discard(config, args.ids, args.all)
 
 
 def _serve(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
@@ -95,15 +123,51 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[..., Any], help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+    def command(
+        name: str, handler: Callable[..., Any], help: str, *, flags: bool = True
+    ) -> argparse.ArgumentParser:
+        parents = [common] if flags else []
+        sub = commands.add_parser(name, parents=parents, help=help, description=help)
         sub.set_defaults(command=handler)
         return sub
 
     command("run", _run, "follow the opencode database and sync every change until stopped")
     command("sync", _sync, "sync everything pending once, then exit")
+    command(
+        "backfill",
+        _backfill,
+        "deliver the whole existing database with progress (resumable: run it again)",
+    )
     status = command("status", _status, "show what is synced, pending and failed")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--max-lag",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="exit 1 when an item has been pending longer than this (default 300)",
+    )
+    # The common flags go on each action (`syncd dead-letters list --state FILE`): argparse
+    # would let an action's defaults overwrite flags given before it.
+    letters = command(
+        "dead-letters", _dead_letters, "list, show, retry or discard dead letters", flags=False
+    )
+    actions = letters.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[common], help=help, description=help)
+
+    action("list", "every dead letter").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    action("show", "one dead letter with its payload").add_argument("id", type=int)
+    for name, text in (
+        ("retry", "send again (read afresh from opencode) once the receiver accepts them"),
+        ("discard", "drop for good"),
+    ):
+        sub = action(name, text)
+        sub.add_argument("ids", type=int, nargs="*", metavar="ID")
+        sub.add_argument("--all", action="store_true", help="every dead letter")
     serve = command("serve", _serve, "run a receiver (share REST API, capnweb, A2A)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 4788, 0: any free)")

@@ -25,6 +25,7 @@ class PlannedBatch:
     batch: Batch
     covers: list[tuple[PendingItem, SyncItem]]  # pending items acknowledged with the batch
     diff_hash: str | None  # the session_diff this batch carries, if any
+    size: int  # bytes of the items' JSON
 
     @property
     def pending(self) -> list[PendingItem]:
@@ -65,7 +66,7 @@ def plan_batches(
         nonlocal items, covers, size, carries_diff
         if items:
             digest = new_diff_hash if carries_diff else None
-            planned.append(PlannedBatch(Batch(session_id, items), covers, digest))
+            planned.append(PlannedBatch(Batch(session_id, items), covers, digest, size))
         items, covers, size, carries_diff = [], [], 0, False
 
     for item, pending in entries:

@@ -61,6 +61,9 @@ class Config:
     serve_port: int = 4788
     log_format: str = "auto"
     log_level: str = "info"
+    metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
+    health_max_failures: int = 5
+    health_period: float = 300.0
     opencode_config_dir: Path
     opencode_cache_dir: Path
 
@@ -313,6 +316,17 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _address(value: Any) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise _Invalid('"host:port" (e.g. "127.0.0.1:9464"), or "" for off')
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _Invalid('"host:port" with a port 0-65535 (e.g. "127.0.0.1:9464"), or "" for off')
+    return value
+
+
 def _port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise _Invalid("a port number 0-65535 (0 picks a free port)")
@@ -341,6 +355,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "serve_port": _port,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
+    "metrics_address": _address,
+    "health_max_failures": _positive_int,
+    "health_period": _positive_float,
     "opencode_config_dir": _path,
     "opencode_cache_dir": _path,
 }

@@ -1,8 +1,9 @@
 """The pipeline, wired: opencode database -> changes -> pending (state) -> windows -> wire.
 
 `run` is the service: it tails the database until SIGTERM/SIGINT, then flushes what is pending
-(within STOP_FLUSH_SECONDS) and exits 0. `sync_once` catches up once and exits 0 only when
-everything was delivered, for headless hosts after `opencode run`.
+(within STOP_FLUSH_SECONDS) and exits 0; SIGHUP reloads the config in place. `sync_once`
+catches up once and exits 0 only when everything was delivered, for headless hosts after
+`opencode run` (`syncd backfill` is the same with a progress display).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 
 import structlog
 
@@ -19,6 +22,10 @@ from .coalesce import Coalescer
 from .config import Config, opencode_settings
 from .deliver import RetryPolicy, SessionDelivery
 from .errors import UserError
+from .log import configure_logging
+from .metrics import Metrics
+from .metrics_endpoint import serving_metrics
+from .progress import follow_backfill
 from .serve.store import ShareStore
 from .source.changes import ChangeDetector, SessionChange
 from .source.models import ModelCatalogue
@@ -32,6 +39,16 @@ from .transports.base import Transport
 log = structlog.get_logger("syncd")
 STOP_FLUSH_SECONDS = 20.0
 WAIT_FOR_DB_SECONDS = 2.0
+STATUS_EVERY_SECONDS = 5.0  # STATUS= line and pending gauges, when no watchdog asks for more
+
+# What SIGHUP can change in a running daemon: the rest takes a restart (the files, the
+# watcher's poll, the endpoint's address, opencode's directories).
+TRANSPORT_KEYS = frozenset({"url", "transport", "key", "request_timeout", "ca_bundle",
+                            "a2a_binding"})  # fmt: skip
+RELOADABLE_KEYS = TRANSPORT_KEYS | {
+    "sessions", "window", "batch_max_items", "batch_max_bytes", "backoff_max", "concurrency",
+    "on_delete", "log_format", "log_level", "health_max_failures", "health_period",
+}  # fmt: skip
 
 
 @dataclass
@@ -44,6 +61,10 @@ class Pipeline:
     detector: ChangeDetector
     delivery: SessionDelivery
     coalescer: Coalescer
+    metrics: Metrics
+    policy: RetryPolicy
+    # One capture at a time: the watcher's and a reload's would otherwise interleave.
+    _capturing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def open(cls, config: Config, policy: RetryPolicy) -> Pipeline:
@@ -55,6 +76,11 @@ class Pipeline:
                 archive = await ShareStore.open(config.archive)
             transport = make_transport(config, archive)
             detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+            metrics = Metrics(
+                config.transport,
+                max_failures=config.health_max_failures,
+                period=config.health_period,
+            )
             delivery = SessionDelivery(
                 db=db,
                 state=state,
@@ -70,13 +96,15 @@ class Pipeline:
                 concurrency=config.concurrency,
                 max_items=config.batch_max_items,
                 max_bytes=config.batch_max_bytes,
+                metrics=metrics,
             )
         except BaseException:
             for resource in (transport, archive, db, state):
                 if resource is not None:
                     await _close(resource)
             raise
-        pipeline = cls(config, db, state, transport, archive, detector, delivery, None)  # type: ignore[arg-type]
+        pipeline = cls(config, db, state, transport, archive, detector, delivery, None, metrics,  # type: ignore[arg-type]
+                       policy)  # fmt: skip
         pipeline.coalescer = Coalescer(config.window, pipeline.deliver)
         return pipeline
 
@@ -87,7 +115,12 @@ class Pipeline:
 
     async def capture(self, *, deep: bool = False) -> int:
         """Record what changed since the cursors and open the windows of those sessions."""
+        async with self._capturing:
+            return await self._capture(deep=deep)
+
+    async def _capture(self, *, deep: bool) -> int:
         changes = await self.detector.detect(await self.state.cursors(), deep=deep)
+        self.metrics.record_read(changes.rows_read)
         for change in changes.changed:
             await self.state.capture(
                 change.session_id,
@@ -110,6 +143,51 @@ class Pipeline:
             log.info("session deleted in opencode; remote copy kept", session=session_id)
             await self.state.forget_session(session_id)
 
+    async def refresh_pending(self) -> tuple[int, float]:
+        """Pending items and the age in seconds of the oldest, into the gauges too."""
+        items, oldest = await self.state.pending_totals()
+        self.metrics.set_pending(items, oldest)
+        return items, max(time.time() - oldest / 1000, 0.0) if oldest else 0.0
+
+    async def reload(self, config: Config) -> None:
+        """Apply a reloaded config in place (SIGHUP). Pending items stay where they are, in
+        the state; a new transport takes over while calls on the old one finish."""
+        old = self.config
+        changed = {
+            f.name for f in fields(Config) if getattr(config, f.name) != getattr(old, f.name)
+        }
+        fixed = sorted(changed - RELOADABLE_KEYS)
+        if fixed:
+            log.warning("these settings change only at restart; kept as they were", keys=fixed)
+            config = replace(config, **{name: getattr(old, name) for name in fixed})
+        configure_logging(config)
+        if changed & TRANSPORT_KEYS:
+            if config.transport == "local" and self.archive is None:
+                self.archive = await ShareStore.open(config.archive)
+            transport = make_transport(config, self.archive)
+            target = target_of(config)
+            old = await self.delivery.replace_transport(transport, target, config.origin)
+            self.transport = transport
+            await _close(old)
+            # A new receiver has none of the sessions: bind_target makes capture send all.
+            await self.state.bind_target(target)
+            self.metrics.transport = config.transport
+        self.policy = replace(self.policy, backoff_max=config.backoff_max)
+        self.delivery.reconfigure(
+            policy=self.policy,
+            concurrency=config.concurrency,
+            max_items=config.batch_max_items,
+            max_bytes=config.batch_max_bytes,
+        )
+        self.coalescer.window = config.window
+        self.metrics.health.max_failures = config.health_max_failures
+        self.metrics.health.period = config.health_period
+        if "sessions" in changed:
+            self.detector = ChangeDetector(self.db, only_shared=config.sessions == "shared")
+        self.config = config
+        log.info("config reloaded", changed=sorted(changed & RELOADABLE_KEYS))
+        await self.capture(deep=True)
+
     async def deliver(self, session_id: str) -> None:
         try:
             await self.delivery.deliver(session_id)
@@ -120,54 +198,102 @@ class Pipeline:
             log.error("delivery stopped; items stay pending", session=session_id, error=str(error))
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """The daemon. `reload_config` reads the config again (SIGHUP); None: SIGHUP is ignored."""
     stop = asyncio.Event()
+    hangup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     lock = _lock(config)
     try:
         await _wait_for_database(config, stop)
         if stop.is_set():
             return 0
-        return await _serve_until(stop, config)
+        return await _serve_until(stop, hangup, config, reload_config)
     finally:
         lock.release()
 
 
-async def _serve_until(stop: asyncio.Event, config: Config) -> int:
+async def _serve_until(
+    stop: asyncio.Event,
+    hangup: asyncio.Event,
+    config: Config,
+    reload_config: Callable[[], Config] | None,
+) -> int:
     pipeline = await Pipeline.open(config, RetryPolicy(backoff_max=config.backoff_max))
-    watchdog = asyncio.create_task(_watchdog(pipeline))
+    helpers: list[asyncio.Task[None]] = []
     try:
-        systemd.notify("READY=1")
-        log.info(
-            "syncd running",
-            db=str(config.db),
-            transport=config.transport,
-            url=config.url or str(config.archive),
-            sessions=config.sessions,
-        )
-        await pipeline.capture(deep=True)
-        last_version = await pipeline.db.data_version()
-        async for wakeup in wakeups(config.db, config.poll_interval, stop):
-            version = await pipeline.db.data_version()
-            if wakeup is Wakeup.FILE and version == last_version:
-                continue  # a file event without a commit (a checkpoint, our own read)
-            last_version = version
-            await pipeline.capture(deep=wakeup is Wakeup.DEEP)
-        systemd.notify("STOPPING=1")
-        log.info("stopping: flushing pending items", seconds=STOP_FLUSH_SECONDS)
-        try:
-            # A commit whose file event had not arrived yet still belongs in the flush.
-            await asyncio.wait_for(_capture_and_drain(pipeline), STOP_FLUSH_SECONDS)
-        except TimeoutError:
-            log.warning("flush did not finish in time; what is left stays pending for next start")
-            await pipeline.coalescer.cancel()
+        async with serving_metrics(
+            config.metrics_address, pipeline.metrics, pipeline.refresh_pending
+        ):
+            # Ready: the state, the database and the endpoint are open.
+            systemd.notify("READY=1")
+            helpers.append(asyncio.create_task(_watchdog(pipeline), name="watchdog"))
+            helpers.append(
+                asyncio.create_task(_reloader(pipeline, hangup, reload_config), name="reload")
+            )
+            log.info(
+                "syncd running",
+                db=str(config.db),
+                transport=config.transport,
+                url=config.url or str(config.archive),
+                sessions=config.sessions,
+            )
+            await _follow(pipeline, stop)
+            systemd.notify("STOPPING=1")
+            helpers[-1].cancel()  # no reload while stopping
+            log.info("stopping: flushing pending items", seconds=STOP_FLUSH_SECONDS)
+            try:
+                # A commit whose file event had not arrived yet still belongs in the flush.
+                await asyncio.wait_for(_capture_and_drain(pipeline), STOP_FLUSH_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "flush did not finish in time; what is left stays pending for next start"
+                )
+                await pipeline.coalescer.cancel()
     finally:
-        watchdog.cancel()
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         await pipeline.coalescer.cancel()
         await pipeline.close()
     return 0
+
+
+async def _follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
+    """Capture changes as the database moves, until `stop`."""
+    config = pipeline.config
+    await pipeline.capture(deep=True)
+    last_version = await pipeline.db.data_version()
+    async for wakeup in wakeups(config.db, config.poll_interval, stop):
+        pipeline.metrics.record_wakeup(wakeup.value)
+        version = await pipeline.db.data_version()
+        if wakeup is Wakeup.FILE and version == last_version:
+            continue  # a file event without a commit (a checkpoint, our own read)
+        last_version = version
+        await pipeline.capture(deep=wakeup is Wakeup.DEEP)
+
+
+async def _reloader(
+    pipeline: Pipeline, hangup: asyncio.Event, reload_config: Callable[[], Config] | None
+) -> None:
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        if reload_config is None:
+            log.warning("SIGHUP ignored: this daemon was started without a config to reload")
+            continue
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+        try:
+            await pipeline.reload(reload_config())
+        except UserError as error:
+            log.error("config not reloaded; the running settings stay", error=str(error))
+        except Exception as error:  # a failed reload must not stop the daemon
+            log.exception("config reload failed; the running settings stay", error=str(error))
+        systemd.notify("READY=1")
 
 
 async def _capture_and_drain(pipeline: Pipeline) -> None:
@@ -175,9 +301,13 @@ async def _capture_and_drain(pipeline: Pipeline) -> None:
     await pipeline.coalescer.drain()
 
 
-async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
+async def sync_once(
+    config: Config, give_up_after: float = 60.0, *, show_progress: bool = False
+) -> int:
     """Capture everything, deliver it without waiting for windows, and report. While a
-    daemon owns the state, wait for it to deliver everything instead of racing it."""
+    daemon owns the state, wait for it to deliver everything instead of racing it.
+    Interrupted, it resumes where it stopped: captures and acknowledgements are durable.
+    `show_progress`: a progress bar on a terminal, progress lines otherwise (backfill)."""
     lock = StateLock(config.state)
     try:
         lock.acquire()
@@ -185,12 +315,12 @@ async def sync_once(config: Config, give_up_after: float = 60.0) -> int:
         log.info("a syncd daemon owns this state; waiting for it to catch up", pid=held.pid)
         return await _wait_for_daemon(config, give_up_after)
     try:
-        return await _sync_owned(config, give_up_after)
+        return await _sync_owned(config, give_up_after, show_progress)
     finally:
         lock.release()
 
 
-async def _sync_owned(config: Config, give_up_after: float) -> int:
+async def _sync_owned(config: Config, give_up_after: float, show_progress: bool) -> int:
     pipeline = await Pipeline.open(
         config, RetryPolicy(backoff_max=min(config.backoff_max, 10.0), give_up_after=give_up_after)
     )
@@ -198,7 +328,11 @@ async def _sync_owned(config: Config, give_up_after: float) -> int:
         dead_before = len(await pipeline.state.dead_letters())
         pipeline.coalescer.window = 0.0  # catching up: no window to wait for
         await pipeline.capture(deep=True)
-        await pipeline.coalescer.drain()
+        if show_progress:
+            async with follow_backfill(pipeline.state):
+                await pipeline.coalescer.drain()
+        else:
+            await pipeline.coalescer.drain()
         pending = await pipeline.state.pending_sessions()
         dead = len(await pipeline.state.dead_letters()) - dead_before
     finally:
@@ -283,21 +417,27 @@ async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
     log.warning(
         "opencode database not found yet; waiting for opencode to create it", db=str(config.db)
     )
+    systemd.notify(f"STATUS=waiting for the opencode database at {config.db}")
     while not config.db.is_file() and not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WAIT_FOR_DB_SECONDS)
 
 
 async def _watchdog(pipeline: Pipeline) -> None:
-    """Pings systemd from the event loop itself, so a stuck loop gets the service restarted."""
+    """Pings systemd from the event loop itself, so a stuck loop gets the service restarted;
+    with each ping, a STATUS= line (what `systemctl status` shows) and fresh pending gauges."""
     interval = systemd.watchdog_interval()
-    period = interval / 2 if interval else 5.0
+    period = min(interval / 2, STATUS_EVERY_SECONDS) if interval else STATUS_EVERY_SECONDS
     while True:
-        pending = await pipeline.state.pending_sessions()
-        systemd.notify(
-            f"STATUS={len(pending)} session(s) pending, {pipeline.coalescer.busy} in flight"
-            + ("\nWATCHDOG=1" if interval else "")
-        )
+        try:
+            items, lag = await pipeline.refresh_pending()
+            status = (
+                f"STATUS={items} item(s) pending, oldest {lag:.0f}s; "
+                f"{pipeline.coalescer.busy} session(s) in flight"
+            )
+        except Exception as error:  # the ping matters more than the status line
+            status = f"STATUS=cannot read the state: {error}"
+        systemd.notify(status + ("\nWATCHDOG=1" if interval else ""))
         await asyncio.sleep(period)
 
 

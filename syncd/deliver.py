@@ -9,6 +9,8 @@ message. A lost share is re-created once and the whole session sent again.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,6 +27,7 @@ from tenacity import (
 )
 
 from .coalesce import PlannedBatch, plan_batches
+from .metrics import Metrics
 from .source.loader import load
 from .source.models import ModelCatalogue
 from .source.opencode_db import OpencodeDb
@@ -54,6 +57,11 @@ class RetryPolicy:
         return wait_random_exponential(multiplier=1, max=self.backoff_max)(state)
 
 
+class TargetChanged(Exception):
+    """The receiver was reconfigured while a batch was on its way: the batch stays pending
+    and goes to the new receiver, so that a share is never recorded under the wrong one."""
+
+
 class SessionDelivery:
     """Everything needed to bring one session's remote copy up to date."""
 
@@ -71,6 +79,7 @@ class SessionDelivery:
         concurrency: int,
         max_items: int,
         max_bytes: int,
+        metrics: Metrics,
     ) -> None:
         self._db = db
         self._state = state
@@ -81,18 +90,55 @@ class SessionDelivery:
         self._whole_session = whole_session
         self._policy = policy
         self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._max_items = max_items
         self._max_bytes = max_bytes
+        self._metrics = metrics
+        # Calls in flight per transport, so that a replaced transport is closed only when idle.
+        self._calls: Counter[Transport] = Counter()
+        self._idle = asyncio.Condition()
+
+    def reconfigure(
+        self, *, policy: RetryPolicy, concurrency: int, max_items: int, max_bytes: int
+    ) -> None:
+        """New settings (SIGHUP) for the batches planned and the calls started from now on."""
+        self._policy = policy
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        if concurrency != self._concurrency:
+            # Calls holding a slot of the old semaphore release it; new calls take new slots.
+            self._slots = asyncio.Semaphore(concurrency)
+            self._concurrency = concurrency
+
+    async def replace_transport(
+        self, transport: Transport, target: str, origin: str | None
+    ) -> Transport:
+        """Send from now on through `transport` (retries included) and wait until the calls
+        still running on the old one have ended; returns the old one, for the caller to close.
+        A batch whose call to the old receiver succeeded is acknowledged as usual."""
+        old = self._transport
+        self._transport, self._target, self._origin = transport, target, origin
+        async with self._idle:
+            await self._idle.wait_for(lambda: self._calls[old] == 0)
+        del self._calls[old]
+        return old
 
     async def deliver(self, session_id: str) -> None:
         """Send batches until nothing is pending for the session. Raises RetryableError only
         when the policy gives up (`sync`); the items then stay pending."""
+        try:
+            await self._deliver_pending(session_id)
+        except TargetChanged:
+            log.info("receiver reconfigured; batch stays pending for it", session=session_id)
+
+    async def _deliver_pending(self, session_id: str) -> None:
         while pending := await self._state.pending(session_id, self._max_items):
             loaded = await load(self._db, pending, self._catalogue)
             if loaded.bad:
                 for item, reason, raw in loaded.bad:
                     log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
                     await self._state.dead_letter(session_id, [(item, raw)], reason)
+                self._metrics.record_dead_letters(len(loaded.bad))
             if loaded.gone:  # deleted in opencode: nothing left to deliver
                 await self._state.ack(session_id, loaded.gone)
             delivered_diff = await self._state.diff_hash(session_id)
@@ -113,7 +159,7 @@ class SessionDelivery:
         if known is not None:
             share, _ = known
             try:
-                await self._retrying(session_id, lambda: self._transport.delete(share))
+                await self._retrying(session_id, "delete", lambda t: t.delete(share))
             except (ShareNotFoundError, RejectedError) as error:
                 log.warning("remote delete refused", session=session_id, error=str(error))
         await self._state.forget_session(session_id)
@@ -121,29 +167,31 @@ class SessionDelivery:
     async def _send(self, session_id: str, planned: PlannedBatch) -> bool:
         """Deliver one batch; False when the share had to be re-created."""
         batch = planned.batch
+        target = self._target
         try:
             known = await self._share(session_id)
             if known is None:
                 created = await self._retrying(
-                    session_id, lambda: self._transport.create(session_id, batch)
+                    session_id, "create", lambda t: t.create(session_id, batch), target
                 )
-                await self._state.save_share(session_id, self._target, created.share)
+                await self._state.save_share(session_id, target, created.share)
                 log.info("share created", session=session_id, url=created.share.url)
                 if not created.synced:
-                    await self._sync(session_id, created.share, batch)
+                    await self._sync(session_id, created.share, batch, target)
             else:
-                await self._sync(session_id, known[0], batch)
+                await self._sync(session_id, known[0], batch, target)
         except ShareNotFoundError as error:
             return await self._recreate(session_id, planned, str(error))
         except RejectedError as error:
             await self._reject(session_id, planned, str(error))
             return True
         await self._state.ack(session_id, planned.pending, planned.diff_hash)
+        self._metrics.record_delivered(len(batch.items), planned.size)
         log.debug("batch delivered", session=session_id, items=len(batch.items))
         return True
 
-    async def _sync(self, session_id: str, share: Share, batch: Batch) -> None:
-        await self._retrying(session_id, lambda: self._transport.sync(share, batch))
+    async def _sync(self, session_id: str, share: Share, batch: Batch, target: str) -> None:
+        await self._retrying(session_id, "sync", lambda t: t.sync(share, batch), target)
 
     async def _share(self, session_id: str) -> tuple[Share, bool] | None:
         known = await self._state.share(session_id, self._target)
@@ -167,7 +215,9 @@ class SessionDelivery:
             )
             return True
         log.warning("share lost on the receiver; re-creating it", session=session_id)
-        created = await self._retrying(session_id, lambda: self._transport.create(session_id, None))
+        created = await self._retrying(
+            session_id, "create", lambda t: t.create(session_id, None), self._target
+        )
         await self._state.save_share(session_id, self._target, created.share, recreated=True)
         # The new share is empty: everything the session has must go again, diffs included.
         await self._state.capture(session_id, await self._whole_session(session_id))
@@ -184,14 +234,39 @@ class SessionDelivery:
             if id(item) not in covered
         ]
         await self._state.dead_letter(session_id, [*planned.covers, *derived], reason)
+        self._metrics.record_dead_letters(len(planned.covers) + len(derived), refused=reason)
 
-    async def _retrying(self, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self,
+        session_id: str,
+        operation: str,
+        call: Callable[[Transport], Awaitable[T]],
+        target: str | None = None,
+    ) -> T:
+        """`call` on the current transport until it succeeds, is refused, or the policy gives
+        up; raises TargetChanged when the receiver is reconfigured away from `target`."""
+
         async def attempt() -> T:
             async with self._slots:
-                return await call()
+                if target is not None and target != self._target:
+                    raise TargetChanged(target)
+                transport = self._transport
+                self._calls[transport] += 1
+                started = time.monotonic()
+                ok = False
+                try:
+                    result = await call(transport)
+                    ok = True
+                    return result
+                finally:
+                    self._metrics.observe_call(operation, time.monotonic() - started, ok=ok)
+                    self._calls[transport] -= 1
+                    async with self._idle:
+                        self._idle.notify_all()
 
         async def note(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            self._metrics.record_retry(str(error))
             await self._state.record_error(session_id, str(error))
             log.warning(
                 "delivery failed; retrying",

@@ -1,19 +1,25 @@
 """`syncd status`: per session, where its remote copy stands; dead letters; a health verdict.
 
-Reads the state database only (safe while the daemon runs: WAL readers never block it).
-Exit code 0 when healthy, 1 when anything is dead-lettered or lags beyond LAG_LIMIT_SECONDS,
+Reads the state database read-only (safe while the daemon runs: a WAL reader neither blocks
+it nor is blocked by it; and it works as well when no daemon runs). Exit code 0 when healthy,
+1 when anything is dead-lettered or the oldest pending item is older than `max_lag` seconds,
 so the command can serve as a health check.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from .config import Config
-from .errors import UserError
 from .state.store import StateStore
 
 LAG_LIMIT_SECONDS = 300.0
@@ -29,13 +35,8 @@ def verdict(row: dict[str, Any]) -> str:
     return "delivered"
 
 
-async def collect(config: Config) -> dict[str, Any]:
-    if not config.state.is_file():
-        raise UserError(
-            f"no state database at {config.state}: syncd has not run with this state yet "
-            "(start `syncd run` or `syncd sync`, or pass --state)"
-        )
-    state = await StateStore.open(config.state)
+async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[str, Any]:
+    state = await StateStore.open_readonly(config.state)
     try:
         rows = await state.session_report()
         dead = await state.dead_letters()
@@ -45,60 +46,95 @@ async def collect(config: Config) -> dict[str, Any]:
     sessions = []
     for row in rows:
         lag = now - row["oldest_pending"] / 1000 if row["oldest_pending"] else 0.0
-        sessions.append({**row, "state": verdict(row), "lag_seconds": round(lag, 1)})
+        sessions.append({**row, "state": verdict(row), "lag_seconds": round(max(lag, 0.0), 1)})
     worst_lag = max((s["lag_seconds"] for s in sessions), default=0.0)
+    states = [s["state"] for s in sessions]
     totals = {
         "sessions": len(sessions),
+        **{name: states.count(name) for name in ("delivered", "pending", "retrying")},
+        "dead_lettered_sessions": states.count("dead-lettered"),
         "pending_items": sum(s["pending"] for s in sessions),
         "dead_letters": len(dead),
         "max_lag_seconds": worst_lag,
     }
-    healthy = not dead and worst_lag <= LAG_LIMIT_SECONDS
-    return {"healthy": healthy, "totals": totals, "sessions": sessions, "dead_letters": dead}
+    problems = []
+    if dead:
+        problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
+    if worst_lag > max_lag:
+        problems.append(f"oldest pending item is {worst_lag:.0f}s old (limit {max_lag:g}s)")
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "max_lag_seconds": max_lag,
+        "totals": totals,
+        "sessions": sessions,
+        "dead_letters": dead,
+    }
 
 
-async def show(config: Config, as_json: bool = False) -> int:
-    report = await collect(config)
+async def show(config: Config, as_json: bool = False, max_lag: float = LAG_LIMIT_SECONDS) -> int:
+    report = await collect(config, max_lag)
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render(report))
+        render(report, sys.stdout)
     return 0 if report["healthy"] else 1
 
 
-def render(report: dict[str, Any]) -> str:
-    header = ("SESSION", "STATE", "PENDING", "LAG(s)", "LAST DELIVERY", "SHARE URL", "LAST ERROR")
-    lines = [header]
+def render(report: dict[str, Any], out: TextIO) -> None:
+    table = table_for(out, "SESSION", "STATE", "PENDING", "LAG(s)", "LAST DELIVERY",
+                      "SHARE URL", "LAST ERROR")  # fmt: skip
     for s in report["sessions"]:
-        delivered = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["time_last_delivery"] / 1000))
-            if s["time_last_delivery"]
-            else "-"
+        style = {"dead-lettered": "red", "retrying": "yellow", "pending": "cyan"}.get(s["state"])
+        # Text, not markup: ids, urls and server messages may hold "[...]".
+        table.add_row(
+            Text(s["session_id"]),
+            Text(s["state"], style=style or ""),
+            str(s["pending"]),
+            f"{s['lag_seconds']:g}",
+            timestamp(s["time_last_delivery"]),
+            Text(s["share_url"] or "-"),
+            Text((s["last_error"] or "-")[:100]),
         )
-        lines.append(
-            (
-                s["session_id"],
-                s["state"],
-                str(s["pending"]),
-                str(s["lag_seconds"]),
-                delivered,
-                s["share_url"] or "-",
-                (s["last_error"] or "-")[:80],
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]  # fmt: skip
     t = report["totals"]
-    out.append(
-        f"\n{t['sessions']} session(s), {t['pending_items']} item(s) pending, "
-        f"{t['dead_letters']} dead letter(s), max lag {t['max_lag_seconds']}s: "
-        + ("healthy" if report["healthy"] else "UNHEALTHY")
+    summary = Text.assemble(
+        f"{t['sessions']} session(s): {t['delivered']} delivered, {t['pending']} pending, "
+        f"{t['retrying']} retrying, {t['dead_lettered_sessions']} dead-lettered; "
+        f"{t['pending_items']} item(s) pending, {t['dead_letters']} dead letter(s), "
+        f"max lag {t['max_lag_seconds']:g}s: ",
+        ("healthy", "green") if report["healthy"] else ("UNHEALTHY", "bold red"),
     )
-    for letter in report["dead_letters"]:
-        out.append(
-            f"dead letter {letter['id']}: {letter['kind']} {letter['item_id']} "
-            f"(session {letter['session_id']}): {letter['reason']}"
-        )
-    return "\n".join(out) + "\n"
+    problems = [Text(f"  - {problem}") for problem in report["problems"]]
+    emit(out, *([table, ""] if report["sessions"] else []), summary, *problems)
+
+
+def emit(out: TextIO, *renderables: RenderableType) -> None:
+    """Colours and a terminal-wide table on a TTY; in a pipe, plain unwrapped lines without
+    trailing blanks (one row per line for `grep` and `awk`), written by plain `write` so that
+    a closed pipe reaches the CLI as BrokenPipeError."""
+    if out.isatty():
+        console = Console(file=out)
+        for renderable in renderables:
+            console.print(renderable)
+        return
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100_000, no_color=True, highlight=False, emoji=False)
+    for renderable in renderables:
+        console.print(renderable)
+    out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+
+
+def table_for(out: TextIO, *headers: str) -> Table:
+    terminal = out.isatty()
+    return Table(
+        *headers,
+        box=box.SIMPLE_HEAD if terminal else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold" if terminal else "",
+    )
+
+
+def timestamp(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"

@@ -73,8 +73,28 @@ class StateStore:
             raise UserError(f"cannot open the state database {path}: {exc}") from exc
         store = cls(path, conn)
         if target is not None:
-            await store._bind_target(target)
+            await store.bind_target(target)
         return store
+
+    @classmethod
+    async def open_readonly(cls, path: Path) -> StateStore:
+        """Open an existing state without ever writing to it (`syncd status`, safe while the
+        daemon runs: a WAL reader neither blocks the writer nor is blocked by it)."""
+        if not path.is_file():
+            raise UserError(
+                f"no state database at {path}: syncd has not run with this state yet "
+                "(start `syncd run` or `syncd sync`, or pass --state)"
+            )
+        try:
+            conn = await aiosqlite.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("SELECT 1 FROM pending_item LIMIT 1")
+        except (OSError, aiosqlite.Error) as exc:
+            raise UserError(f"cannot read the state database {path}: {exc}") from exc
+        return cls(path, conn)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -94,7 +114,7 @@ class StateStore:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
 
-    async def _bind_target(self, target: str) -> None:
+    async def bind_target(self, target: str) -> None:
         rows = await self._rows("SELECT value FROM meta WHERE key = 'target'")
         if rows and rows[0][0] == target:
             return
@@ -155,6 +175,11 @@ class StateStore:
         )
         return {row[0]: row[1] for row in rows}
 
+    async def pending_totals(self) -> tuple[int, int | None]:
+        """Pending items in all, and the capture time (ms) of the oldest (None: none)."""
+        rows = await self._rows("SELECT COUNT(*), MIN(time_created) FROM pending_item")
+        return rows[0][0], rows[0][1]
+
     async def pending(self, session_id: str, limit: int) -> list[PendingItem]:
         order = " ".join(f"WHEN '{kind}' THEN {i}" for i, kind in enumerate(KIND_ORDER))
         rows = await self._rows(
@@ -204,6 +229,43 @@ class StateStore:
                 "UPDATE session_cursor SET last_error = ? WHERE session_id = ?",
                 (reason, session_id),
             )
+
+    async def requeue_dead_letters(self, letters: dict[int, set[tuple[str, str]]]) -> list[int]:
+        """Put the entities behind each dead letter (id -> (kind, item_id) keys of its
+        session) back as pending, and delete the letter, in one transaction. Content is read
+        from opencode at send time, so a retry always sends the newest state; a key already
+        pending gets a newer version, so no acknowledgement of an older batch can drop it.
+        Returns the ids actually requeued (a letter retried or discarded meanwhile is skipped)."""
+        stamp = now_ms()
+        done: list[int] = []
+        async with self._write() as db:
+            async with db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM pending_item") as c:
+                version = (await c.fetchone())[0]  # type: ignore[index]
+            for letter_id, keys in letters.items():
+                async with db.execute(
+                    "SELECT session_id FROM dead_letter WHERE id = ?", (letter_id,)
+                ) as c:
+                    row = await c.fetchone()
+                if row is None:
+                    continue
+                await db.executemany(
+                    "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, kind, item_id) "
+                    "DO UPDATE SET version = excluded.version",
+                    [(row[0], kind, item_id, version, stamp) for kind, item_id in keys],
+                )
+                await db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
+                done.append(letter_id)
+        return done
+
+    async def discard_dead_letters(self, letter_ids: Iterable[int]) -> int:
+        """Delete dead letters for good; returns how many existed."""
+        async with self._write() as db:
+            count = 0
+            for letter_id in letter_ids:
+                cursor = await db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
+                count += cursor.rowcount
+        return count
 
     async def record_error(self, session_id: str, message: str) -> None:
         async with self._write() as db:
@@ -284,10 +346,23 @@ class StateStore:
                 "pending", "oldest_pending", "dead_letters")  # fmt: skip
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    async def dead_letters(self) -> list[dict[str, Any]]:
+    async def dead_letters(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+        """Every dead letter (or those with `ids`), oldest first, without payloads."""
+        where, params = "", ()
+        if ids is not None:
+            params = tuple(ids)
+            if not params:
+                return []
+            where = f"WHERE id IN ({','.join('?' * len(params))})"
         rows = await self._rows(
             "SELECT id, session_id, kind, item_id, reason, time_created FROM dead_letter "
-            "ORDER BY id"
+            f"{where} ORDER BY id",
+            params,
         )
         keys = ("id", "session_id", "kind", "item_id", "reason", "time_created")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def dead_letter_payload(self, letter_id: int) -> Any:
+        """What was refused (the SyncData item, or the raw row), as JSON; None if unknown."""
+        rows = await self._rows("SELECT payload FROM dead_letter WHERE id = ?", (letter_id,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
