@@ -173,3 +173,26 @@ async def test_a_bad_batch_body_is_a_400(receiver: Receiver) -> None:
     assert answer.status_code == 400
     assert "bad capnweb batch" in answer.text
     assert json.dumps(answer.text)  # a readable message, not a traceback
+
+
+@pytest.mark.parametrize("transport_name", ["capnweb-batch", "capnweb-ws"])
+async def test_the_sample_database_arrives_whole_over_capnweb(
+    tmp_path: Path, sample_db: Path, receiver: Receiver, transport_name: str
+) -> None:
+    from syncd.config import load_config
+    from syncd.daemon import sync_once
+    from tests.test_pipeline import expected_state
+
+    flags = {"db": str(sample_db), "state": str(tmp_path / "state.db"),
+             "transport": transport_name, "url": receiver.url}  # fmt: skip
+    env = {"HOME": str(tmp_path / "home"), "OPENCODE_SHARE_RPC_KEY": KEY}
+    assert await sync_once(load_config(flags, env)) == 0
+    expected = expected_state(sample_db)
+    shares = await receiver.store.list_shares()
+    assert sorted(share["session_id"] for share in shares) == sorted(expected)
+    for share in shares:
+        stored = await receiver.store.read_share(share["id"])
+        want = expected[share["session_id"]]
+        assert {m["id"]: m for m in stored["messages"]} == want["messages"]
+        assert {p["id"]: p for p in stored["parts"]} == want["parts"]
+    assert receiver.create_count == len(expected)
