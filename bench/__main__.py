@@ -188,10 +188,13 @@ def _meta(args: argparse.Namespace, scale: phases.Scale, skipped: dict[str, str]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "syncd"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     workload = f"replay of {args.replay.name}" if args.replay else "synthetic (bench/writer.py)"
     return {
         "command": "python -m bench " + " ".join(sys.argv[1:]),
-        "commit": commit or "unknown",
+        "commit": (commit or "unknown") + (" with uncommitted changes in syncd/" if dirty else ""),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
         "cores": _cores(),
