@@ -161,6 +161,7 @@ async def measure(
             ).items():
                 results["transports"][name]["idle"] = figures
     results["meta"]["seconds"] = time.perf_counter() - began
+    results["meta"]["load_average_at_end"] = os.getloadavg()[0]
     results["headline"] = report.headline(results)
     return results
 
@@ -200,6 +201,8 @@ def _meta(args: argparse.Namespace, scale: phases.Scale, skipped: dict[str, str]
         "cores": _cores(),
         "python": platform.python_version(),
         "workload": workload,
+        # Other work on the machine skews every figure: recorded, not corrected for.
+        "load_average_at_start": os.getloadavg()[0],
         "scale": asdict(scale),
         "skipped_transports": skipped,
     }

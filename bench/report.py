@@ -32,7 +32,9 @@ def markdown(results: dict[str, Any]) -> str:
         "# syncd benchmark results",
         "",
         f"`{meta['command']}` at {meta['commit']} on {meta['date']}: {meta['cpu']} "
-        f"({meta['cores']} cores), Python {meta['python']}, everything on loopback.",
+        f"({meta['cores']} cores), Python {meta['python']}, everything on loopback; 1-minute "
+        f"load average {meta['load_average_at_start']:.1f} at start, "
+        f"{meta['load_average_at_end']:.1f} at end, run time {meta['seconds']:.0f} s.",
         f"Receiver: `syncd serve`'s app in the benchmark process; syncd: `python -m syncd` "
         f"subprocesses; writer: a separate process (tests/fake_opencode.py). Coalescing window "
         f"{scale['window']} s. Workload: {meta['workload']}.",
