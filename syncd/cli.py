@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging()
         config = load_config(_flags(args))
         configure_logging(config)
-        return asyncio.run(args.command(config, args))
+        code = asyncio.run(args.command(config, args))
+        sys.stdout.flush()  # here, so that a closed pipe is handled below
+        return code
     except UserError as e:
         print(f"syncd: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,0 +1,230 @@
+"""`syncd status` and `syncd dead-letters` through the real CLI, against a real receiver that
+accepts, refuses (400) or is down, and a state written by real deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+
+from syncd.cli import main
+from syncd.config import Config, load_config
+from syncd.daemon import sync_once
+from syncd.errors import UserError
+from syncd.state.store import StateStore
+from tests.fake_opencode import FakeOpencode
+from tests.receiver import Receiver, running_receiver
+
+
+def remote_config(tmp_path: Path, db: Path, url: str) -> Config:
+    env = {"HOME": str(tmp_path / "home")}
+    flags = {"db": str(db), "state": str(tmp_path / "state.db"), "url": url,
+             "transport": "http", "sessions": "all"}  # fmt: skip
+    return load_config(flags, env)
+
+
+def flags(config: Config) -> list[str]:
+    return ["--db", str(config.db), "--state", str(config.state), "--url", str(config.url),
+            "--transport", "http", "--sessions", "all"]  # fmt: skip
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The `syncd` command in-process (its own event loop, in a thread): code, stdout, stderr."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def status(capsys: pytest.CaptureFixture[str], config: Config, *extra: str) -> tuple:
+    code, out, _ = await cli(capsys, "status", *flags(config), *extra)
+    json_code, json_out, _ = await cli(capsys, "status", "--json", *flags(config), *extra)
+    assert json_code == code
+    return code, out, json.loads(json_out)
+
+
+@pytest.fixture(autouse=True)
+def default_logging():
+    """The CLI configures logging onto this test's captured stderr, closed after the test."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def writer(tmp_path: Path, shared_dir: Path):
+    fake = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    yield fake
+    fake.close()
+
+
+def one_session(writer: FakeOpencode) -> tuple[str, str]:
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "assistant", "time": {"created": 1}})
+    return sid, writer.part(sid, mid, {"type": "text", "text": "hello"})
+
+
+async def test_delivered_is_healthy(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sid, _ = one_session(writer)
+    async with running_receiver(tmp_path) as receiver:
+        config = remote_config(tmp_path, writer.path, receiver.url)
+        assert await sync_once(config) == 0
+        code, out, report = await status(capsys, config)
+    assert code == 0
+    [row] = [line for line in out.splitlines() if line.startswith(sid)]
+    assert row.split()[1] == "delivered" and f"{receiver.url}/share/" in row
+    assert "healthy" in out.splitlines()[-1] and "UNHEALTHY" not in out
+    assert report["healthy"] is True and report["problems"] == []
+    assert report["totals"]["delivered"] == 1 and report["totals"]["pending_items"] == 0
+    [session] = report["sessions"]
+    assert session["state"] == "delivered" and session["lag_seconds"] == 0
+
+
+async def test_receiver_down_is_retrying_then_lagging(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sid, _ = one_session(writer)
+    async with running_receiver(tmp_path) as receiver:
+        config = remote_config(tmp_path, writer.path, receiver.url)
+        await receiver.faults.stop()
+        with pytest.raises(UserError, match="not delivered"):
+            await sync_once(config, give_up_after=0.5)
+        code, out, report = await status(capsys, config)
+        # Within the lag limit: retrying is still healthy.
+        assert code == 0, out
+        [session] = report["sessions"]
+        assert session["state"] == "retrying" and session["pending"] == 3
+        assert session["attempts"] >= 1 and session["last_error"]
+        assert "retrying" in next(line for line in out.splitlines() if line.startswith(sid))
+        # Beyond it: unhealthy, with the reason.
+        await asyncio.sleep(0.1)
+        code, out, report = await status(capsys, config, "--max-lag", "0.05")
+        assert code == 1
+        assert "UNHEALTHY" in out and "oldest pending item" in out
+        assert report["healthy"] is False
+        assert any("oldest pending item" in problem for problem in report["problems"])
+        # The receiver is back: delivered, healthy again.
+        await receiver.faults.ok()
+        assert await sync_once(config) == 0
+        code, _, report = await status(capsys, config, "--max-lag", "0.05")
+        assert code == 0 and report["sessions"][0]["state"] == "delivered"
+
+
+async def test_refused_items_are_dead_lettered_then_retried_after_a_fix(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sid, part = one_session(writer)
+    async with running_receiver(tmp_path) as receiver:
+        config = remote_config(tmp_path, writer.path, receiver.url)
+        await receiver.faults.status(400)
+        with pytest.raises(UserError, match="dead-lettered"):
+            await sync_once(config)
+        code, out, report = await status(capsys, config)
+        assert code == 1
+        assert "dead-lettered" in next(line for line in out.splitlines() if line.startswith(sid))
+        assert report["sessions"][0]["state"] == "dead-lettered"
+        assert "injected 400" in report["sessions"][0]["last_error"]
+        assert report["totals"]["dead_letters"] == 3  # session, message, part
+        assert any("dead letter" in problem for problem in report["problems"])
+
+        code, out, _ = await cli(capsys, "dead-letters", "list", *flags(config))
+        assert code == 0 and part in out and "injected 400" in out
+        code, out, _ = await cli(capsys, "dead-letters", "list", "--json", *flags(config))
+        letters = json.loads(out)
+        [part_letter] = [letter for letter in letters if letter["item_id"] == part]
+        code, out, _ = await cli(capsys, "dead-letters", "show", str(part_letter["id"]),
+                              *flags(config))  # fmt: skip
+        shown = json.loads(out)
+        assert shown["payload"]["type"] == "part" and shown["payload"]["data"]["text"] == "hello"
+
+        # Fixed on the server; the part grew meanwhile: the retry sends its newest state.
+        await receiver.faults.ok()
+        writer.part(sid, shown["payload"]["data"]["messageID"],
+                    {"type": "text", "text": "hello, world"}, part_id=part)  # fmt: skip
+        code, out, _ = await cli(capsys, "dead-letters", "retry", "--all", *flags(config))
+        assert code == 0 and "3 dead letter(s) retried" in out
+        assert await sync_once(config) == 0
+        code, _, report = await status(capsys, config)
+        assert code == 0 and report["totals"]["dead_letters"] == 0
+        share = await only_share(receiver)
+        assert share["parts"][0]["text"] == "hello, world"
+        assert share["session"]["id"] == sid and len(share["messages"]) == 1
+
+
+async def only_share(receiver: Receiver) -> dict:
+    [listed] = await receiver.store.list_shares()
+    return await receiver.store.read_share(listed["id"])
+
+
+async def test_derived_dead_letter_retry_recaptures_the_session(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    diffs = [{"file": "a.txt", "patch": "+a", "additions": 1, "deletions": 0, "status": "added"}]
+    sid = writer.session(summary_additions=1, summary_deletions=0, summary_files=1,
+                         summary_diffs=json.dumps(diffs))  # fmt: skip
+    async with running_receiver(tmp_path) as receiver:
+        config = remote_config(tmp_path, writer.path, receiver.url)
+        await receiver.faults.status(400)
+        with pytest.raises(UserError, match="dead-lettered"):
+            await sync_once(config)
+        code, out, _ = await cli(capsys, "dead-letters", "list", "--json", *flags(config))
+        kinds = {letter["kind"]: letter for letter in json.loads(out)}
+        assert set(kinds) == {"session", "session_diff"}
+        assert kinds["session_diff"]["item_id"] == sid
+        # Retry only the derived letter: the whole session is captured again.
+        await receiver.faults.ok()
+        code, out, _ = await cli(capsys, "dead-letters", "retry",
+                              str(kinds["session_diff"]["id"]), *flags(config))  # fmt: skip
+        assert code == 0 and "1 dead letter(s) retried" in out
+        assert await sync_once(config) == 0
+        share = await only_share(receiver)
+        assert share["session"]["id"] == sid and share["diffs"] == diffs
+        code, out, _ = await cli(capsys, "dead-letters", "discard", "--all", *flags(config))
+        assert code == 0 and "1 dead letter(s) discarded" in out
+        code, _, report = await status(capsys, config)
+        assert code == 0 and report["dead_letters"] == []
+
+
+async def test_dead_letter_commands_name_what_is_wrong(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one_session(writer)
+    config = remote_config(tmp_path, writer.path, "http://127.0.0.1:9")
+    code, _, err = await cli(capsys, "status", *flags(config))
+    assert code == 2 and "no state database" in err
+    await (await StateStore.open(config.state)).close()
+    for argv, message in (
+        (["retry"], "by id, or pass --all"),
+        (["retry", "7", "--all"], "by id, or pass --all"),
+        (["discard", "42"], "no dead letter 42"),
+        (["show", "42"], "no dead letter 42"),
+    ):
+        code, _, err = await cli(capsys, "dead-letters", *argv, *flags(config))
+        assert code == 2 and message in err, argv
+
+
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, shared_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    for _ in range(3):
+        one_session(writer)
+    writer.close()
+    state = str(tmp_path / "state.db")
+    env = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "syncd"]
+    common = ["--db", str(writer.path), "--state", state, "--archive", str(tmp_path / "a.db")]
+    subprocess.run([*args, "sync", *common], env=env, check=True, capture_output=True)
+    # The reader is gone before syncd writes a byte (`syncd status | head -0`).
+    process = subprocess.Popen(
+        [*args, "status", *common], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=30) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
