@@ -1,6 +1,7 @@
 """The whole thing: real opencode runs headless while `syncd run` (a real subprocess) pushes to a
-real receiver over the share REST API; at the end the receiver holds exactly what opencode's
-database holds, field by field, through SIGTERM, SIGKILL and receiver outages."""
+real receiver over each transport (share REST API, capnweb HTTP batch and WebSocket, A2A); at
+the end the receiver holds exactly what opencode's database holds, field by field and with the
+same JSON types, through SIGTERM, SIGKILL, receiver outages and restarts."""
 
 from __future__ import annotations
 
@@ -18,9 +19,16 @@ from tests.syncd_process import SyncdProcess, state_dead_letters, state_shares, 
 pytestmark = pytest.mark.e2e
 
 CATCH_UP_TIMEOUT = 120.0
+TRANSPORTS = ("http", "capnweb-batch", "capnweb-ws", "a2a")
 
 
-def syncd_args(opencode: Opencode, receiver: Receiver, state_db: Path, *extra: str) -> list[str]:
+def syncd_args(
+    opencode: Opencode,
+    receiver: Receiver,
+    state_db: Path,
+    *extra: str,
+    transport: str = "http",
+) -> list[str]:
     return [
         "run",
         "--db",
@@ -30,7 +38,7 @@ def syncd_args(opencode: Opencode, receiver: Receiver, state_db: Path, *extra: s
         "--url",
         receiver.url,
         "--transport",
-        "http",
+        transport,
         "--sessions",
         "all",
         *extra,
@@ -47,23 +55,33 @@ async def run_opencode(opencode: Opencode, fake_llm: FakeLlm, n: int) -> None:
     await asyncio.to_thread(opencode.run, f"please write the file f{n}.txt")
 
 
+async def receiver_shares(receiver: Receiver) -> dict[str, str]:
+    """session id -> its newest share on the receiver (A2A contexts are shares there too)."""
+    latest: dict[str, str] = {}
+    for share in await receiver.store.list_shares():  # newest first
+        latest.setdefault(share["session_id"], share["id"])
+    return latest
+
+
 async def assert_receiver_holds_database(
     receiver: Receiver, opencode: Opencode, state_db: Path, syncd: SyncdProcess
 ) -> None:
     snapshot = database_snapshot(opencode.db_path)
-    shares = state_shares(state_db)
+    assert set(state_shares(state_db)) == set(snapshot), syncd.log()[-5000:]
+    shares = await receiver_shares(receiver)
     assert set(shares) == set(snapshot), syncd.log()[-5000:]
     for session_id, expected in snapshot.items():
         assert_receiver_matches(expected, await receiver.store.read_share(shares[session_id]))
     assert state_dead_letters(state_db) == []
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_sigterm_after_headless_runs_leaves_the_receiver_complete(
-    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm
+    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm, transport: str
 ) -> None:
     state_db = tmp_path / "syncd-state.db"
     async with running_receiver(tmp_path) as receiver:
-        args = syncd_args(opencode, receiver, state_db)
+        args = syncd_args(opencode, receiver, state_db, transport=transport)
         async with syncd_process(args, opencode.env, tmp_path / "syncd.log") as syncd:
             for n in range(3):
                 await run_opencode(opencode, fake_llm, n)
@@ -144,9 +162,7 @@ async def wait_until_receiver_holds_database(
     deadline = loop.time() + CATCH_UP_TIMEOUT
     while True:
         snapshot = database_snapshot(opencode.db_path)
-        latest_share: dict[str, str] = {}
-        for share in await receiver.store.list_shares():  # newest first
-            latest_share.setdefault(share["session_id"], share["id"])
+        latest_share = await receiver_shares(receiver)
         differences: list[str] = []
         for session_id, expected in snapshot.items():
             if session_id not in latest_share:
@@ -163,3 +179,33 @@ async def wait_until_receiver_holds_database(
                 f"syncd log (end):\n{syncd.log()[-5000:]}"
             )
         await asyncio.sleep(0.5)
+
+
+async def test_websocket_broken_mid_run_loses_nothing(
+    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm
+) -> None:
+    """The receiver restarts while opencode streams: the daemon's one WebSocket breaks with
+    batches in flight; they are re-sent on a fresh session."""
+    state_db = tmp_path / "syncd-state.db"
+    config = tmp_path / "syncd.toml"
+    config.write_text("backoff_max = 1.0\nwindow = 0.3\n")
+    async with running_receiver(tmp_path) as receiver:
+        args = syncd_args(
+            opencode, receiver, state_db, "--config", str(config), transport="capnweb-ws"
+        )
+        async with syncd_process(args, opencode.env, tmp_path / "syncd.log") as syncd:
+            await run_opencode(opencode, fake_llm, 0)
+            replies_before = fake_llm.requests["reply"]
+            run = asyncio.create_task(run_opencode(opencode, fake_llm, 1))
+            while fake_llm.requests["reply"] == replies_before and not run.done():
+                await asyncio.sleep(0.05)
+            await receiver.faults.stop()  # the socket drops with the server
+            await asyncio.sleep(1.0)
+            await receiver.faults.ok()
+            await run
+            await run_opencode(opencode, fake_llm, 2)
+            await wait_until_receiver_holds_database(receiver, opencode, syncd)
+            assert await syncd.terminate() == 0, syncd.log()[-5000:]
+        assert "RetryableError" in syncd.log() or "retrying" in syncd.log()
+        await assert_receiver_holds_database(receiver, opencode, state_db, syncd)
+        assert receiver.create_count == 3
