@@ -65,6 +65,9 @@ class StateStore:
             os.chmod(path, 0o600)
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL survives any process crash; a power cut can only undo the
+            # newest commits as a whole (a capture with its cursor, or an ack: re-sent).
+            await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA busy_timeout = 10000")
             await conn.execute("PRAGMA foreign_keys = ON")
             conn.row_factory = aiosqlite.Row
