@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .source.loader import Loaded
-from .source.syncdata import diff_item, model_item
+from .source.syncdata import diff_item, model_item, user_model_ref
 from .state.store import PendingItem
 from .transports.base import Batch, SyncItem
 
@@ -56,6 +56,18 @@ def plan_batches(
     if loaded.models:
         entries.append((model_item(loaded.models), None))
 
+    # The items the derived ones come from (the session row for its diffs, user messages for
+    # models) are acknowledged only with the batch carrying the last derived item: acknowledged
+    # earlier, an interruption before that batch (a crash, a stopped backfill) would leave
+    # nothing pending to derive them from again, and the diffs or models would never arrive.
+    derived_left = (new_diff_hash is not None) + bool(loaded.models)
+
+    def is_source(item: SyncItem) -> bool:
+        if item["type"] == "session":
+            return new_diff_hash is not None
+        return bool(loaded.models) and item["type"] == "message" and bool(user_model_ref(item))
+
+    deferred: list[tuple[PendingItem, SyncItem]] = []
     planned: list[PlannedBatch] = []
     items: list[SyncItem] = []
     covers: list[tuple[PendingItem, SyncItem]] = []
@@ -76,9 +88,12 @@ def plan_batches(
         items.append(item)
         size += item_size
         if pending is not None:
-            covers.append((pending, item))
-        elif item["type"] == "session_diff":
-            carries_diff = True
+            (deferred if is_source(item) else covers).append((pending, item))
+            continue
+        carries_diff = carries_diff or item["type"] == "session_diff"
+        derived_left -= 1
+        if derived_left == 0:
+            covers.extend(deferred)
     close()
     return planned
 
