@@ -63,6 +63,9 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
 
 
 def _convert(kind: str, row: Any) -> SyncItem:
+    for column in row.keys():  # noqa: SIM118 - sqlite rows are not mappings
+        if column != "data" and isinstance(row[column], bytes):
+            raise syncdata.BadRow(f"{kind} {row['id']}: {column} is not valid UTF-8 text")
     if kind == "session":
         return syncdata.session_item(row)
     if kind == "message":

@@ -63,6 +63,7 @@ class OpencodeDb:
             conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             conn.row_factory = aiosqlite.Row
+            conn.text_factory = _text
             columns = await _columns(conn)
         except aiosqlite.Error as exc:
             raise UserError(f"cannot read opencode database {path}: {exc}") from exc
@@ -103,6 +104,15 @@ class OpencodeDb:
                 yield self
             finally:
                 await self._conn.execute("COMMIT")
+
+
+def _text(raw: bytes) -> str | bytes:
+    """TEXT as str; text that is not valid UTF-8 stays bytes, so that the one row holding it
+    is reported (syncdata.BadRow) instead of the whole query failing on it."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 async def _columns(conn: aiosqlite.Connection) -> dict[str, set[str]]:
