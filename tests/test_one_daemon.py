@@ -1,0 +1,74 @@
+"""One daemon per state database: a second `syncd run` refuses, naming the running one; a
+`syncd sync` while the daemon runs waits for it to catch up instead of racing it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.expected import assert_receiver_matches, database_snapshot
+from tests.fake_opencode import FakeOpencode
+from tests.receiver import running_receiver
+from tests.syncd_process import state_shares, syncd_process
+
+
+async def run_syncd(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def wait_for_lock_owner(lock: Path, pid: int) -> None:
+    for _ in range(200):
+        if lock.exists() and lock.read_text().strip() == str(pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"syncd {pid} never took {lock}")
+
+
+async def test_second_run_refuses_and_sync_waits_for_the_daemon(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    state = tmp_path / "state.db"
+    async with running_receiver(tmp_path) as receiver:
+        common = ["--db", str(writer.path), "--state", str(state), "--url", receiver.url,
+                  "--transport", "http", "--sessions", "all"]  # fmt: skip
+        config = tmp_path / "syncd.toml"
+        config.write_text("window = 2.0\n")  # sync must wait out the daemon's window
+        args = ["run", *common, "--config", str(config)]
+        async with syncd_process(args, os.environ, tmp_path / "syncd.log") as daemon:
+            assert daemon.process is not None
+            await wait_for_lock_owner(state.with_name("state.db.lock"), daemon.process.pid)
+
+            code, output = await run_syncd("run", *common)
+            assert code != 0
+            assert f"another syncd (pid {daemon.process.pid}) is already running" in output
+            assert "Traceback" not in output
+
+            part = writer.part(sid, mid, {"type": "text", "text": "written while running"})
+            code, output = await run_syncd("sync", *common)
+            assert code == 0, output
+            # sync returned only once the daemon had delivered what was in the database.
+            shares = state_shares(state)
+            expected = database_snapshot(writer.path)[sid]
+            assert part in expected["parts"]
+            assert_receiver_matches(expected, await receiver.store.read_share(shares[sid]))
+            assert daemon.process.returncode is None  # the daemon was left alone
+            assert await daemon.terminate() == 0
+        assert receiver.create_count == 1
+    writer.close()
