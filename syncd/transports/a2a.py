@@ -23,6 +23,7 @@ import json
 import math
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -196,6 +197,7 @@ class A2aTransport(Transport):
             if self._client is None:
                 resolver = A2ACardResolver(self._http, self._base_url)
                 card = await self._call(resolver.get_agent_card())
+                self._require_own_origin(card)
                 factory = ClientFactory(
                     ClientConfig(
                         streaming=False,
@@ -224,9 +226,19 @@ class A2aTransport(Transport):
         )
         message.metadata.update(metadata)
         responses = await self._call(_collect(client, SendMessageRequest(message=message)))
-        for response in responses:
-            if response.HasField("task"):
-                _check_task(response.task)
+        _require_acknowledgement(responses, context_id)
+
+    def _require_own_origin(self, card: Any) -> None:
+        """The card says where to send; syncd sends (with its key) only to the configured
+        origin, whatever a card served there claims."""
+        own = _origin(self._base_url)
+        for interface in card.supported_interfaces:
+            if interface.protocol_binding == self._binding and _origin(interface.url) != own:
+                raise RejectedError(
+                    f"the agent card at {self._base_url} sends {self._binding} requests to "
+                    f"another origin ({_origin(interface.url)}); syncd talks only to {own}: "
+                    "set url to the receiver itself"
+                )
 
     async def _call(self, call: Any) -> Any:
         """Await an SDK call, turning its failures into the delivery loop's errors."""
@@ -279,6 +291,32 @@ def _http_error_response(error: BaseException) -> httpx.Response | None:
             return cause.response
         cause = cause.__cause__
     return None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _require_acknowledgement(responses: list[Any], context_id: str) -> None:
+    """Only an answer about this very context acknowledges the batch: a completed task or the
+    receiver's reply message. No answer, or one about another context, is not one."""
+    acknowledged = False
+    for response in responses:
+        if response.HasField("task"):
+            _check_task(response.task)
+            answered = response.task.context_id
+        elif response.HasField("message"):
+            answered = response.message.context_id
+        else:
+            continue
+        if answered != context_id:
+            raise RetryableError(
+                f"A2A answer is about context {answered!r}, not {context_id!r}: not acknowledged"
+            )
+        acknowledged = True
+    if not acknowledged:
+        raise RetryableError("A2A receiver answered without a task or message: not acknowledged")
 
 
 def _check_task(task: Any) -> None:
