@@ -27,6 +27,14 @@ from ..transports.base import Share
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
 KIND_ORDER = ("session", "message", "part")
+# A capture of an entity already pending bumps its version, so that the acknowledgement of a
+# batch that carried the older version (`version <= sent`) leaves the newer capture pending.
+# Versions only need to grow per entity; a global counter would cost a scan per capture.
+UPSERT_PENDING = (
+    "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
+    "VALUES (?, ?, ?, 1, ?) ON CONFLICT (session_id, kind, item_id) "
+    "DO UPDATE SET version = pending_item.version + 1"
+)
 
 
 @dataclass(frozen=True)
@@ -147,13 +155,8 @@ class StateStore:
         """Record `keys` as pending and move the session's cursor, atomically."""
         stamp = now_ms()
         async with self._write() as db:
-            async with db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM pending_item") as c:
-                version = (await c.fetchone())[0]  # type: ignore[index]
             await db.executemany(
-                "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, kind, item_id) "
-                "DO UPDATE SET version = excluded.version",
-                [(session_id, kind, item_id, version, stamp) for kind, item_id in keys],
+                UPSERT_PENDING, [(session_id, kind, item_id, stamp) for kind, item_id in keys]
             )
             await db.execute(
                 "INSERT INTO session_cursor (session_id, journal_seq, time_updated) "
@@ -242,8 +245,6 @@ class StateStore:
         stamp = now_ms()
         done: list[int] = []
         async with self._write() as db:
-            async with db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM pending_item") as c:
-                version = (await c.fetchone())[0]  # type: ignore[index]
             for letter_id, keys in letters.items():
                 async with db.execute(
                     "SELECT session_id FROM dead_letter WHERE id = ?", (letter_id,)
@@ -252,10 +253,7 @@ class StateStore:
                 if row is None:
                     continue
                 await db.executemany(
-                    "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_id, kind, item_id) "
-                    "DO UPDATE SET version = excluded.version",
-                    [(row[0], kind, item_id, version, stamp) for kind, item_id in keys],
+                    UPSERT_PENDING, [(row[0], kind, item_id, stamp) for kind, item_id in keys]
                 )
                 await db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
                 done.append(letter_id)
