@@ -128,6 +128,7 @@ class Pipeline:
                 journal_seq=change.journal_seq,
                 time_updated=change.time_updated,
             )
+            self.coalescer.touch(change.session_id)  # deliver while the rest is captured
         for session_id in changes.deleted:
             await self._deleted(session_id)
         # Everything pending is scheduled, including what an earlier run left behind.

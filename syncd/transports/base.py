@@ -8,6 +8,7 @@ retry, a re-created share or a dead letter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -34,7 +35,7 @@ class Batch:
     session_id: str
     items: list[SyncItem]
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Deterministic id: the same batch re-sent after a crash carries the same key."""
         canonical = json.dumps(
