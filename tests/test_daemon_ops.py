@@ -5,9 +5,11 @@ receiver accepts, fails and refuses, and /health."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -177,6 +179,16 @@ async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path)
             assert value(delivered, "syncd_source_rows_read_total") > 0
             assert value(delivered, "syncd_pending_items") == 0
             assert value(delivered, "syncd_oldest_pending_age_seconds") == 0
+
+            # `syncd status` reads the state safely while the daemon runs.
+            status = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "syncd", "status", "--json", *args[1:],
+                env=isolated_env(tmp_path), stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(status.communicate(), WAIT_SECONDS)
+            assert status.returncode == 0
+            report = json.loads(out)
+            assert [s["state"] for s in report["sessions"]] == ["delivered"]
 
             # The receiver fails: retries count, the item stays pending and ages, and /health
             # turns unhealthy after 3 consecutive failures.
