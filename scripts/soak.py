@@ -447,10 +447,17 @@ class Soak:
             problems.append("syncd log (end): " + syncd.log()[-3000:])
 
 
+def _deliberate_faults_unlogged(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(
+        ("ASGI callable returned without completing", "Cancel ", "Exception in ASGI")
+    )
+
+
 async def soak(workdir: Path, shared_dir: Path, options: SoakOptions,
                progress: Callable[[str], None] = lambda _: None) -> SoakReport:  # fmt: skip
     # The receiver's broken answers are deliberate; uvicorn would log each one as an error.
-    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    # (A filter, not a level: uvicorn resets levels whenever the receiver listens again.)
+    logging.getLogger("uvicorn.error").addFilter(_deliberate_faults_unlogged)
     return await Soak(workdir, shared_dir, options, progress).run()
 
 
