@@ -244,6 +244,7 @@ async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dic
             "items": arrivals.items,
             "batches": arrivals.batches,
             "requests": traffic.requests + traffic.frames_up,
+            "connections": traffic.connections,
             "seconds": run.seconds,
             "items_per_s": arrivals.items / run.seconds,
             # Before the first acknowledgement: start-up and capturing what is pending.

@@ -33,6 +33,7 @@ class Counts:
     frames_down: int = 0
     bytes_up: int = 0  # request line + headers + body, WebSocket payloads
     bytes_down: int = 0
+    connections: int = 0  # distinct client (address, port) pairs: TCP connections opened
 
 
 class Traffic:
@@ -42,9 +43,11 @@ class Traffic:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.counts = Counts()
+        self._clients: set[Any] = set()
 
     def reset(self) -> Counts:
         counts, self.counts = self.counts, Counts()
+        self._clients = set()
         return counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,6 +56,10 @@ class Traffic:
             return
         # Always the current counts: a WebSocket outlives a reset between workloads.
         self.counts.requests += 1
+        client = tuple(scope.get("client") or ())
+        if client not in self._clients:  # a kept-alive connection carries many requests
+            self._clients.add(client)
+            self.counts.connections += 1
         self.counts.bytes_up += len(scope["raw_path"] or b"") + 16 + _headers_size(scope["headers"])
 
         async def counted_receive() -> Message:

@@ -73,10 +73,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Transports on the same workloads",
         "",
-        "| transport | requests+frames / session | KB up / session | KB down / session "
+        "| transport | requests+frames / session | connections (lifecycle run / backfill) "
+        "| KB up / session | KB down / session "
         "| latency beyond window p50 / p99 (ms) | samples (missing) | batches/s "
         "| backfill items/s | idle CPU % | idle RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, measured in results["transports"].items():
         lines.append(_transport_row(name, measured))
@@ -116,6 +117,8 @@ def _transport_row(name: str, measured: dict[str, Any]) -> str:
     cells = [
         name,
         _num(life.get("requests", math.nan) + life.get("frames_up", math.nan), 1),
+        f"{_num(life.get('connections', math.nan) * life.get('sessions', math.nan))} / "
+        f"{_num(measured.get('backfill', {}).get('connections'))}",
         _num(life.get("bytes_up", math.nan) / 1024, 1),
         _num(life.get("bytes_down", math.nan) / 1024, 1),
         f"{_num(p50)} / {_num(p99)}",
