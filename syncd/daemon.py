@@ -297,8 +297,8 @@ async def _reloader(
         systemd.notify("READY=1")
 
 
-async def _capture_and_drain(pipeline: Pipeline) -> None:
-    await pipeline.capture()
+async def _capture_and_drain(pipeline: Pipeline, *, deep: bool = False) -> None:
+    await pipeline.capture(deep=deep)
     await pipeline.coalescer.drain()
 
 
@@ -328,12 +328,12 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
     try:
         dead_before = len(await pipeline.state.dead_letters())
         pipeline.coalescer.window = 0.0  # catching up: no window to wait for
-        await pipeline.capture(deep=True)
         if show_progress:
-            async with follow_backfill(pipeline.state):
-                await pipeline.coalescer.drain()
+            # From the start: sessions are delivered while the rest is still being captured.
+            async with follow_backfill(pipeline.state, lambda: pipeline.metrics.items_delivered):
+                await _capture_and_drain(pipeline, deep=True)
         else:
-            await pipeline.coalescer.drain()
+            await _capture_and_drain(pipeline, deep=True)
         pending = await pipeline.state.pending_sessions()
         dead = len(await pipeline.state.dead_letters()) - dead_before
     finally:

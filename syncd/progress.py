@@ -1,7 +1,7 @@
 """Progress of a backfill (`syncd backfill`): a live bar on a terminal, plain lines otherwise.
 
-Progress is read from the state, not counted in the pipeline: what is done is what the
-receiver acknowledged, so a resumed backfill starts from what is really left.
+Done is what the receiver acknowledged in this run, left is what the state holds as pending,
+so a resumed backfill counts only what was left.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 from rich.console import Console
@@ -24,25 +24,26 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .state.store import StateStore
+from .state.store import StateStore, now_ms
 
 POLL_SECONDS = 0.5
 LINE_EVERY_SECONDS = 5.0
 
 
 class BackfillCount:
-    """Items and sessions done out of the total, which grows if opencode writes meanwhile."""
+    """Items and sessions done out of the total; the total grows while the capture goes on
+    (sessions are delivered as soon as they are captured) and if opencode writes meanwhile."""
 
-    def __init__(self, items: int, sessions: int) -> None:
-        self.total_items, self.total_sessions = items, sessions
+    def __init__(self) -> None:
+        self.total_items = self.total_sessions = 0
         self.done_items = self.done_sessions = 0
         self.started = time.monotonic()
 
-    def update(self, items_left: int, sessions_left: int) -> None:
-        self.done_items = max(self.done_items, self.total_items - items_left)
-        self.total_items = max(self.total_items, self.done_items + items_left)
-        self.done_sessions = max(self.done_sessions, self.total_sessions - sessions_left)
-        self.total_sessions = max(self.total_sessions, self.done_sessions + sessions_left)
+    def update(
+        self, done_items: int, items_left: int, done_sessions: int, sessions_left: int
+    ) -> None:
+        self.done_items, self.total_items = done_items, done_items + items_left
+        self.done_sessions, self.total_sessions = done_sessions, done_sessions + sessions_left
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -57,26 +58,34 @@ class BackfillCount:
 
 @contextlib.asynccontextmanager
 async def follow_backfill(
-    state: StateStore, out: TextIO | None = None
+    state: StateStore, delivered: Callable[[], int], out: TextIO | None = None
 ) -> AsyncIterator[BackfillCount]:
-    """Show progress while the block delivers what is pending in `state`."""
+    """Show progress while the block captures and delivers; `delivered()` counts the items
+    acknowledged so far, the state tells what is left (read together, so nothing that is
+    captured and delivered between two looks escapes the count)."""
     out = out or sys.stderr
-    items, _ = await state.pending_totals()
-    count = BackfillCount(items, len(await state.pending_sessions()))
+    started_ms = now_ms()
+    count = BackfillCount()
     bar = _bar(out) if out.isatty() else None
+
+    async def refresh() -> None:
+        items_left, _ = await state.pending_totals()
+        sessions_left = len(await state.pending_sessions())
+        done_sessions = await state.sessions_delivered_since(started_ms)
+        count.update(delivered(), items_left, done_sessions, sessions_left)
 
     async def poll() -> None:
         last_line = time.monotonic()
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            items_left, _ = await state.pending_totals()
-            count.update(items_left, len(await state.pending_sessions()))
+            await refresh()
             if bar is not None:
                 _show(bar, count)
             elif time.monotonic() - last_line >= LINE_EVERY_SECONDS:
                 print(count.line(), file=out, flush=True)
                 last_line = time.monotonic()
 
+    await refresh()
     if bar is None:
         print(count.line(), file=out, flush=True)
     else:
@@ -89,8 +98,7 @@ async def follow_backfill(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        items_left, _ = await state.pending_totals()
-        count.update(items_left, len(await state.pending_sessions()))
+        await refresh()
         if bar is None:
             print(count.line(), file=out, flush=True)
         else:

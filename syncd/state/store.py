@@ -186,6 +186,15 @@ class StateStore:
         rows = await self._rows("SELECT COUNT(*), MIN(time_created) FROM pending_item")
         return rows[0][0], rows[0][1]
 
+    async def sessions_delivered_since(self, stamp_ms: int) -> int:
+        """Sessions with a delivery at or after `stamp_ms` and nothing pending now."""
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM session_cursor c WHERE c.time_last_delivery >= ? AND NOT "
+            "EXISTS (SELECT 1 FROM pending_item p WHERE p.session_id = c.session_id)",
+            (stamp_ms,),
+        )
+        return rows[0][0]
+
     async def pending(self, session_id: str, limit: int) -> list[PendingItem]:
         order = " ".join(f"WHEN '{kind}' THEN {i}" for i, kind in enumerate(KIND_ORDER))
         rows = await self._rows(
