@@ -63,3 +63,38 @@ def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
     assert is_number(results["raw_read"]["rows_per_s"])
     report = (tmp_path / "results.md").read_text()
     assert all(f"| {transport} |" in report for transport in results["transports"])
+
+
+def test_transport_comparison_command_runs_on_the_recorded_workload(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """The command behind docs/transports.md, at CI scale: a real opencode database replayed
+    through every transport, each write acknowledged, every figure measured."""
+    sample = shared_dir / "opencode" / "sample-1.18.33.db"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--json",
+            "--out",
+            str(tmp_path),
+            "--replay",
+            str(sample),
+            "--phases",
+            "live",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout)
+    assert set(results["transports"]) == {"http", "capnweb-batch", "capnweb-ws", "a2a"}
+    for transport, measured in results["transports"].items():
+        assert "error" not in measured.get("live", {}), (transport, measured)
+        for name in PER_TRANSPORT["lifecycle"]:
+            assert is_number(measured["lifecycle"][name]), (transport, name)
+        assert measured["latency"]["samples"] > 0 and measured["latency"]["missing"] == 0
