@@ -63,12 +63,8 @@ LIMITS = """\
 
 - A lost answer to the REST API's create call leaves an orphan share on the receiver: the API
   has no idempotency for creation. The soak counts them ("shares unknown to syncd").
-- The first capture of a very large database holds every entity key in memory at once:
-  about 1.6 GB peak RSS for 1,000,000 parts (see Scale). Later wake-ups are small.
 - A wake-up reads two rows per session (the session list and the journal heads), whatever the
-  number of parts; at 1,000 sessions that is about 2,000 rows. The wake-up time at 1M parts
-  also includes recording the change in a state still holding the whole first capture
-  (nothing was delivered in that measurement).
+  number of parts: about 2,000 rows at 1,000 sessions. It grows with sessions, not with parts.
 - Without opencode's journal (table mode), a row rewritten with an older `time_updated` (a
   clock stepped back) is not seen until the clock passes the watermark
   (`tests/test_hostile_rows.py`, marked xfail). With the journal it is delivered.
