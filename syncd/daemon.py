@@ -349,7 +349,8 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
         )
     if dead:
         raise UserError(
-            f"{dead} item(s) refused by the receiver and dead-lettered; see `syncd status`",
+            f"{dead} item(s) dead-lettered (refused by the receiver, or unreadable in the "
+            "opencode database); see `syncd status` and `syncd dead-letters`",
             exit_code=1,
         )
     log.info("everything delivered")

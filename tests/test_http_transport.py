@@ -265,7 +265,7 @@ async def test_redirect_is_never_followed(
     try:
         location = f"{elsewhere.url}/api/share/shr_1/sync"
         server.answer = lambda method, path: Answer(status, "", {"Location": location})
-        with pytest.raises(RejectedError) as info:
+        with pytest.raises(RetryableError) as info:
             await transport.sync(SHARE, BATCH)
         assert elsewhere.requests == []
         assert len(server.requests) == 1

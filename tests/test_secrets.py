@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from syncd.transports.base import Batch, RejectedError, Share
+from syncd.transports.base import Batch, RetryableError, Share
 from syncd.transports.capnweb import CapnwebBatchTransport
 from tests.fake_opencode import FakeOpencode
 from tests.receiver import running_receiver
@@ -140,7 +140,7 @@ async def test_capnweb_key_never_follows_a_redirect(tmp_path: Path) -> None:
         transport = CapnwebBatchTransport(receiver.url, key=KEY, timeout=5.0, verify=True)
         try:
             batch = Batch("ses_1", [{"type": "session", "data": {"id": "ses_1"}}])
-            with pytest.raises(RejectedError, match="redirect") as refused:
+            with pytest.raises(RetryableError, match="redirect") as refused:
                 await transport.sync(Share("shr_1", SHARE_SECRET, "u"), batch)
             assert SHARE_SECRET not in str(refused.value) and KEY not in str(refused.value)
         finally:

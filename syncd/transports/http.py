@@ -122,8 +122,10 @@ class HttpTransport(Transport):
                 ) from None
         server_says = _excerpt(_scrub(response.text, secret))
         if 300 <= status < 400:
+            # Not followed (the secret would go along), and not the batch's fault: retried,
+            # so the items wait in the state until url names the final address.
             location = response.headers.get("location", "nowhere")
-            raise RejectedError(
+            raise RetryableError(
                 f"{what}: receiver redirects ({status}) to {_scrub(location, secret)}; "
                 "set url to the final address (redirects are not followed)"
             )

@@ -97,7 +97,8 @@ class CapnwebBatchTransport(CapnwebTransport):
             return key_refused(what, self._key, server_says)
         if 300 <= status < 400:
             location = scrub(response.headers.get("location", "nowhere"), secret)
-            return RejectedError(
+            # Not followed, and not the batch's fault: retried until url is fixed.
+            return RetryableError(
                 f"{what}: receiver redirects ({status}) to {location}; "
                 "set url to the final address (redirects are not followed)"
             )
