@@ -14,18 +14,17 @@ import asyncio
 import contextlib
 import hmac
 import json
-import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from ..errors import UserError
-from ..migrate import migrate
+from ..sqlite import open_private, transaction
 from ..transports.base import Share
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -106,19 +105,7 @@ class ShareStore:
     async def open(cls, path: Path) -> ShareStore:
         """Open (creating, mode 0600: it holds share secrets) and migrate the archive."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not path.exists():
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            os.chmod(path, 0o600)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-            try:
-                await conn.execute("PRAGMA busy_timeout = 10000")
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA foreign_keys = ON")
-                await migrate(conn, MIGRATIONS)
-            except BaseException:
-                await conn.close()
-                raise
+            conn = await open_private(path, MIGRATIONS)
         except (OSError, aiosqlite.Error) as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
         return cls(path, conn)
@@ -126,16 +113,8 @@ class ShareStore:
     async def close(self) -> None:
         await self._conn.close()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return transaction(self._conn, self._lock)
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:

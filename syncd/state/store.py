@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import aiosqlite
 
 from ..errors import UserError
-from ..migrate import migrate
+from ..sqlite import open_private, transaction
 from ..transports.base import Share
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -67,19 +66,10 @@ class StateStore:
         this daemon delivers to), a state last used with another target forgets its cursors
         so that every session is captured and delivered again to the new one."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            os.chmod(path, 0o600)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-            await conn.execute("PRAGMA journal_mode = WAL")
             # In WAL mode NORMAL survives any process crash; a power cut can only undo the
             # newest commits as a whole (a capture with its cursor, or an ack: re-sent).
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA busy_timeout = 10000")
-            await conn.execute("PRAGMA foreign_keys = ON")
+            conn = await open_private(path, MIGRATIONS, synchronous="NORMAL")
             conn.row_factory = aiosqlite.Row
-            await migrate(conn, MIGRATIONS)
         except (OSError, aiosqlite.Error) as exc:
             raise UserError(f"cannot open the state database {path}: {exc}") from exc
         store = cls(path, conn)
@@ -110,16 +100,8 @@ class StateStore:
     async def close(self) -> None:
         await self._conn.close()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+    def _write(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return transaction(self._conn, self._write_lock)
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self._conn.execute(sql, tuple(params)) as cursor:
