@@ -419,10 +419,16 @@ async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
     log.warning(
         "opencode database not found yet; waiting for opencode to create it", db=str(config.db)
     )
-    systemd.notify(f"STATUS=waiting for the opencode database at {config.db}")
+    # Started and healthy, only idle: ready for systemd (a start that never completes would be
+    # restarted in a loop), pinging its watchdog while it waits.
+    interval = systemd.watchdog_interval()
+    watchdog = "\nWATCHDOG=1" if interval else ""
+    period = min(WAIT_FOR_DB_SECONDS, interval / 2) if interval else WAIT_FOR_DB_SECONDS
+    systemd.notify(f"READY=1\nSTATUS=waiting for the opencode database at {config.db}")
     while not config.db.is_file() and not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), WAIT_FOR_DB_SECONDS)
+            await asyncio.wait_for(stop.wait(), period)
+        systemd.notify(f"STATUS=waiting for the opencode database at {config.db}{watchdog}")
 
 
 async def _watchdog(pipeline: Pipeline) -> None:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from syncd.serve.store import ShareStore
 from tests.fake_opencode import FakeOpencode
 from tests.receiver import running_receiver
 from tests.syncd_process import syncd_process
@@ -120,6 +121,39 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_waiting_for_the_database_is_ready_and_pings_the_watchdog(
+    tmp_path: Path, shared_dir: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """Installed before opencode's first run: started (no restart loop under systemd), the
+    watchdog fed while it waits, and the sessions delivered once opencode creates its db."""
+    sock, path = notify_socket
+    db = tmp_path / "opencode.db"
+    archive = tmp_path / "archive.db"
+    env = isolated_env(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+    args = ["run", "--db", str(db), "--state", str(tmp_path / "state.db"),
+            "--archive", str(archive)]  # fmt: skip
+    async with syncd_process(args, env, tmp_path / "syncd.log") as syncd:
+        first = await receive(sock)
+        assert first.startswith("READY=1") and "waiting for the opencode database" in first
+        pings = [await receive(sock) for _ in range(3)]
+        assert all("WATCHDOG=1" in ping and "waiting" in ping for ping in pings), pings
+        writer = FakeOpencode(db, shared_dir)
+        sid = writer.session()
+
+        async def archived() -> bool:
+            if not archive.is_file():
+                return False
+            store = await ShareStore.open(archive)
+            try:
+                return [s["session_id"] for s in await store.list_shares()] == [sid]
+            finally:
+                await store.close()
+
+        await eventually(archived, "the session in the archive", syncd.log)
+        assert await syncd.terminate() == 0
+        writer.close()
 
 
 async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path) -> None:
