@@ -1,0 +1,84 @@
+"""Share lifecycle against a real receiver over REST: opencode's own share on the same server
+is continued, not duplicated; one on another server is not ours; a share the receiver lost is
+re-created once with the whole session, and lost twice the batch is dead-lettered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syncd.daemon import sync_once
+from syncd.errors import UserError
+from syncd.state.store import StateStore
+from tests.fake_opencode import FakeOpencode
+from tests.receiver import running_receiver
+from tests.test_pipeline import make_config
+
+
+async def test_opencode_share_on_the_same_server_is_continued(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    ours, theirs = writer.session(), writer.session()
+    async with running_receiver(tmp_path) as receiver:
+        # opencode shared `ours` on this receiver itself (and `theirs` somewhere else).
+        made = await receiver.store.create_share(ours, receiver.url)
+        writer.share(ours, made.id, made.secret, made.url)
+        writer.share(theirs, "abc", "other-secret", "http://127.0.0.1:9/share/abc")
+        mid = writer.message(ours, {"role": "user", "time": {"created": 1}})
+        config = make_config(tmp_path, writer.path, url=receiver.url, transport="http")
+        assert config.sessions == "shared"  # the default for a remote receiver
+        creates_before = receiver.create_count
+        assert await sync_once(config) == 0
+
+        # No second share for `ours`: its data went into opencode's share.
+        assert receiver.create_count - creates_before == 1  # only `theirs` got one of ours
+        shared = await receiver.store.read_share(made.id)
+        assert [m["id"] for m in shared["messages"]] == [mid]
+        sessions = [s["session_id"] for s in await receiver.store.list_shares()]
+        assert sorted(sessions) == sorted([ours, theirs])
+    writer.close()
+
+
+async def test_a_lost_share_is_recreated_once_with_the_whole_session(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    part = writer.part(sid, mid, {"type": "text", "text": "first"})
+    async with running_receiver(tmp_path) as receiver:
+        config = make_config(
+            tmp_path, writer.path, url=receiver.url, transport="http", sessions="all"
+        )
+        target = f"share:{config.origin}"
+        assert await sync_once(config) == 0
+        state = await StateStore.open(config.state)
+        first, _ = await state.share(sid, target)  # type: ignore[misc]
+        await state.close()
+
+        await receiver.store.delete_share(first.id, first.secret)  # the server lost it
+        writer.part(sid, mid, {"type": "text", "text": "second"}, part_id=part)
+        assert await sync_once(config) == 0
+        state = await StateStore.open(config.state)
+        second, recreated = await state.share(sid, target)  # type: ignore[misc]
+        await state.close()
+        # Created anew (the receiver may hand out the same id, as opencode's derives it).
+        assert recreated and receiver.create_count == 2
+        again = await receiver.store.read_share(second.id)
+        # The whole session, not only the part that changed.
+        assert again["session"]["id"] == sid
+        assert [m["id"] for m in again["messages"]] == [mid]
+        assert [p["text"] for p in again["parts"]] == ["second"]
+
+        await receiver.store.delete_share(second.id, second.secret)  # lost a second time
+        writer.part(sid, mid, {"type": "text", "text": "third"}, part_id=part)
+        try:
+            await sync_once(config)
+            raise AssertionError("a share lost twice must be reported")
+        except UserError as error:
+            assert "dead-lettered" in str(error)
+        state = await StateStore.open(config.state)
+        letters = await state.dead_letters()
+        await state.close()
+        assert letters and all("lost again" in letter["reason"] for letter in letters)
+    writer.close()
