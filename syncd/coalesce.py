@@ -46,8 +46,9 @@ def plan_batches(
     max_bytes: int,
 ) -> list[PlannedBatch]:
     """Split what was loaded into batches of at most `max_items` items and about `max_bytes`
-    bytes (an item larger than that travels alone). The server appends diffs, so the
-    session_diff goes only when its content changed since the last delivered one."""
+    bytes (an item larger than that travels alone). A server may append diffs (opencode's
+    replaces them), so the session_diff goes only when its content changed since the last
+    delivered one."""
     entries: list[tuple[SyncItem, PendingItem | None]] = [(it, p) for p, it in loaded.items]
     new_diff_hash = None
     if loaded.diffs and diff_hash(loaded.diffs) != delivered_diff_hash:
