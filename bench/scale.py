@@ -42,10 +42,10 @@ async def measure(db: Path, workdir: Path, shared_dir: Path) -> dict[str, Any]:
     began = time.perf_counter()
     pipeline = await Pipeline.open(config, RetryPolicy())
     try:
-        first = await capture(pipeline, deep=True)
+        first = await capture(pipeline, deep=True, keep_keys=False)
         first_seconds = time.perf_counter() - began
         began = time.perf_counter()
-        restart = await capture(pipeline, deep=True)
+        restart = await capture(pipeline, deep=True, keep_keys=False)
         restart_seconds = time.perf_counter() - began
 
         writer = FakeOpencode(db, shared_dir)
@@ -78,14 +78,21 @@ async def measure(db: Path, workdir: Path, shared_dir: Path) -> dict[str, Any]:
     }
 
 
-async def capture(pipeline: Pipeline, *, deep: bool = False) -> ChangeSet:
-    """What `Pipeline.capture` does on a wake-up (detect, record), without delivering."""
-    changes = await pipeline.detector.detect(await pipeline.state.cursors(), deep=deep)
-    for change in changes.changed:
+async def capture(pipeline: Pipeline, *, deep: bool = False, keep_keys: bool = True) -> ChangeSet:
+    """What `Pipeline.capture` does on a wake-up (scan, record each session's change as it is
+    read), without delivering. Without `keep_keys` each change's keys are dropped once
+    recorded, as the daemon drops them, so peak memory is the daemon's."""
+    cursors = await pipeline.state.cursors()
+    scan = await pipeline.detector.scan(cursors, deep=deep)
+    changed = []
+    async for change in pipeline.detector.changes(scan, cursors):
         await pipeline.state.capture(change.session_id, change.keys,
                                      journal_seq=change.journal_seq,
                                      time_updated=change.time_updated)  # fmt: skip
-    return changes
+        if not keep_keys:
+            change.keys = set()
+        changed.append(change)
+    return ChangeSet(changed, scan.deleted, scan.rows_read)
 
 
 def main(argv: list[str] | None = None) -> int:

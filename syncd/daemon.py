@@ -119,9 +119,10 @@ class Pipeline:
             return await self._capture(deep=deep)
 
     async def _capture(self, *, deep: bool) -> int:
-        changes = await self.detector.detect(await self.state.cursors(), deep=deep)
-        self.metrics.record_read(changes.rows_read)
-        for change in changes.changed:
+        cursors = await self.state.cursors()
+        scan = await self.detector.scan(cursors, deep=deep)
+        changed = 0
+        async for change in self.detector.changes(scan, cursors):
             await self.state.capture(
                 change.session_id,
                 change.keys,
@@ -129,12 +130,14 @@ class Pipeline:
                 time_updated=change.time_updated,
             )
             self.coalescer.touch(change.session_id)  # deliver while the rest is captured
-        for session_id in changes.deleted:
+            changed += 1
+        self.metrics.record_read(scan.rows_read)
+        for session_id in scan.deleted:
             await self._deleted(session_id)
         # Everything pending is scheduled, including what an earlier run left behind.
         for session_id in await self.state.pending_sessions():
             self.coalescer.touch(session_id)
-        return len(changes.changed)
+        return changed
 
     async def _deleted(self, session_id: str) -> None:
         if self.config.on_delete == "delete":

@@ -161,3 +161,22 @@ async def test_reading_never_writes_or_holds_a_transaction(sample_db: Path) -> N
     finally:
         await db.close()
     assert sample_db.stat().st_size >= len(before)
+
+
+async def test_an_event_it_cannot_read_recaptures_the_whole_session(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        # A message event without the message in it: syncd cannot tell what changed.
+        writer._event(sid, "message.updated.1", {"sessionID": sid, "info": None})
+        changes = await detector.detect(cursors)
+        assert changes.changed[0].keys == {("session", sid), ("message", mid)}
+    finally:
+        await db.close()
+        writer.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..state.store import Cursor
@@ -39,6 +40,16 @@ class ChangeSet:
     rows_read: int = 0
 
 
+@dataclass
+class Scan:
+    """One look at the session list: the sessions that may have changed (each read later in its
+    own short snapshot) and the sessions that vanished."""
+
+    candidates: list[tuple[str, int | None, int, bool]]  # (id, journal head, time_updated, deep)
+    deleted: list[str]
+    rows_read: int = 0
+
+
 class ChangeDetector:
     def __init__(self, db: OpencodeDb, *, only_shared: bool) -> None:
         self._db = db
@@ -47,9 +58,10 @@ class ChangeDetector:
         # must not miss a row committed later in the same millisecond) does not re-capture.
         self._at_watermark: dict[str, set[str]] = {}
 
-    async def detect(self, cursors: dict[str, Cursor], *, deep: bool = False) -> ChangeSet:
+    async def scan(self, cursors: dict[str, Cursor], *, deep: bool = False) -> Scan:
+        """The session list, the journal heads and the shares, in one snapshot: two rows per
+        session, whatever the number of messages and parts."""
         db = self._db
-        result = ChangeSet(changed=[], deleted=[])
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -62,24 +74,38 @@ class ChangeDetector:
                     for row in await db.rows("SELECT aggregate_id, seq FROM event_sequence")
                 }
             shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
-            result.rows_read += len(sessions) + len(heads) + len(shared)
-            now = int(time.time() * 1000)
-            for session_id, (time_updated, has_share_url) in sessions.items():
-                if self._only_shared and not (has_share_url or session_id in shared):
-                    continue
-                cursor = cursors.get(session_id)
-                if session_id in heads:
-                    change = await self._from_journal(session_id, heads[session_id], cursor)
+        now = int(time.time() * 1000)
+        candidates = [
+            (session_id, heads.get(session_id), time_updated,
+             deep or now - time_updated < ACTIVE_WINDOW_MS)
+            for session_id, (time_updated, has_share_url) in sessions.items()
+            if not self._only_shared or has_share_url or session_id in shared
+        ]  # fmt: skip
+        deleted = [sid for sid in cursors if sid not in sessions]
+        return Scan(candidates, deleted, len(sessions) + len(heads) + len(shared))
+
+    async def changes(self, scan: Scan, cursors: dict[str, Cursor]) -> AsyncIterator[SessionChange]:
+        """The changed sessions of `scan`, one at a time: each is read in its own snapshot and
+        handed over before the next is read, so neither memory nor a read transaction grows
+        with the database (a first capture of a million parts included)."""
+        for session_id, head, time_updated, check_rows in scan.candidates:
+            cursor = cursors.get(session_id)
+            async with self._db.snapshot():
+                if head is not None:
+                    change = await self._from_journal(session_id, head, cursor)
                 else:
-                    active = now - time_updated < ACTIVE_WINDOW_MS
                     change = await self._from_tables(
-                        session_id, time_updated, cursor, check_rows=deep or active
+                        session_id, time_updated, cursor, check_rows=check_rows
                     )
-                if change is not None:
-                    result.changed.append(change)
-                    result.rows_read += len(change.keys)
-        result.deleted = [sid for sid in cursors if sid not in sessions]
-        return result
+            if change is not None:
+                scan.rows_read += len(change.keys)
+                yield change
+
+    async def detect(self, cursors: dict[str, Cursor], *, deep: bool = False) -> ChangeSet:
+        """Everything that changed, collected (for callers that need the whole picture)."""
+        scan = await self.scan(cursors, deep=deep)
+        changed = [change async for change in self.changes(scan, cursors)]
+        return ChangeSet(changed, scan.deleted, scan.rows_read)
 
     async def _from_journal(
         self, session_id: str, head: int, cursor: Cursor | None
@@ -147,14 +173,17 @@ def _keys_from_events(session_id: str, events: list) -> set[ItemKey] | None:
             payload = json.loads(data)
         except (TypeError, ValueError):
             return None
-        if name.startswith("session."):
-            keys.add(("session", session_id))
-        elif name == "message.updated":
-            keys.add(("message", payload["info"]["id"]))
-        elif name == "message.part.updated":
-            keys.add(("part", payload["part"]["id"]))
-        elif name in ("message.removed", "message.part.removed"):
-            continue  # the share API has no removal; the receiver keeps what it had
-        else:
+        try:
+            if name.startswith("session."):
+                keys.add(("session", session_id))
+            elif name == "message.updated":
+                keys.add(("message", str(payload["info"]["id"])))
+            elif name == "message.part.updated":
+                keys.add(("part", str(payload["part"]["id"])))
+            elif name in ("message.removed", "message.part.removed"):
+                continue  # the share API has no removal; the receiver keeps what it had
+            else:
+                return None
+        except (KeyError, TypeError):
             return None
     return keys
