@@ -180,3 +180,27 @@ async def test_an_event_it_cannot_read_recaptures_the_whole_session(
     finally:
         await db.close()
         writer.close()
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
+async def test_a_wakeup_reads_only_the_sessions_that_moved(
+    tmp_path: Path, shared_dir: Path, journal: bool
+) -> None:
+    """The cheap test runs on the session list; only sessions that moved get a read of their
+    own (each a snapshot: a thousand idle sessions must not cost a thousand)."""
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=journal)
+    # Idle sessions (without a journal, recently active ones are re-checked on every wake-up).
+    idle = 1_000_000_000_000
+    sids = [writer.session(time_created=idle, time_updated=idle) for _ in range(5)]
+    mid = writer.message(sids[2], {"role": "user"})
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        assert (await detector.scan(cursors)).candidates == []
+        writer.message(sids[2], {"role": "user", "text": "edited"}, message_id=mid)
+        writer.session(session_id=sids[2], title="moved")  # table mode sees the session move
+        assert [c[0] for c in (await detector.scan(cursors)).candidates] == [sids[2]]
+    finally:
+        await db.close()
+        writer.close()

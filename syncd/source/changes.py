@@ -45,7 +45,7 @@ class Scan:
     """One look at the session list: the sessions that may have changed (each read later in its
     own short snapshot) and the sessions that vanished."""
 
-    candidates: list[tuple[str, int | None, int, bool]]  # (id, journal head, time_updated, deep)
+    candidates: list[tuple[str, int | None, int]]  # (id, journal head, time_updated)
     deleted: list[str]
     rows_read: int = 0
 
@@ -75,28 +75,46 @@ class ChangeDetector:
                 }
             shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
         now = int(time.time() * 1000)
-        candidates = [
-            (session_id, heads.get(session_id), time_updated,
-             deep or now - time_updated < ACTIVE_WINDOW_MS)
-            for session_id, (time_updated, has_share_url) in sessions.items()
-            if not self._only_shared or has_share_url or session_id in shared
-        ]  # fmt: skip
+        candidates = []
+        for session_id, (time_updated, has_share_url) in sessions.items():
+            if self._only_shared and not (has_share_url or session_id in shared):
+                continue
+            head, cursor = heads.get(session_id), cursors.get(session_id)
+            check_rows = deep or now - time_updated < ACTIVE_WINDOW_MS
+            if self._may_have_changed(session_id, head, time_updated, cursor, check_rows):
+                candidates.append((session_id, head, time_updated))
         deleted = [sid for sid in cursors if sid not in sessions]
         return Scan(candidates, deleted, len(sessions) + len(heads) + len(shared))
+
+    def _may_have_changed(
+        self,
+        session_id: str,
+        head: int | None,
+        time_updated: int,
+        cursor: Cursor | None,
+        check_rows: bool,
+    ) -> bool:
+        """Whether the session is worth a read: the cheap test, so that a wake-up opens no
+        snapshot for the sessions that did not move."""
+        if head is not None:
+            return cursor is None or cursor.journal_seq is None or head > cursor.journal_seq
+        if check_rows or cursor is None or cursor.time_updated is None:
+            return True
+        watermark = cursor.time_updated
+        seen = self._at_watermark.get(session_id, set())
+        return time_updated > watermark or (time_updated == watermark and session_id not in seen)
 
     async def changes(self, scan: Scan, cursors: dict[str, Cursor]) -> AsyncIterator[SessionChange]:
         """The changed sessions of `scan`, one at a time: each is read in its own snapshot and
         handed over before the next is read, so neither memory nor a read transaction grows
         with the database (a first capture of a million parts included)."""
-        for session_id, head, time_updated, check_rows in scan.candidates:
+        for session_id, head, time_updated in scan.candidates:
             cursor = cursors.get(session_id)
             async with self._db.snapshot():
                 if head is not None:
                     change = await self._from_journal(session_id, head, cursor)
                 else:
-                    change = await self._from_tables(
-                        session_id, time_updated, cursor, check_rows=check_rows
-                    )
+                    change = await self._from_tables(session_id, time_updated, cursor)
             if change is not None:
                 scan.rows_read += len(change.keys)
                 yield change
@@ -111,8 +129,6 @@ class ChangeDetector:
         self, session_id: str, head: int, cursor: Cursor | None
     ) -> SessionChange | None:
         last = cursor.journal_seq if cursor else None
-        if last is not None and head <= last:
-            return None
         change = SessionChange(session_id, journal_seq=head)
         if last is None:
             change.keys = await self.whole_session(session_id)
@@ -128,13 +144,10 @@ class ChangeDetector:
         return change
 
     async def _from_tables(
-        self, session_id: str, time_updated: int, cursor: Cursor | None, *, check_rows: bool
+        self, session_id: str, time_updated: int, cursor: Cursor | None
     ) -> SessionChange | None:
         watermark = cursor.time_updated if cursor and cursor.time_updated is not None else -1
         seen = self._at_watermark.get(session_id, set())
-        unchanged = time_updated < watermark or (time_updated == watermark and session_id in seen)
-        if unchanged and not check_rows:
-            return None
         stamps: dict[ItemKey, int] = {("session", session_id): time_updated}
         for kind in ("message", "part"):
             rows = await self._db.rows(
