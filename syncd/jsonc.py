@@ -12,51 +12,39 @@ from typing import Any
 
 def loads(text: str) -> Any:
     """Parse JSONC text; raises `json.JSONDecodeError` (a ValueError) on malformed input."""
-    return json.loads(_blank_trailing_commas(_blank_comments(text)))
-
-
-def _blank_comments(text: str) -> str:
     out = list(text)
+    comma = None  # a comma followed so far only by blanks and comments
     i, n = 0, len(text)
     while i < n:
         char = text[i]
         if char == '"':
-            i = _string_end(text, i)
+            i, comma = _string_end(text, i), None
             continue
-        if text.startswith("//", i):
-            end = text.find("\n", i)
-            end = n if end == -1 else end
-        elif text.startswith("/*", i):
-            close = text.find("*/", i + 2)
-            if close == -1:
-                raise json.JSONDecodeError("unterminated /* comment", text, i)
-            end = close + 2
-        else:
-            i += 1
+        if text.startswith(("//", "/*"), i):
+            end = _comment_end(text, i)
+            for j in range(i, end):
+                if out[j] not in "\r\n":
+                    out[j] = " "
+            i = end
             continue
-        for j in range(i, end):
-            if out[j] not in "\r\n":
-                out[j] = " "
-        i = end
-    return "".join(out)
-
-
-def _blank_trailing_commas(text: str) -> str:
-    out = list(text)
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char == '"':
-            i = _string_end(text, i)
-            continue
+        if char in "}]" and comma is not None:
+            out[comma] = " "
         if char == ",":
-            j = i + 1
-            while j < n and text[j] in " \t\r\n":
-                j += 1
-            if j < n and text[j] in "}]":
-                out[i] = " "
+            comma = i
+        elif char not in " \t\r\n":
+            comma = None
         i += 1
-    return "".join(out)
+    return json.loads("".join(out))
+
+
+def _comment_end(text: str, start: int) -> int:
+    if text.startswith("//", start):
+        end = text.find("\n", start)
+        return len(text) if end == -1 else end
+    close = text.find("*/", start + 2)
+    if close == -1:
+        raise json.JSONDecodeError("unterminated /* comment", text, start)
+    return close + 2
 
 
 def _string_end(text: str, start: int) -> int:
