@@ -47,16 +47,26 @@ def _run(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     return daemon.run(config, reload_config=lambda: load_config(_flags(args)))
 
 
-def _sync(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+def _sync(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     from syncd import daemon
 
-    return daemon.sync_once(config)
+    return daemon.sync_once(config, args.give_up_after)
 
 
-def _backfill(config: Config, _args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+def _backfill(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     from syncd import daemon
 
-    return daemon.sync_once(config, show_progress=True)
+    return daemon.sync_once(config, args.give_up_after, show_progress=True)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _status(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
@@ -134,12 +144,23 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", _run, "follow the opencode database and sync every change until stopped")
-    command("sync", _sync, "sync everything pending once, then exit")
-    command(
-        "backfill",
-        _backfill,
-        "deliver the whole existing database with progress (resumable: run it again)",
-    )
+    catch_up = [
+        command("sync", _sync, "sync everything pending once, then exit"),
+        command(
+            "backfill",
+            _backfill,
+            "deliver the whole existing database with progress (resumable: run it again)",
+        ),
+    ]
+    for sub in catch_up:
+        sub.add_argument(
+            "--give-up-after",
+            type=_positive_seconds,
+            default=60.0,
+            metavar="SECONDS",
+            help="stop retrying an unreachable or failing receiver after this long; what is "
+            "not delivered stays pending and the exit code is 1 (default 60)",
+        )
     status = command("status", _status, "show what is synced, pending and failed")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(

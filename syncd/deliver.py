@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -21,8 +21,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_delay,
-    stop_never,
     wait_random_exponential,
 )
 
@@ -48,13 +46,25 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class RetryPolicy:
     backoff_max: float = 300.0
-    give_up_after: float | None = None  # None: retry for ever (the daemon); set by `sync`
+    # None: retry for ever (the daemon). `sync` gives up this many seconds after it started,
+    # across all its sessions and calls, so that it answers in bounded time.
+    give_up_after: float | None = None
+    started: float = field(default_factory=time.monotonic)
 
     def wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RetryableError) and error.retry_after is not None:
-            return min(max(error.retry_after, 0.0), self.backoff_max)
-        return wait_random_exponential(multiplier=1, max=self.backoff_max)(state)
+            wait = min(max(error.retry_after, 0.0), self.backoff_max)
+        else:
+            wait = wait_random_exponential(multiplier=1, max=self.backoff_max)(state)
+        return min(wait, self.left()) if self.give_up_after is not None else wait
+
+    def left(self) -> float:
+        assert self.give_up_after is not None
+        return max(self.started + self.give_up_after - time.monotonic(), 0.0)
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.give_up_after is not None and self.left() <= 0
 
 
 class TargetChanged(Exception):
@@ -279,11 +289,7 @@ class SessionDelivery:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             wait=self._policy.wait,
-            stop=(
-                stop_never
-                if self._policy.give_up_after is None
-                else stop_after_delay(self._policy.give_up_after)
-            ),
+            stop=self._policy.stop,
             before_sleep=note,
             reraise=True,
         )

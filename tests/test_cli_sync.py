@@ -1,0 +1,40 @@
+"""`syncd sync` against a receiver that cannot be reached: a bounded wait, then one line that
+names the receiver and the error, exit 1, and the items kept for the next run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from syncd.state.store import StateStore
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: connections refused
+
+
+async def test_unreachable_receiver_is_one_line_and_exit_1(tmp_path: Path, sample_db: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    state = tmp_path / "state.db"
+    args = ["sync", "--db", str(sample_db), "--state", str(state), "--url", url,
+            "--sessions", "all", "--give-up-after", "1.5"]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 1, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("syncd: 5 session(s) not delivered to " + url), last
+    assert "ConnectError" in last and "Traceback" not in run.stderr
+    store = await StateStore.open(state)
+    try:
+        assert len(await store.pending_sessions()) == 5  # nothing lost: all kept for next time
+    finally:
+        await store.close()
