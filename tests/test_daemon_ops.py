@@ -183,11 +183,15 @@ async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path)
                 except httpx.TransportError:
                     return False
 
+            async def first_read_done() -> bool:
+                return value(await scrape(), "syncd_source_reads_total") >= 1
+
             await eventually(up, "the metrics endpoint", syncd.log)
+            # Ready comes before the first look at the database; that look is counted.
+            await eventually(first_read_done, "the first read of the database", syncd.log)
             before = await scrape()
             assert value(before, "syncd_items_sent_total", transport="http") == 0
             assert value(before, "syncd_pending_items") == 0
-            assert value(before, "syncd_source_reads_total") >= 1
 
             # Delivered: a session, a message, two parts.
             sid = writer.session()
