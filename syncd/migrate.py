@@ -9,6 +9,7 @@ leaves the database as it was and pending items survive every upgrade.
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -32,24 +33,47 @@ def migration_folders(root: Path) -> list[Path]:
 
 
 async def migrate(db: aiosqlite.Connection, root: Path) -> list[str]:
-    """Apply the migrations under `root` that `db` has not seen; returns their names."""
+    """Apply the migrations under `root` that `db` has not seen; returns their names.
+
+    Each one runs in its own write transaction that first checks it is still unapplied, so
+    two processes opening a new database at once (`syncd run` and `syncd serve` on the same
+    archive) apply it once between them."""
     await db.execute(
         "CREATE TABLE IF NOT EXISTS migration"
         " (id TEXT PRIMARY KEY, time_completed INTEGER NOT NULL)"
     )
-    async with db.execute("SELECT id FROM migration") as cursor:
-        done = {row[0] async for row in cursor}
     applied: list[str] = []
     for folder in migration_folders(root):
-        if folder.name in done:
-            continue
-        script = (folder / "migration.sql").read_text()
-        # executescript would commit on its own; one explicit transaction keeps the step atomic.
-        await db.executescript(
-            "BEGIN IMMEDIATE;\n"
-            + script
-            + f"\nINSERT INTO migration (id, time_completed) VALUES ('{folder.name}', "
-            f"{int(time.time() * 1000)});\nCOMMIT;"
-        )
-        applied.append(folder.name)
+        statements = _statements((folder / "migration.sql").read_text())
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("SELECT 1 FROM migration WHERE id = ?", (folder.name,)) as c:
+                done = await c.fetchone() is not None
+            if not done:
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO migration (id, time_completed) VALUES (?, ?)",
+                    (folder.name, int(time.time() * 1000)),
+                )
+                applied.append(folder.name)
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
     return applied
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, split where SQLite says one is complete."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                statements.append(pending.strip())
+            pending = ""
+    leftover = "\n".join(x for x in pending.splitlines() if not x.strip().startswith("--"))
+    if leftover.strip():  # an unfinished statement: SQLite will say what is wrong with it
+        statements.append(pending.strip())
+    return statements

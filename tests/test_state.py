@@ -3,6 +3,7 @@ the file is private, migrations follow the layout."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from syncd.errors import UserError
 from syncd.migrate import migrate, migration_folders
+from syncd.serve.store import MIGRATIONS as SERVE_MIGRATIONS
+from syncd.serve.store import ShareStore
 from syncd.state.store import MIGRATIONS, PendingItem, StateStore
 from syncd.transports.base import Share
 
@@ -119,3 +122,13 @@ async def test_unwritable_state_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_pending_item_is_hashable() -> None:
     assert len({PendingItem("s", "part", "p", 1), PendingItem("s", "part", "p", 1)}) == 1
+
+
+async def test_two_processes_opening_a_new_database_migrate_it_once(tmp_path: Path) -> None:
+    """`syncd run` and `syncd serve` (or a test) opening the same new archive at once."""
+    path = tmp_path / "archive.db"
+    stores = await asyncio.gather(*(ShareStore.open(path) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    async with aiosqlite.connect(path) as db, db.execute("SELECT COUNT(*) FROM migration") as c:
+        assert (await c.fetchone())[0] == len(migration_folders(SERVE_MIGRATIONS))
