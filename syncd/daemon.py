@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import structlog
 
@@ -39,6 +40,7 @@ from .transports.base import Transport
 log = structlog.get_logger("syncd")
 STOP_FLUSH_SECONDS = 20.0
 WAIT_FOR_DB_SECONDS = 2.0
+SCHEMA_SETTLE_SECONDS = 30.0
 STATUS_EVERY_SECONDS = 5.0  # STATUS= line and pending gauges, when no watchdog asks for more
 
 # What SIGHUP can change in a running daemon: the rest takes a restart (the files, the
@@ -428,10 +430,31 @@ async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
     watchdog = "\nWATCHDOG=1" if interval else ""
     period = min(WAIT_FOR_DB_SECONDS, interval / 2) if interval else WAIT_FOR_DB_SECONDS
     systemd.notify(f"READY=1\nSTATUS=waiting for the opencode database at {config.db}")
-    while not config.db.is_file() and not stop.is_set():
+    # A database that just appeared may still be migrating (opencode creates the file, then
+    # its tables): it gets SCHEMA_SETTLE_SECONDS to become one syncd can read.
+    settled_by: float | None = None
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        if config.db.is_file():
+            problem = await _unreadable(config.db)
+            if problem is None:
+                return
+            settled_by = settled_by or loop.time() + SCHEMA_SETTLE_SECONDS
+            if loop.time() > settled_by:
+                raise problem
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), period)
         systemd.notify(f"STATUS=waiting for the opencode database at {config.db}{watchdog}")
+
+
+async def _unreadable(path: Path) -> UserError | None:
+    """Why the database at `path` cannot be read yet, or None when it can."""
+    try:
+        db = await OpencodeDb.open(path)
+    except UserError as problem:
+        return problem
+    await db.close()
+    return None
 
 
 async def _watchdog(pipeline: Pipeline) -> None:
