@@ -112,6 +112,12 @@ class ChangeDetector:
             cursor = cursors.get(session_id)
             async with self._db.snapshot():
                 if head is not None:
+                    # The head as of this snapshot, so that the rows read with it are exactly
+                    # the state it names (a later event is the next wake-up's, not a repeat).
+                    rows = await self._db.rows(
+                        "SELECT seq FROM event_sequence WHERE aggregate_id = ?", (session_id,)
+                    )
+                    head = rows[0][0] if rows else head
                     change = await self._from_journal(session_id, head, cursor)
                 else:
                     change = await self._from_tables(session_id, time_updated, cursor)
