@@ -271,8 +271,9 @@ async def _serve_until(
 async def _follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
     """Capture changes as the database moves, until `stop`."""
     config = pipeline.config
-    await pipeline.capture(deep=True)
+    # Read before the capture: a commit landing during it then still differs at its wake-up.
     last_version = await pipeline.db.data_version()
+    await pipeline.capture(deep=True)
     async for wakeup in wakeups(config.db, config.poll_interval, stop):
         pipeline.metrics.record_wakeup(wakeup.value)
         version = await pipeline.db.data_version()

@@ -162,7 +162,8 @@ async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path)
     config = tmp_path / "syncd.toml"
     config.write_text(
         f'metrics_address = "127.0.0.1:{port}"\nwindow = 0.1\nbackoff_max = 0.2\n'
-        "health_max_failures = 3\nhealth_period = 60.0\n"
+        # The safety poll backs up file events (metrics are what this test is about).
+        "health_max_failures = 3\nhealth_period = 60.0\npoll_interval = 2.0\n"
     )
     endpoint = f"http://127.0.0.1:{port}"
     async with running_receiver(tmp_path) as receiver, httpx.AsyncClient() as http:
