@@ -12,6 +12,7 @@ faults a test can switch on and off:
         await r.faults.random(random.Random(1))     # any of the above (or ok) per request
         await r.faults.ok()                         # normal again, on the same port
         r.create_count                              # shares created successfully so far
+        r.websockets                                # WebSocket sessions opened so far
         r.answers                                   # (method, path, status) of every answer
         r.faults.injected                           # Counter: faulty answers given, by fault
         r.faults.unanswered                         # Counter: applied but answer lost, by call
@@ -125,6 +126,7 @@ class Receiver:
         self.url = ""
         self.faults = Faults(self)
         self.create_count = 0
+        self.websockets = 0  # WebSocket sessions opened (a reconnect makes a new one)
         self.answers: list[tuple[str, str, int]] = []
         self.repeated_batches = 0
         self._applied_batches: set[tuple[str, str]] = set()
@@ -165,6 +167,8 @@ class Receiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             send = self._recording(scope, send)
+        elif scope["type"] == "websocket":
+            self.websockets += 1
         faults = self.faults
         fault = faults.draw()
         if scope["type"] == "websocket" and fault not in ("ok", "slow"):
