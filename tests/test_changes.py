@@ -204,3 +204,30 @@ async def test_a_wakeup_reads_only_the_sessions_that_moved(
     finally:
         await db.close()
         writer.close()
+
+
+async def test_table_mode_keeps_a_session_change_made_after_the_session_list_was_read(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """Without a journal, each session is read in its own snapshot after the list: a rename
+    that lands in between, followed by a newer part, must still be captured."""
+    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=False)
+    sid = writer.session(time_created=1000, time_updated=1000)
+    mid = writer.message(sid, {"role": "user"})
+    writer.conn.execute("UPDATE message SET time_updated = 1000")
+    db = await OpencodeDb.open(writer.path)
+    detector = ChangeDetector(db, only_shared=False)
+    try:
+        cursors = cursors_after(await detector.detect({}))
+        scan = await detector.scan(cursors, deep=True)
+        writer.conn.execute("UPDATE session SET title = 'renamed', time_updated = 2000")
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES ('prt_new', ?, ?, 3000, 3000, '{}')",
+            (mid, sid),
+        )
+        [change] = [c async for c in detector.changes(scan, cursors)]
+        assert change.keys == {("session", sid), ("part", "prt_new")}
+    finally:
+        await db.close()
+        writer.close()

@@ -154,7 +154,11 @@ class ChangeDetector:
     ) -> SessionChange | None:
         watermark = cursor.time_updated if cursor and cursor.time_updated is not None else -1
         seen = self._at_watermark.get(session_id, set())
-        stamps: dict[ItemKey, int] = {("session", session_id): time_updated}
+        # The session's own stamp as of this snapshot, consistent with the rows read with it
+        # (the session list was read earlier: a rename since then must not fall below the
+        # watermark its newer rows set).
+        rows = await self._db.rows("SELECT time_updated FROM session WHERE id = ?", (session_id,))
+        stamps: dict[ItemKey, int] = {("session", session_id): rows[0][0] if rows else time_updated}
         for kind in ("message", "part"):
             rows = await self._db.rows(
                 f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
