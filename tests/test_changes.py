@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,19 @@ from tests.fake_opencode import FakeOpencode
 
 def cursors_after(changes) -> dict[str, Cursor]:
     return {c.session_id: Cursor(c.journal_seq, c.time_updated) for c in changes.changed}
+
+
+@contextlib.asynccontextmanager
+async def detector_on(
+    writer: FakeOpencode, *, only_shared: bool = False
+) -> AsyncIterator[ChangeDetector]:
+    """A change detector on the writer's database; both closed at the end."""
+    db = await OpencodeDb.open(writer.path)
+    try:
+        yield ChangeDetector(db, only_shared=only_shared)
+    finally:
+        await db.close()
+        writer.close()
 
 
 async def test_first_sight_captures_every_entity(sample_db: Path) -> None:
@@ -41,9 +56,7 @@ async def test_only_what_changed_is_captured(
     mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
     first = writer.part(sid, mid, {"type": "text", "text": "a"})
     other = writer.part(sid, mid, {"type": "text", "text": "b"})
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         initial = await detector.detect({})
         cursors = cursors_after(initial)
         assert initial.changed[0].keys == {
@@ -57,9 +70,6 @@ async def test_only_what_changed_is_captured(
         writer.part(sid, mid, {"type": "text", "text": "a, grown"}, part_id=first)
         again = await detector.detect(cursors)
         assert [c.keys for c in again.changed] == [{("part", first)}]
-    finally:
-        await db.close()
-        writer.close()
 
 
 async def test_table_mode_sees_rows_written_in_the_same_millisecond(
@@ -68,9 +78,7 @@ async def test_table_mode_sees_rows_written_in_the_same_millisecond(
     writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=False)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         stamp = cursors[sid].time_updated
         # A row committed later, stamped with the very millisecond of the watermark.
@@ -81,42 +89,29 @@ async def test_table_mode_sees_rows_written_in_the_same_millisecond(
         )
         later = await detector.detect(cursors)
         assert [c.keys for c in later.changed] == [{("part", "prt_late")}]
-    finally:
-        await db.close()
-        writer.close()
 
 
 async def test_deleted_sessions_are_reported(tmp_path: Path, shared_dir: Path) -> None:
     writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
     kept, gone = writer.session(), writer.session()
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         writer.delete_session(gone)
         changes = await detector.detect(cursors)
         assert changes.deleted == [gone]
         assert kept not in changes.deleted
-    finally:
-        await db.close()
-        writer.close()
 
 
 async def test_a_journal_gap_recaptures_the_whole_session(tmp_path: Path, shared_dir: Path) -> None:
     writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         part = writer.part(sid, mid, {"type": "text"})
         writer.conn.execute("DELETE FROM event WHERE aggregate_id = ? AND seq > 1", (sid,))
         changes = await detector.detect(cursors)
         assert changes.changed[0].keys == {("session", sid), ("message", mid), ("part", part)}
-    finally:
-        await db.close()
-        writer.close()
 
 
 async def test_shared_only_skips_sessions_opencode_did_not_share(
@@ -125,12 +120,8 @@ async def test_shared_only_skips_sessions_opencode_did_not_share(
     writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
     private, public = writer.session(), writer.session()
     writer.share(public, "abc", "s3cret", "http://127.0.0.1:1/share/abc")
-    db = await OpencodeDb.open(writer.path)
-    try:
-        changes = await ChangeDetector(db, only_shared=True).detect({})
-    finally:
-        await db.close()
-        writer.close()
+    async with detector_on(writer, only_shared=True) as detector:
+        changes = await detector.detect({})
     assert [c.session_id for c in changes.changed] == [public]
     assert private not in {c.session_id for c in changes.changed}
 
@@ -169,17 +160,12 @@ async def test_an_event_it_cannot_read_recaptures_the_whole_session(
     writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         # A message event without the message in it: syncd cannot tell what changed.
         writer._event(sid, "message.updated.1", {"sessionID": sid, "info": None})
         changes = await detector.detect(cursors)
         assert changes.changed[0].keys == {("session", sid), ("message", mid)}
-    finally:
-        await db.close()
-        writer.close()
 
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
@@ -193,17 +179,12 @@ async def test_a_wakeup_reads_only_the_sessions_that_moved(
     idle = 1_000_000_000_000
     sids = [writer.session(time_created=idle, time_updated=idle) for _ in range(5)]
     mid = writer.message(sids[2], {"role": "user"})
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         assert (await detector.scan(cursors)).candidates == []
         writer.message(sids[2], {"role": "user", "text": "edited"}, message_id=mid)
         writer.session(session_id=sids[2], title="moved")  # table mode sees the session move
         assert [c[0] for c in (await detector.scan(cursors)).candidates] == [sids[2]]
-    finally:
-        await db.close()
-        writer.close()
 
 
 async def test_table_mode_keeps_a_session_change_made_after_the_session_list_was_read(
@@ -215,9 +196,7 @@ async def test_table_mode_keeps_a_session_change_made_after_the_session_list_was
     sid = writer.session(time_created=1000, time_updated=1000)
     mid = writer.message(sid, {"role": "user"})
     writer.conn.execute("UPDATE message SET time_updated = 1000")
-    db = await OpencodeDb.open(writer.path)
-    detector = ChangeDetector(db, only_shared=False)
-    try:
+    async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         scan = await detector.scan(cursors, deep=True)
         writer.conn.execute("UPDATE session SET title = 'renamed', time_updated = 2000")
@@ -228,6 +207,3 @@ async def test_table_mode_keeps_a_session_change_made_after_the_session_list_was
         )
         [change] = [c async for c in detector.changes(scan, cursors)]
         assert change.keys == {("session", sid), ("part", "prt_new")}
-    finally:
-        await db.close()
-        writer.close()
