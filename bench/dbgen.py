@@ -24,6 +24,10 @@ Rows = dict[str, list[tuple[Any, ...]]]
 Journal = Callable[[str, dict[str, Any]], None]  # appends one event to the session's journal
 
 
+# The usage opencode records for one fake-model step (as in the sample database).
+TOKENS = {"total": 19, "input": 12, "output": 7, "reasoning": 0, "cache": {"write": 0, "read": 0}}
+
+
 def cached_database(shared_dir: Path, sessions: int, parts: int) -> Path:
     """A database of `sessions` sessions with `parts` parts each (plus messages and journal),
     generated once and reused by later runs."""
@@ -140,13 +144,7 @@ def _session(rows: Rows, index: int, now: int, parts: int) -> tuple[str, int]:
             "agent": "build",
             "path": {"cwd": "/home/dev/proj", "root": "/"},
             "cost": 0,
-            "tokens": {
-                "total": 19,
-                "input": 12,
-                "output": 7,
-                "reasoning": 0,
-                "cache": {"write": 0, "read": 0},
-            },
+            "tokens": TOKENS,
             "modelID": "fake-model",
             "providerID": "fake",
             "time": {"created": now, "completed": now + 2000},
@@ -232,13 +230,7 @@ def _assistant_parts(count: int, turn: int) -> Iterator[dict[str, Any]]:
                 "reason": "tool-calls",
                 "type": "step-finish",
                 "cost": 0,
-                "tokens": {
-                    "total": 19,
-                    "input": 12,
-                    "output": 7,
-                    "reasoning": 0,
-                    "cache": {"write": 0, "read": 0},
-                },
+                "tokens": TOKENS,
             }
 
 
