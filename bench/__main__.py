@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import find_shared_dir
+from tests.support import FIXTURES
 
 from . import dbgen, phases, report
 from .daemon import REPO
@@ -30,10 +30,10 @@ from .phases import FULL, QUICK, note
 
 # Each transport: its client module and class, and the receiver module serving it.
 TRANSPORTS: dict[str, tuple[str, str, str]] = {
-    "http": ("syncd.transports.http", "HttpTransport", "syncd.serve.rest"),
-    "capnweb-batch": ("syncd.transports.capnweb", "CapnwebBatchTransport", "syncd.serve.rpc"),
-    "capnweb-ws": ("syncd.transports.capnweb", "CapnwebWsTransport", "syncd.serve.rpc"),
-    "a2a": ("syncd.transports.a2a", "A2aTransport", "syncd.serve.a2a"),
+    "http": ("syncd.transports.http", "HttpTransport", "syncd.receiver.rest"),
+    "capnweb-batch": ("syncd.transports.capnweb", "CapnwebBatchTransport", "syncd.receiver.rpc"),
+    "capnweb-ws": ("syncd.transports.capnweb", "CapnwebWsTransport", "syncd.receiver.rpc"),
+    "a2a": ("syncd.transports.a2a", "A2aTransport", "syncd.receiver.a2a"),
 }
 PHASES = ("live", "backfill", "batches", "idle")
 
@@ -115,14 +115,14 @@ async def measure(
     wanted: list[str],
     scale: phases.Scale,
 ) -> dict[str, Any]:
-    shared_dir = find_shared_dir()
+    fixtures_dir = FIXTURES
     results: dict[str, Any] = {
         "meta": _meta(args, scale, skipped),
         "transports": {name: {} for name in transports},
     }
     began = time.perf_counter()
     note(f"preparing generated databases (cached under {dbgen.CACHE_DIR})")
-    big, small = phases.cached_databases(shared_dir, scale)
+    big, small = phases.cached_databases(fixtures_dir, scale)
     raw = dbgen.raw_read_rate(big)
     results["raw_read"] = raw
     note(f"raw read+parse: {raw['rows_per_s']:,.0f} rows/s")
@@ -136,7 +136,7 @@ async def measure(
                     measured,
                     "live",
                     name,
-                    phases.live(workdir / name / "live", shared_dir, name, scale, replay),
+                    phases.live(workdir / name / "live", fixtures_dir, name, scale, replay),
                 )
                 if "error" not in measured["live"]:
                     measured.update(measured.pop("live"))
@@ -157,7 +157,7 @@ async def measure(
         if "idle" in wanted:
             note(f"idle: {', '.join(transports)} side by side for {scale.idle_seconds:g} s")
             for name, figures in (
-                await phases.idle(workdir / "idle", shared_dir, transports, scale)
+                await phases.idle(workdir / "idle", fixtures_dir, transports, scale)
             ).items():
                 results["transports"][name]["idle"] = figures
     results["meta"]["seconds"] = time.perf_counter() - began

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode
 
 # Bump when the generated content changes, so stale caches are not reused.
 GENERATOR_VERSION = 2
@@ -28,7 +28,7 @@ Journal = Callable[[str, dict[str, Any]], None]  # appends one event to the sess
 TOKENS = {"total": 19, "input": 12, "output": 7, "reasoning": 0, "cache": {"write": 0, "read": 0}}
 
 
-def cached_database(shared_dir: Path, sessions: int, parts: int) -> Path:
+def cached_database(fixtures_dir: Path, sessions: int, parts: int) -> Path:
     """A database of `sessions` sessions with `parts` parts each (plus messages and journal),
     generated once and reused by later runs."""
     path = CACHE_DIR / f"opencode-{sessions}x{parts}-v{GENERATOR_VERSION}.db"
@@ -37,13 +37,13 @@ def cached_database(shared_dir: Path, sessions: int, parts: int) -> Path:
         building = path.with_suffix(".building")
         for stale in CACHE_DIR.glob(building.name + "*"):
             stale.unlink()
-        generate(building, shared_dir, sessions, parts)
+        generate(building, fixtures_dir, sessions, parts)
         building.rename(path)
     return path
 
 
-def generate(path: Path, shared_dir: Path, sessions: int, parts: int) -> None:
-    writer = FakeOpencode(path, shared_dir)
+def generate(path: Path, fixtures_dir: Path, sessions: int, parts: int) -> None:
+    writer = FakeOpencode(path, fixtures_dir)
     conn = writer.conn
     rows: Rows = {"session": [], "message": [], "part": [], "event": []}
     heads: list[tuple[str, int]] = []

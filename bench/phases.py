@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode
 
 from . import dbgen
 from .daemon import REPO, Daemon, Setup, running_daemon, sync_once
@@ -82,24 +82,26 @@ class PhaseError(Exception):
 
 
 async def live(
-    workdir: Path, shared_dir: Path, transport: str, scale: Scale, replay: Path | None
+    workdir: Path, fixtures_dir: Path, transport: str, scale: Scale, replay: Path | None
 ) -> dict[str, Any]:
     """Requests and bytes per session lifecycle, and change-to-acknowledgement latency, against
     one `syncd run`. With `replay`, one replayed database supplies both."""
     workdir.mkdir(parents=True)
     db = workdir / "opencode.db"
-    FakeOpencode(db, shared_dir).close()
+    FakeOpencode(db, fixtures_dir).close()
     async with running_receiver(workdir / "receiver") as receiver:
         setup = Setup(workdir / "syncd", db, receiver.url, transport, scale.window)
         async with running_daemon(setup) as daemon:
-            await _probe(db, shared_dir, receiver, daemon)
+            await _probe(db, fixtures_dir, receiver, daemon)
             if replay is not None:
                 spec = {
                     "workload": "replay",
                     "source": str(replay),
                     "max_gap": scale.replay_max_gap,
                 }
-                run = await _workload(workdir, db, shared_dir, spec, receiver, daemon, scale.quiet)
+                run = await _workload(
+                    workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet
+                )
                 return {"lifecycle": run.traffic_per_session(), "latency": run.latency(scale)}
             spec = {
                 "workload": "lifecycle",
@@ -108,7 +110,7 @@ async def live(
                 "gap": scale.window * 1.5,
             }
             lifecycle = await _workload(
-                workdir, db, shared_dir, spec, receiver, daemon, scale.quiet
+                workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet
             )
             spec = {
                 "workload": "steady",
@@ -116,13 +118,13 @@ async def live(
                 "rate": scale.steady_rate,
                 "seconds": scale.steady_seconds,
             }
-            steady = await _workload(workdir, db, shared_dir, spec, receiver, daemon, scale.quiet)
+            steady = await _workload(workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet)
             return {"lifecycle": lifecycle.traffic_per_session(), "latency": steady.latency(scale)}
 
 
-async def _probe(db: Path, shared_dir: Path, receiver: Receiver, daemon: Daemon) -> None:
+async def _probe(db: Path, fixtures_dir: Path, receiver: Receiver, daemon: Daemon) -> None:
     """One session through the whole path: the daemon is up and its connection is open."""
-    opencode = FakeOpencode(db, shared_dir)
+    opencode = FakeOpencode(db, fixtures_dir)
     try:
         opencode.session("probe")
     finally:
@@ -164,7 +166,7 @@ class WorkloadRun:
 async def _workload(
     workdir: Path,
     db: Path,
-    shared_dir: Path,
+    fixtures_dir: Path,
     spec: dict[str, Any],
     receiver: Receiver,
     daemon: Daemon,
@@ -172,7 +174,7 @@ async def _workload(
 ) -> WorkloadRun:
     name = spec["workload"]
     spec_file, out = workdir / f"{name}.spec.json", workdir / f"{name}.writes.jsonl"
-    spec_file.write_text(json.dumps({**spec, "db": str(db), "shared_dir": str(shared_dir)}))
+    spec_file.write_text(json.dumps({**spec, "db": str(db), "fixtures_dir": str(fixtures_dir)}))
     receiver.traffic.reset()
     receiver.arrivals.reset(track_versions=True)
     sessions_before = _sessions_in(db)
@@ -264,7 +266,7 @@ def _span(first: float | None, last: float | None) -> float:
 
 
 async def idle(
-    workdir: Path, shared_dir: Path, transports: list[str], scale: Scale
+    workdir: Path, fixtures_dir: Path, transports: list[str], scale: Scale
 ) -> dict[str, dict[str, Any]]:
     """One daemon per transport side by side, each on its own copy of the sample database,
     after its initial delivery has settled."""
@@ -273,7 +275,7 @@ async def idle(
     async def one(transport: str) -> None:
         home = workdir / transport
         home.mkdir(parents=True)
-        for source in (shared_dir / "opencode").glob("sample-1.18.33.db*"):
+        for source in (fixtures_dir / "opencode").glob("sample-1.18.33.db*"):
             shutil.copy(source, home / source.name)
         async with running_receiver(home / "receiver") as receiver:
             setup = Setup(
@@ -311,8 +313,8 @@ async def idle(
     return results
 
 
-def cached_databases(shared_dir: Path, scale: Scale) -> tuple[Path, Path]:
+def cached_databases(fixtures_dir: Path, scale: Scale) -> tuple[Path, Path]:
     """(backfill database, many-small-sessions database)."""
-    big = dbgen.cached_database(shared_dir, scale.backfill_sessions, scale.backfill_parts)
-    small = dbgen.cached_database(shared_dir, scale.batch_sessions, 4)
+    big = dbgen.cached_database(fixtures_dir, scale.backfill_sessions, scale.backfill_parts)
+    small = dbgen.cached_database(fixtures_dir, scale.batch_sessions, 4)
     return big, small

@@ -20,8 +20,9 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from syncd.serve.app import build_app, listening_socket
-from syncd.serve.store import ShareStore
+from syncd.archive.sqlite import SqliteArchive as ShareStore
+from syncd.listen import listening_socket
+from syncd.receiver.app import build_app
 
 from .versions import content_hash
 

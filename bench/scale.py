@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from syncd.config import load_config
-from syncd.daemon import Pipeline
-from syncd.deliver import RetryPolicy
+from syncd.pipeline.deliver import RetryPolicy
+from syncd.pipeline.pipeline import Pipeline
 from syncd.source.changes import ChangeSet
-from tests.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode
 
 WAKEUPS = 20
 
 
-async def measure(db: Path, workdir: Path, shared_dir: Path) -> dict[str, Any]:
+async def measure(db: Path, workdir: Path, fixtures_dir: Path) -> dict[str, Any]:
     """Startup and wake-up costs of syncd's change capture on `db` (changed in place)."""
     env = {"HOME": str(workdir / "home")}
     config = load_config({"db": str(db), "state": str(workdir / "state.db"),
@@ -48,7 +48,7 @@ async def measure(db: Path, workdir: Path, shared_dir: Path) -> dict[str, Any]:
         restart = await capture(pipeline, deep=True, keep_keys=False)
         restart_seconds = time.perf_counter() - began
 
-        writer = FakeOpencode(db, shared_dir)
+        writer = FakeOpencode(db, fixtures_dir)
         parts = writer.conn.execute("SELECT COUNT(*) FROM part").fetchone()[0]
         session_id, message_id, part_id = writer.conn.execute(
             "SELECT session_id, message_id, id FROM part ORDER BY id LIMIT 1"
@@ -98,7 +98,7 @@ async def capture(pipeline: Pipeline, *, deep: bool = False, keep_keys: bool = T
 def main(argv: list[str] | None = None) -> int:
     from bench import dbgen
     from scripts.reliability_doc import update_section
-    from tests.conftest import find_shared_dir
+    from tests.support import FIXTURES
 
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     parser.add_argument("--parts", type=int, default=1_000_000)
@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/reliability.md")
     parser.add_argument("--measure", metavar="DB", help=argparse.SUPPRESS)  # the child's part
     args = parser.parse_args(argv)
-    shared_dir = find_shared_dir()
+    fixtures_dir = FIXTURES
     if args.measure:
         workdir = Path(args.measure).parent
-        print(json.dumps(asyncio.run(measure(Path(args.measure), workdir, shared_dir))))
+        print(json.dumps(asyncio.run(measure(Path(args.measure), workdir, fixtures_dir))))
         return 0
     print(f"scale: database of {args.parts:,} parts ...", file=sys.stderr)
-    cached = dbgen.cached_database(shared_dir, args.sessions, args.parts // args.sessions)
+    cached = dbgen.cached_database(fixtures_dir, args.sessions, args.parts // args.sessions)
     with tempfile.TemporaryDirectory(prefix="syncd-scale-") as tmp:
         db = Path(tmp) / "opencode.db"
         shutil.copy(cached, db)

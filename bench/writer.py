@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.fake_opencode import FakeOpencode, new_id
+from tests.support.fake_opencode import FakeOpencode, new_id
 
 from .versions import ID_FIELDS, content_hash
 
@@ -33,8 +33,8 @@ Write = tuple[str, str, str, float]  # kind, id, content hash, commit time
 
 
 class LoggedWriter:
-    def __init__(self, db: Path, shared_dir: Path) -> None:
-        self.opencode = FakeOpencode(db, shared_dir)
+    def __init__(self, db: Path, fixtures_dir: Path) -> None:
+        self.opencode = FakeOpencode(db, fixtures_dir)
         self.log: list[Write] = []
 
     def session(self, title: str, **columns: Any) -> str:
@@ -225,7 +225,7 @@ def _ms() -> int:
 
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    writer = LoggedWriter(Path(spec["db"]), Path(spec["shared_dir"]))
+    writer = LoggedWriter(Path(spec["db"]), Path(spec["fixtures_dir"]))
     try:
         match spec["workload"]:
             case "lifecycle":

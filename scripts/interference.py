@@ -22,8 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fake_opencode import FakeOpencode
-from tests.syncd_process import syncd_process
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.syncd_process import syncd_process
 
 SESSIONS = 10
 PARTS_PER_SESSION = 20
@@ -38,9 +38,9 @@ class WriterFigures:
     final_checkpoint_busy: int
 
 
-def write_workload(db: Path, shared_dir: Path, seconds: float, rate: float) -> WriterFigures:
+def write_workload(db: Path, fixtures_dir: Path, seconds: float, rate: float) -> WriterFigures:
     """Rewrites parts round robin at `rate` commits/s for `seconds`, never waiting for a lock."""
-    writer = FakeOpencode(db, shared_dir)
+    writer = FakeOpencode(db, fixtures_dir)
     writer.conn.execute("PRAGMA synchronous = NORMAL")
     parts = []
     for index in range(SESSIONS):
@@ -75,23 +75,23 @@ def write_workload(db: Path, shared_dir: Path, seconds: float, rate: float) -> W
 
 
 async def side_by_side(
-    workdir: Path, shared_dir: Path, seconds: float, rate: float
+    workdir: Path, fixtures_dir: Path, seconds: float, rate: float
 ) -> dict[str, WriterFigures]:
     alone_dir, tailed_dir = workdir / "alone", workdir / "tailed"
     alone_dir.mkdir()
     tailed_dir.mkdir()
     alone = await asyncio.to_thread(
-        write_workload, alone_dir / "opencode.db", shared_dir, seconds, rate
+        write_workload, alone_dir / "opencode.db", fixtures_dir, seconds, rate
     )
     db = tailed_dir / "opencode.db"
-    FakeOpencode(db, shared_dir).close()  # the database exists before syncd starts
+    FakeOpencode(db, fixtures_dir).close()  # the database exists before syncd starts
     config = tailed_dir / "syncd.toml"
     config.write_text('window = 0.1\nlog_level = "warning"\n')
     args = ["run", "--db", str(db), "--state", str(tailed_dir / "state.db"),
             "--archive", str(tailed_dir / "archive.db"), "--config", str(config)]  # fmt: skip
     async with syncd_process(args, os.environ, tailed_dir / "syncd.log") as syncd:
         await _wait_until_running(tailed_dir / "state.db.lock")
-        tailed = await asyncio.to_thread(write_workload, db, shared_dir, seconds, rate)
+        tailed = await asyncio.to_thread(write_workload, db, fixtures_dir, seconds, rate)
         code = await syncd.terminate()
         if code != 0:
             raise AssertionError(f"syncd exited {code}: {syncd.log()[-3000:]}")
@@ -109,7 +109,7 @@ async def _wait_until_running(lock: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from scripts.reliability_doc import update_section
-    from tests.conftest import find_shared_dir
+    from tests.support import FIXTURES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/reliability.md")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="syncd-interference-") as tmp:
-        runs = asyncio.run(side_by_side(Path(tmp), find_shared_dir(), args.seconds, args.rate))
+        runs = asyncio.run(side_by_side(Path(tmp), FIXTURES, args.seconds, args.rate))
     figures = {"seconds": args.seconds, "commits_per_second": args.rate}
     for name, run in runs.items():
         figures.update({f"{key}_{name}": value for key, value in asdict(run).items()})

@@ -32,10 +32,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.expected import database_snapshot, receiver_differences
-from tests.fake_opencode import FakeOpencode, new_id
-from tests.receiver import Receiver, running_receiver
-from tests.syncd_process import SyncdProcess, state_dead_letters, state_shares
+from tests.support.expected import database_snapshot, receiver_differences
+from tests.support.fake_opencode import FakeOpencode, new_id
+from tests.support.receiver import Receiver, running_receiver
+from tests.support.syncd_process import SyncdProcess, state_dead_letters, state_shares
 
 REQUEST_TIMEOUT = 1.0
 # Receiver behaviours a fault phase picks from (weights); "late" answers after the timeout.
@@ -91,9 +91,9 @@ class SoakWriter(threading.Thread):
     completed), the message completed, the session updated; now and then a session is
     deleted (`opencode session delete`) and a new one begins."""
 
-    def __init__(self, db: Path, shared_dir: Path, options: SoakOptions) -> None:
+    def __init__(self, db: Path, fixtures_dir: Path, options: SoakOptions) -> None:
         super().__init__(name="soak-writer", daemon=True)
-        self.db, self.shared_dir, self.options = db, shared_dir, options
+        self.db, self.fixtures_dir, self.options = db, fixtures_dir, options
         self.rng = random.Random(options.seed)
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -110,7 +110,7 @@ class SoakWriter(threading.Thread):
             self.ready.set()
 
     def _run(self) -> None:
-        writer = FakeOpencode(self.db, self.shared_dir)
+        writer = FakeOpencode(self.db, self.fixtures_dir)
         writer.conn.execute("PRAGMA synchronous = NORMAL")  # as opencode opens it
         streams: dict[str, Iterator[None]] = {}
         for _ in range(self.options.sessions):
@@ -214,13 +214,13 @@ def rss_mb(pid: int) -> float | None:
 
 
 class Soak:
-    def __init__(self, workdir: Path, shared_dir: Path, options: SoakOptions,
+    def __init__(self, workdir: Path, fixtures_dir: Path, options: SoakOptions,
                  progress: Callable[[str], None]) -> None:  # fmt: skip
         self.workdir, self.options, self.progress = workdir, options, progress
         self.rng = random.Random(options.seed + 1)
         self.db = workdir / "opencode.db"
         self.state = workdir / "state.db"
-        self.writer = SoakWriter(self.db, shared_dir, options)
+        self.writer = SoakWriter(self.db, fixtures_dir, options)
         self.report = SoakReport(options.minutes, options.seed, options.on_delete)
         self.phases: Counter[str] = Counter()
         self.created: dict[str, str] = {}  # share id -> session id, every share created
@@ -453,17 +453,17 @@ def _deliberate_faults_unlogged(record: logging.LogRecord) -> bool:
     )
 
 
-async def soak(workdir: Path, shared_dir: Path, options: SoakOptions,
+async def soak(workdir: Path, fixtures_dir: Path, options: SoakOptions,
                progress: Callable[[str], None] = lambda _: None) -> SoakReport:  # fmt: skip
     # The receiver's broken answers are deliberate; uvicorn would log each one as an error.
     # (A filter, not a level: uvicorn resets levels whenever the receiver listens again.)
     logging.getLogger("uvicorn.error").addFilter(_deliberate_faults_unlogged)
-    return await Soak(workdir, shared_dir, options, progress).run()
+    return await Soak(workdir, fixtures_dir, options, progress).run()
 
 
 def main(argv: list[str] | None = None) -> int:
     from scripts.reliability_doc import update_section
-    from tests.conftest import find_shared_dir
+    from tests.support import FIXTURES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(
             soak(
                 Path(tmp),
-                find_shared_dir(),
+                FIXTURES,
                 options,
                 lambda line: print(f"soak: {line}", file=sys.stderr),
             )

@@ -23,6 +23,7 @@ import structlog
 
 from syncd import jsonc
 from syncd.errors import UserError
+from syncd.urls import origin_of
 
 TRANSPORTS = ("local", "http", "capnweb-batch", "capnweb-ws", "a2a")
 REMOTE_TRANSPORTS = TRANSPORTS[1:]
@@ -70,10 +71,7 @@ class Config:
     @property
     def origin(self) -> str | None:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
-        if self.url is None:
-            return None
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
+        return None if self.url is None else origin_of(self.url)
 
 
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ) -> Config:

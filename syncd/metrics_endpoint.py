@@ -21,13 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import UserError
+from .listen import listening_socket
 from .metrics import CONTENT_TYPE, Metrics
-from .serve.app import listening_socket
 
 log = structlog.get_logger("syncd.metrics")
 
 
-def metrics_app(metrics: Metrics, refresh: Callable[[], Awaitable[None]]) -> Starlette:
+def metrics_app(metrics: Metrics, refresh: Callable[[], Awaitable[object]]) -> Starlette:
     async def scrape(_request: Request) -> Response:
         await refresh()
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -48,14 +48,14 @@ def metrics_app(metrics: Metrics, refresh: Callable[[], Awaitable[None]]) -> Sta
 
 
 class _Server(uvicorn.Server):
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
         # SIGTERM/SIGINT/SIGHUP belong to the daemon, which stops this server itself.
         return contextlib.nullcontext()
 
 
 @contextlib.asynccontextmanager
 async def serving_metrics(
-    address: str, metrics: Metrics, refresh: Callable[[], Awaitable[None]]
+    address: str, metrics: Metrics, refresh: Callable[[], Awaitable[object]]
 ) -> AsyncIterator[str | None]:
     """Serve the endpoint on `address` ("host:port") while the block runs; yields its url,
     or None when `address` is empty (the endpoint is off)."""

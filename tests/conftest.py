@@ -9,31 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_llm import FakeLlm, running_fake_llm
-from tests.opencode_driver import Opencode
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def find_shared_dir() -> Path:
-    """`shared/` beside the checkout (read-only in CI), or where SYNCD_SHARED points."""
-    candidates = [Path(os.environ["SYNCD_SHARED"])] if "SYNCD_SHARED" in os.environ else []
-    candidates += [parent / "shared" for parent in REPO.parents]
-    for candidate in candidates:
-        if (candidate / "opencode" / "sample-1.18.33.db").is_file():
-            return candidate
-    raise RuntimeError("shared/ with opencode/sample-1.18.33.db not found; set SYNCD_SHARED")
+from tests.support import FIXTURES
+from tests.support.fake_llm import FakeLlm, running_fake_llm
+from tests.support.opencode_driver import Opencode
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return find_shared_dir()
+def fixtures_dir() -> Path:
+    return FIXTURES
 
 
 @pytest.fixture
-def sample_db(tmp_path: Path, shared_dir: Path) -> Path:
+def sample_db(tmp_path: Path, fixtures_dir: Path) -> Path:
     """A writable copy of the real sample database (with its -wal/-shm)."""
-    for source in (shared_dir / "opencode").glob("sample-1.18.33.db*"):
+    for source in (fixtures_dir / "opencode").glob("sample-1.18.33.db*"):
         shutil.copy(source, tmp_path / source.name)
         os.chmod(tmp_path / source.name, 0o644)
     return tmp_path / "sample-1.18.33.db"

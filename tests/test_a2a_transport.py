@@ -15,12 +15,13 @@ import pytest
 from a2a.client import A2ACardResolver
 from a2a.utils.errors import InternalError, InvalidParamsError
 
+from syncd.archive import ShareNotFound
 from syncd.errors import UserError
-from syncd.serve.store import ShareNotFound
+from syncd.model import Batch
 from syncd.transports.a2a import A2aTransport
-from syncd.transports.base import Batch, RejectedError, RetryableError
-from tests.conftest import find_shared_dir
-from tests.receiver import Receiver, running_receiver
+from syncd.transports.base import RejectedError, RetryableError
+from tests.support import FIXTURES
+from tests.support.receiver import Receiver, running_receiver
 
 BINDINGS = ["jsonrpc", "http+json"]
 SESSION = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
@@ -28,7 +29,7 @@ SESSION = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 
 def examples() -> list[dict[str, Any]]:
     """opencode's own SyncData items (captured from 1.18.33), in send order."""
-    path = find_shared_dir() / "opencode" / "share-sync-examples-1.18.33.json"
+    path = FIXTURES / "opencode" / "share-sync-examples-1.18.33.json"
     loaded = json.loads(path.read_text())
     return [item for name, item in loaded.items() if name != "create-request"]
 

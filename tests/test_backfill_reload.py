@@ -11,14 +11,19 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from syncd.coalesce import plan_batches
+from syncd.model import PendingItem
+from syncd.pipeline.planner import plan_batches
 from syncd.source.loader import Loaded
-from syncd.state.store import PendingItem
-from tests.expected import database_snapshot, receiver_differences
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import Receiver, running_receiver
-from tests.syncd_process import SyncdProcess, state_dead_letters, state_shares, syncd_process
-from tests.test_daemon_ops import WAIT_SECONDS, eventually, isolated_env
+from tests.support.env import WAIT_SECONDS, eventually, isolated_env
+from tests.support.expected import database_snapshot, receiver_differences
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import Receiver, running_receiver
+from tests.support.syncd_process import (
+    SyncdProcess,
+    state_dead_letters,
+    state_shares,
+    syncd_process,
+)
 
 
 def populate(writer: FakeOpencode, sessions: int, parts: int) -> None:
@@ -81,9 +86,9 @@ async def finished(syncd: SyncdProcess) -> int:
 
 
 async def test_backfill_interrupted_and_resumed_equals_an_uninterrupted_one(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     populate(writer, sessions=12, parts=8)
     writer.close()
     config = tmp_path / "syncd.toml"
@@ -144,9 +149,9 @@ async def test_backfill_interrupted_and_resumed_equals_an_uninterrupted_one(
 
 
 async def test_sighup_reloads_during_delivery_lose_nothing(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     state = tmp_path / "state.db"
     config = tmp_path / "syncd.toml"
     config.write_text('transport = "http"\nwindow = 0.1\nconcurrency = 2\n')
@@ -218,5 +223,5 @@ def test_sources_of_derived_items_are_acknowledged_with_them() -> None:
         ["message", "session_diff"],
         ["model"],
     ]
-    assert [[p.item_id for p in b.pending] for b in planned] == [[], ["m2"], ["s", "m1"]]
+    assert [[p.item_id for p in b.acknowledges] for b in planned] == [[], ["m2"], ["s", "m1"]]
     assert planned[1].diff_hash is not None

@@ -66,11 +66,11 @@ def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
 
 
 def test_transport_comparison_command_runs_on_the_recorded_workload(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
     """The command behind docs/transports.md, at CI scale: a real opencode database replayed
     through every transport, each write acknowledged, every figure measured."""
-    sample = shared_dir / "opencode" / "sample-1.18.33.db"
+    sample = fixtures_dir / "opencode" / "sample-1.18.33.db"
     run = subprocess.run(
         [
             sys.executable,

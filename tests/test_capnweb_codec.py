@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.transports.capnweb.codec import (
+from syncd.wire.capnweb.codec import (
     DROPPED_KEYS,
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
@@ -23,7 +23,7 @@ from syncd.transports.capnweb.codec import (
     encode,
     loads,
 )
-from syncd.transports.capnweb.protocol import Call, Result, frame_calls, parse_answer
+from syncd.wire.capnweb.protocol import Call, Result, frame_calls, parse_answer
 
 
 def wire(value: Any) -> Any:

@@ -11,18 +11,18 @@ from typing import Any
 
 import pytest
 
-from syncd.transports.base import Batch, RejectedError, RetryableError, Share, ShareNotFoundError
-from syncd.transports.capnweb import (
-    UNDEFINED,
-    BigInt,
-    CapnwebBatchTransport,
-    CapnwebWsTransport,
-    JsError,
+from syncd.model import Batch, Share
+from syncd.transports.base import (
+    RejectedError,
+    RetryableError,
+    SecretRefusedError,
+    ShareNotFoundError,
 )
-from syncd.transports.capnweb.codec import dumps
-from syncd.transports.capnweb.protocol import Call, frame_calls, parse_answer
+from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.capnweb.share import CapnwebTransport
-from tests.node_share_rpc import node_share_server
+from syncd.wire.capnweb.codec import UNDEFINED, BigInt, JsError, dumps
+from syncd.wire.capnweb.protocol import Call, frame_calls, parse_answer
+from tests.support.node_share_rpc import node_share_server
 
 KEY = "test-key-9f8e"
 TRANSPORTS = {"batch": CapnwebBatchTransport, "ws": CapnwebWsTransport}
@@ -118,7 +118,7 @@ async def test_create_sync_delete_with_the_reference_share_server(
     assert stored["syncCount"] == 2
 
     wrong = Share(created.share.id, "not-the-secret", created.share.url)
-    with pytest.raises(RejectedError, match="Invalid secret") as refused:
+    with pytest.raises(SecretRefusedError, match="Invalid secret") as refused:
         await transport.sync(wrong, first)
     assert not isinstance(refused.value, ShareNotFoundError)
     await transport.delete(created.share)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import UserError
+from syncd.model import Cursor
 from syncd.source.changes import ChangeDetector
 from syncd.source.opencode_db import OpencodeDb
-from syncd.state.store import Cursor
-from tests.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode
 
 
 def cursors_after(changes) -> dict[str, Cursor]:
@@ -49,9 +49,9 @@ async def test_first_sight_captures_every_entity(sample_db: Path) -> None:
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
 async def test_only_what_changed_is_captured(
-    tmp_path: Path, shared_dir: Path, journal: bool
+    tmp_path: Path, fixtures_dir: Path, journal: bool
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=journal)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
     first = writer.part(sid, mid, {"type": "text", "text": "a"})
@@ -73,9 +73,9 @@ async def test_only_what_changed_is_captured(
 
 
 async def test_table_mode_sees_rows_written_in_the_same_millisecond(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=False)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     async with detector_on(writer) as detector:
@@ -91,8 +91,8 @@ async def test_table_mode_sees_rows_written_in_the_same_millisecond(
         assert [c.keys for c in later.changed] == [{("part", "prt_late")}]
 
 
-async def test_deleted_sessions_are_reported(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_deleted_sessions_are_reported(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     kept, gone = writer.session(), writer.session()
     async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
@@ -102,8 +102,10 @@ async def test_deleted_sessions_are_reported(tmp_path: Path, shared_dir: Path) -
         assert kept not in changes.deleted
 
 
-async def test_a_journal_gap_recaptures_the_whole_session(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_a_journal_gap_recaptures_the_whole_session(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     async with detector_on(writer) as detector:
@@ -115,9 +117,9 @@ async def test_a_journal_gap_recaptures_the_whole_session(tmp_path: Path, shared
 
 
 async def test_shared_only_skips_sessions_opencode_did_not_share(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     private, public = writer.session(), writer.session()
     writer.share(public, "abc", "s3cret", "http://127.0.0.1:1/share/abc")
     async with detector_on(writer, only_shared=True) as detector:
@@ -155,9 +157,9 @@ async def test_reading_never_writes_or_holds_a_transaction(sample_db: Path) -> N
 
 
 async def test_an_event_it_cannot_read_recaptures_the_whole_session(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     async with detector_on(writer) as detector:
@@ -170,11 +172,11 @@ async def test_an_event_it_cannot_read_recaptures_the_whole_session(
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
 async def test_a_wakeup_reads_only_the_sessions_that_moved(
-    tmp_path: Path, shared_dir: Path, journal: bool
+    tmp_path: Path, fixtures_dir: Path, journal: bool
 ) -> None:
     """The cheap test runs on the session list; only sessions that moved get a read of their
     own (each a snapshot: a thousand idle sessions must not cost a thousand)."""
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=journal)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
     # Idle sessions (without a journal, recently active ones are re-checked on every wake-up).
     idle = 1_000_000_000_000
     sids = [writer.session(time_created=idle, time_updated=idle) for _ in range(5)]
@@ -188,11 +190,11 @@ async def test_a_wakeup_reads_only_the_sessions_that_moved(
 
 
 async def test_table_mode_keeps_a_session_change_made_after_the_session_list_was_read(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
     """Without a journal, each session is read in its own snapshot after the list: a rename
     that lands in between, followed by a newer part, must still be captured."""
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=False)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     sid = writer.session(time_created=1000, time_updated=1000)
     mid = writer.message(sid, {"role": "user"})
     writer.conn.execute("UPDATE message SET time_updated = 1000")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,38 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.serve.store import ShareStore
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import running_receiver
-from tests.syncd_process import syncd_process
-
-WAIT_SECONDS = 30.0
-
-
-def isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The test's environment with its own XDG homes, so no developer config leaks in."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "NOTIFY_", "WATCHDOG_"))
-    }
-    home = tmp_path / "home"
-    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, log: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{log()[-4000:]}")
-        await asyncio.sleep(0.05)
-
+from syncd.archive.sqlite import SqliteArchive as ShareStore
+from tests.support.env import WAIT_SECONDS, eventually, free_port, isolated_env
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import running_receiver
+from tests.support.syncd_process import syncd_process
 
 # -- sd_notify --------------------------------------------------------------------------------
 
@@ -70,10 +41,10 @@ async def receive(sock: socket.socket, timeout: float = WAIT_SECONDS) -> str:
 
 
 async def test_sd_notify_ready_after_open_watchdog_reload_and_stopping(
-    tmp_path: Path, shared_dir: Path, notify_socket: tuple[socket.socket, str]
+    tmp_path: Path, fixtures_dir: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     writer.session()
     state = tmp_path / "state.db"
     env = isolated_env(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
@@ -124,7 +95,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_waiting_for_the_database_is_ready_and_pings_the_watchdog(
-    tmp_path: Path, shared_dir: Path, notify_socket: tuple[socket.socket, str]
+    tmp_path: Path, fixtures_dir: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     """Installed before opencode's first run: started (no restart loop under systemd), the
     watchdog fed while it waits, and the sessions delivered once opencode creates its db."""
@@ -139,7 +110,7 @@ async def test_waiting_for_the_database_is_ready_and_pings_the_watchdog(
         assert first.startswith("READY=1") and "waiting for the opencode database" in first
         pings = [await receive(sock) for _ in range(3)]
         assert all("WATCHDOG=1" in ping and "waiting" in ping for ping in pings), pings
-        writer = FakeOpencode(db, shared_dir)
+        writer = FakeOpencode(db, fixtures_dir)
         sid = writer.session()
 
         async def archived() -> bool:
@@ -156,8 +127,8 @@ async def test_waiting_for_the_database_is_ready_and_pings_the_watchdog(
         writer.close()
 
 
-async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_metrics_and_health_follow_a_run(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     port = free_port()
     config = tmp_path / "syncd.toml"
     config.write_text(
@@ -264,8 +235,8 @@ async def test_metrics_and_health_follow_a_run(tmp_path: Path, shared_dir: Path)
     writer.close()
 
 
-async def test_metrics_address_in_use_is_a_user_error(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_metrics_address_in_use_is_a_user_error(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.expected import assert_receiver_matches, database_snapshot, receiver_differences
-from tests.fake_llm import FakeLlm, Turn
-from tests.opencode_driver import Opencode
-from tests.receiver import Receiver, running_receiver
-from tests.syncd_process import SyncdProcess, state_dead_letters, state_shares, syncd_process
+from tests.support.expected import assert_receiver_matches, database_snapshot, receiver_differences
+from tests.support.fake_llm import FakeLlm, Turn
+from tests.support.opencode_driver import Opencode
+from tests.support.receiver import Receiver, running_receiver
+from tests.support.syncd_process import (
+    SyncdProcess,
+    state_dead_letters,
+    state_shares,
+    syncd_process,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.daemon import Pipeline, sync_once
-from syncd.deliver import RetryPolicy
+from syncd.commands.sync import sync_once
 from syncd.errors import UserError
+from syncd.pipeline.deliver import RetryPolicy
+from syncd.pipeline.pipeline import Pipeline
 from syncd.state.store import StateStore
-from tests.fake_opencode import FakeOpencode
-from tests.test_pipeline import archived, make_config
+from tests.support.archive_check import archived, make_config
+from tests.support.fake_opencode import FakeOpencode
 
 json_values = st.recursive(
     st.none()
@@ -89,14 +90,16 @@ async def sync_expecting(config: Any, dead: int) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(hostile_rows(), min_size=1, max_size=6))
 def test_any_row_is_delivered_or_dead_lettered_with_its_reason(
-    shared_dir: Path, rows: list[tuple[str, Any]]
+    fixtures_dir: Path, rows: list[tuple[str, Any]]
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(_deliver_or_dead_letter(Path(tmp), shared_dir, rows))
+        asyncio.run(_deliver_or_dead_letter(Path(tmp), fixtures_dir, rows))
 
 
-async def _deliver_or_dead_letter(tmp: Path, shared_dir: Path, rows: list[tuple[str, Any]]) -> None:
-    writer = FakeOpencode(tmp / "opencode.db", shared_dir)
+async def _deliver_or_dead_letter(
+    tmp: Path, fixtures_dir: Path, rows: list[tuple[str, Any]]
+) -> None:
+    writer = FakeOpencode(tmp / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
     written = [(write_row(writer, sid, mid, kind, content), kind, content)
@@ -123,11 +126,11 @@ async def _deliver_or_dead_letter(tmp: Path, shared_dir: Path, rows: list[tuple[
 
 
 async def test_invalid_utf8_text_in_a_row_blocks_only_that_row(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
     """SQLite stores what it is given; a TEXT value that is not UTF-8 once made every read of
     the batch fail, so the whole session stayed pending for ever."""
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     good = writer.part(sid, mid, {"type": "text", "text": "fine"})
@@ -147,8 +150,8 @@ async def test_invalid_utf8_text_in_a_row_blocks_only_that_row(
     writer.close()
 
 
-async def test_a_20_mb_part_travels_alone(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_a_20_mb_part_travels_alone(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "assistant"})
     big_text = "x" * (20 * 1024 * 1024)
@@ -161,8 +164,8 @@ async def test_a_20_mb_part_travels_alone(tmp_path: Path, shared_dir: Path) -> N
     writer.close()
 
 
-async def test_row_deleted_between_capture_and_send(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_row_deleted_between_capture_and_send(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     kept = writer.part(sid, mid, {"type": "text", "text": "kept"})
@@ -172,7 +175,7 @@ async def test_row_deleted_between_capture_and_send(tmp_path: Path, shared_dir: 
     try:
         assert await pipeline.capture(deep=True) == 1
         writer.conn.execute("DELETE FROM part WHERE id = ?", (gone,))  # after capture
-        await pipeline.coalescer.cancel()  # deliver by hand, not through the window
+        await pipeline.window.cancel()  # deliver by hand, not through the window
         await pipeline.deliver(sid)
         assert await pipeline.state.pending_sessions() == {}
         assert await pipeline.state.dead_letters() == []
@@ -194,10 +197,10 @@ TABLE_MODE_CLOCK = pytest.mark.xfail(
     "journal", [True, pytest.param(False, marks=TABLE_MODE_CLOCK)], ids=["journal", "tables"]
 )
 async def test_time_updated_going_backwards_still_delivers(
-    tmp_path: Path, shared_dir: Path, journal: bool
+    tmp_path: Path, fixtures_dir: Path, journal: bool
 ) -> None:
     """A clock stepped back: the newer content carries an older time_updated."""
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir, journal=journal)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     part = writer.part(sid, mid, {"type": "text", "text": "before"})

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,92 +16,20 @@ import httpx
 import pytest
 
 from syncd.errors import UserError
+from syncd.model import Batch, Share
 from syncd.transports.base import (
-    Batch,
     RejectedError,
     RetryableError,
-    Share,
+    SecretRefusedError,
     ShareNotFoundError,
 )
 from syncd.transports.http import HttpTransport
 from syncd.transports.tls import verify_setting
+from tests.support.scripted_server import Answer, Server
 
 SECRET = "s3cr3t-7f1e9c2a-share-secret"
 SHARE = Share(id="shr_1", secret=SECRET, url="http://127.0.0.1/share/shr_1")
 BATCH = Batch(session_id="ses_1", items=[{"type": "session", "data": {"id": "ses_1"}}])
-
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes | str | dict[str, Any] = field(default_factory=lambda: {"success": True})
-    headers: dict[str, str] = field(default_factory=dict)
-    content_length: int | None = None  # lie about the length to truncate the body
-    delay: float = 0.0
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    body: Any
-
-
-class _Listener(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # concurrent clients must not wait for a SYN retry
-
-
-class Server:
-    """A scripted HTTP server: `answer(method, path)` decides each reply; requests are kept."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self.answer: Callable[[str, str], Answer] = lambda method, path: Answer()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def handle_one(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                server.requests.append(
-                    Request(self.command, self.path, json.loads(raw) if raw else None)
-                )
-                answer = server.answer(self.command, self.path)
-                time.sleep(answer.delay)
-                body = answer.body
-                if isinstance(body, dict):
-                    body = json.dumps(body)
-                data = body.encode() if isinstance(body, str) else body
-                length = answer.content_length if answer.content_length is not None else len(data)
-                try:
-                    self.send_response(answer.status)
-                    for name, value in answer.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", str(length))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    return  # the client gave up waiting, as the timeout test wants
-                if answer.content_length is not None:
-                    self.close_connection = True
-
-            do_GET = do_POST = do_DELETE = handle_one
-
-        self._httpd = _Listener(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
 
 @pytest.fixture
@@ -173,16 +97,21 @@ async def test_404_on_create_is_a_plain_rejection(server: Server, transport: Htt
     assert not isinstance(info.value, ShareNotFoundError)
 
 
+async def test_403_on_a_share_is_a_refused_secret(server: Server, transport: HttpTransport) -> None:
+    server.answer = lambda method, path: Answer(403, {"error": "Invalid secret"})
+    with pytest.raises(SecretRefusedError):
+        await transport.sync(SHARE, BATCH)
+
+
 async def test_other_4xx_is_rejected_with_the_servers_message_and_no_secret(
     server: Server, transport: HttpTransport
 ) -> None:
-    echo = f"Invalid secret {SECRET} for share shr_1 " + "x" * 1000
-    server.answer = lambda method, path: Answer(403, echo)
+    echo = f"Invalid batch {SECRET} for share shr_1 " + "x" * 1000
+    server.answer = lambda method, path: Answer(422, echo)
     with pytest.raises(RejectedError) as info:
         await transport.sync(SHARE, BATCH)
     message = str(info.value)
-    assert not isinstance(info.value, (ShareNotFoundError, RetryableError))
-    assert "403" in message and "Invalid secret *** for share shr_1" in message
+    assert "422" in message and "Invalid batch *** for share shr_1" in message
     assert len(message) < 400
     assert_secret_hidden(info.value)
 
@@ -231,22 +160,63 @@ async def test_missing_or_garbage_retry_after_is_none(
 @pytest.mark.parametrize(
     "answer",
     [
-        Answer(200, "<html><body>Welcome to nginx</body></html>", {"content-type": "text/html"}),
-        Answer(200, '{"success": tr'),  # cut short with a correct length
-        Answer(200, '{"success": true}', content_length=200),  # the connection drops mid-body
-        Answer(200, {"success": False}),
-        Answer(200, {"syncCount": 1}),
+        Answer(200, {}),  # opencode's own share server
+        Answer(200, {"success": True, "syncCount": 3}),  # older share workers, syncd serve
         Answer(200, "[]"),
+        Answer(200, "null"),
         Answer(204, ""),
     ],
 )
-async def test_2xx_without_the_expected_json_is_not_acknowledged(
+async def test_any_2xx_acknowledges_sync_and_delete(
     server: Server, transport: HttpTransport, answer: Answer
 ) -> None:
     server.answer = lambda method, path: answer
+    await transport.sync(SHARE, BATCH)
+    await transport.delete(SHARE)
+    assert [r.method for r in server.requests] == ["POST", "DELETE"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(200, "<html><body>Service unavailable</body></html>", {"content-type": "text/html"}),
+        Answer(200, '{"success": tr'),  # cut short with a correct length
+        Answer(200, {"success": False}),
+        Answer(200, {"success": "true"}),
+    ],
+)
+async def test_a_2xx_that_is_no_share_servers_answer_acknowledges_nothing(
+    server: Server, transport: HttpTransport, answer: Answer
+) -> None:
+    server.answer = lambda method, path: answer
+    with pytest.raises(RetryableError, match="not acknowledged"):
+        await transport.sync(SHARE, BATCH)
+
+
+async def test_an_answer_cut_short_is_not_acknowledged(
+    server: Server, transport: HttpTransport
+) -> None:
+    server.answer = lambda method, path: Answer(200, "{}", content_length=200)
     with pytest.raises(RetryableError) as info:
         await transport.sync(SHARE, BATCH)
     assert_secret_hidden(info.value)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(200, "<html><body>Welcome to nginx</body></html>", {"content-type": "text/html"}),
+        Answer(200, '{"id": "shr_1", "secret": "s", "url": '),  # cut short, correct length
+        Answer(200, {}),
+        Answer(204, ""),
+    ],
+)
+async def test_create_needs_the_share_in_its_answer(
+    server: Server, transport: HttpTransport, answer: Answer
+) -> None:
+    server.answer = lambda method, path: answer
+    with pytest.raises(RetryableError, match="not acknowledged"):
+        await transport.create("ses_1", None)
 
 
 async def test_create_answer_without_secret_is_not_acknowledged(

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from scripts.interference import side_by_side, write_workload
-from tests.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode
 
 pytestmark = pytest.mark.slow
 SECONDS, RATE = 6.0, 400.0
 
 
 async def test_syncd_never_blocks_the_writer_nor_checkpoints(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    runs = await side_by_side(tmp_path, shared_dir, SECONDS, RATE)
+    runs = await side_by_side(tmp_path, fixtures_dir, SECONDS, RATE)
     alone, tailed = runs["without_syncd"], runs["with_syncd"]
     assert alone.writes == tailed.writes > 2000
     assert tailed.busy_errors == 0
@@ -30,10 +30,10 @@ async def test_syncd_never_blocks_the_writer_nor_checkpoints(
 
 
 async def test_a_reader_pinning_a_snapshot_would_be_caught(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
     db = tmp_path / "opencode.db"
-    FakeOpencode(db, shared_dir).close()
+    FakeOpencode(db, fixtures_dir).close()
     stop = threading.Event()
     pinned = threading.Event()
 
@@ -50,11 +50,11 @@ async def test_a_reader_pinning_a_snapshot_would_be_caught(
     reader.start()
     pinned.wait()
     try:
-        figures = await asyncio.to_thread(write_workload, db, shared_dir, SECONDS / 2, RATE)
+        figures = await asyncio.to_thread(write_workload, db, fixtures_dir, SECONDS / 2, RATE)
     finally:
         stop.set()
         reader.join()
     baseline = await asyncio.to_thread(
-        write_workload, tmp_path / "baseline.db", shared_dir, SECONDS / 2, RATE
+        write_workload, tmp_path / "baseline.db", fixtures_dir, SECONDS / 2, RATE
     )
     assert figures.wal_max_bytes > 2 * baseline.wal_max_bytes

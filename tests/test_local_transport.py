@@ -9,23 +9,18 @@ from typing import Any
 
 import pytest
 
-from syncd.serve.store import ShareStore
-from syncd.transports.base import (
-    Batch,
-    RejectedError,
-    Share,
-    ShareNotFoundError,
-    SyncItem,
-)
+from syncd.archive.sqlite import SqliteArchive as ShareStore
+from syncd.model import Batch, Share, SyncItem
+from syncd.transports.base import RejectedError, SecretRefusedError, ShareNotFoundError
 from syncd.transports.local import LocalTransport
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 
 
 @pytest.fixture
-def examples(shared_dir: Path) -> dict[str, Any]:
+def examples(fixtures_dir: Path) -> dict[str, Any]:
     """Real SyncData captured from opencode 1.18.33, by name."""
-    return json.loads((shared_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
+    return json.loads((fixtures_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
 
 
 def items_of(examples: dict[str, Any]) -> list[SyncItem]:
@@ -75,9 +70,8 @@ async def test_errors_in_transport_terms(store: ShareStore, examples: dict[str, 
     batch = Batch(SESSION_ID, items)
     with pytest.raises(ShareNotFoundError, match="Share not found"):
         await transport.sync(Share(id="missing", secret=share.secret, url="archive:"), batch)
-    with pytest.raises(RejectedError, match="Invalid secret") as wrong:
+    with pytest.raises(SecretRefusedError, match="Invalid secret"):
         await transport.sync(Share(id=share.id, secret="wrong", url=share.url), batch)
-    assert not isinstance(wrong.value, ShareNotFoundError)
     with pytest.raises(RejectedError, match=r"item 1 \(part\)"):
         await transport.sync(share, Batch(SESSION_ID, [items[0], {"type": "part", "data": {}}]))
     assert (await store.read_share(share.id))["session"] is None

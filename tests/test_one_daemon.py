@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from tests.expected import assert_receiver_matches, database_snapshot
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import running_receiver
-from tests.syncd_process import state_shares, syncd_process
+from tests.support.expected import assert_receiver_matches, database_snapshot
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import running_receiver
+from tests.support.syncd_process import state_shares, syncd_process
 
 
 async def run_syncd(*args: str, timeout: float = 60.0) -> tuple[int, str]:
@@ -39,9 +39,9 @@ async def wait_for_lock_owner(lock: Path, pid: int) -> None:
 
 
 async def test_second_run_refuses_and_sync_waits_for_the_daemon(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     state = tmp_path / "state.db"

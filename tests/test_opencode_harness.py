@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.expected import database_snapshot
-from tests.fake_llm import FakeLlm, Turn
-from tests.opencode_driver import Opencode
+from tests.support.expected import database_snapshot
+from tests.support.fake_llm import FakeLlm, Turn
+from tests.support.opencode_driver import Opencode
 
 pytestmark = pytest.mark.e2e
 

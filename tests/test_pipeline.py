@@ -4,69 +4,16 @@ archive. (The end-to-end tests with the real opencode and a remote receiver are 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from syncd.config import Config, load_config
-from syncd.daemon import sync_once
+from syncd.archive.sqlite import SqliteArchive as ShareStore
+from syncd.commands.sync import sync_once
 from syncd.errors import UserError
-from syncd.serve.store import ShareStore
 from syncd.state.store import StateStore
-from tests.fake_opencode import FakeOpencode
-
-
-def make_config(tmp_path: Path, db: Path, **overrides: object) -> Config:
-    env = {"HOME": str(tmp_path / "home")}
-    flags = {"db": str(db), "state": str(tmp_path / "state.db"),
-             "archive": str(tmp_path / "archive.db"), **overrides}  # fmt: skip
-    return load_config(flags, env)
-
-
-def expected_state(db: Path) -> dict[str, dict]:
-    """session id -> {messages, parts} as the SDK objects, read straight from opencode."""
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    out: dict[str, dict] = {}
-    for (sid,) in conn.execute("SELECT id FROM session"):
-        messages = {
-            r["id"]: {**json.loads(r["data"]), "id": r["id"], "sessionID": sid}
-            for r in conn.execute("SELECT * FROM message WHERE session_id = ?", (sid,))
-        }
-        parts = {
-            r["id"]: {
-                **json.loads(r["data"]),
-                "id": r["id"],
-                "sessionID": sid,
-                "messageID": r["message_id"],
-            }
-            for r in conn.execute("SELECT * FROM part WHERE session_id = ?", (sid,))
-        }
-        out[sid] = {"messages": messages, "parts": parts}
-    conn.close()
-    return out
-
-
-async def archived(config: Config) -> dict[str, dict]:
-    state = await StateStore.open(config.state)
-    store = await ShareStore.open(config.archive)
-    try:
-        out = {}
-        for row in await state.session_report():
-            known = await state.share(row["session_id"], f"local:{config.archive}")
-            assert known is not None, row
-            share = await store.read_share(known[0].id)
-            out[row["session_id"]] = {
-                "session": share["session"],
-                "messages": {m["id"]: m for m in share["messages"]},
-                "parts": {p["id"]: p for p in share["parts"]},
-                "diffs": share["diffs"],
-            }
-        return out
-    finally:
-        await state.close()
-        await store.close()
+from tests.support.archive_check import archived, expected_state, make_config
+from tests.support.fake_opencode import FakeOpencode
 
 
 async def test_sync_delivers_the_sample_database_exactly(tmp_path: Path, sample_db: Path) -> None:
@@ -86,9 +33,9 @@ async def test_sync_delivers_the_sample_database_exactly(tmp_path: Path, sample_
 
 
 async def test_changes_after_a_sync_arrive_and_diffs_are_not_repeated(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     diffs = [{"file": "a.txt", "patch": "+a", "additions": 1, "deletions": 0, "status": "added"}]
     sid = writer.session(summary_additions=1, summary_deletions=0, summary_files=1,
                          summary_diffs=json.dumps(diffs))  # fmt: skip
@@ -109,9 +56,9 @@ async def test_changes_after_a_sync_arrive_and_diffs_are_not_repeated(
 
 
 async def test_a_malformed_row_is_dead_lettered_and_the_rest_flows(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     good = writer.part(sid, mid, {"type": "text", "text": "fine"})
@@ -129,8 +76,8 @@ async def test_a_malformed_row_is_dead_lettered_and_the_rest_flows(
     writer.close()
 
 
-async def test_deleted_session_keeps_its_archived_copy(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+async def test_deleted_session_keeps_its_archived_copy(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     config = make_config(tmp_path, writer.path)
     assert await sync_once(config) == 0

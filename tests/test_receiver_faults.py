@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from syncd.transports.base import Batch, RetryableError
+from syncd.model import Batch
+from syncd.transports.base import RetryableError
 from syncd.transports.http import HttpTransport
-from tests.receiver import Receiver, running_receiver
+from tests.support.receiver import Receiver, running_receiver
 
 SESSION_ID = "ses_faults0000000000000000001"
 

@@ -10,25 +10,25 @@ import pytest
 
 from bench.dbgen import generate
 from bench.scale import capture
-from syncd.daemon import Pipeline
-from syncd.deliver import RetryPolicy
-from tests.fake_opencode import FakeOpencode
-from tests.test_pipeline import make_config
+from syncd.pipeline.deliver import RetryPolicy
+from syncd.pipeline.pipeline import Pipeline
+from tests.support.archive_check import make_config
+from tests.support.fake_opencode import FakeOpencode
 
 pytestmark = pytest.mark.slow
 SESSIONS = 10
 
 
-async def wakeup_rows_read(tmp_path: Path, shared_dir: Path, parts_per_session: int) -> int:
+async def wakeup_rows_read(tmp_path: Path, fixtures_dir: Path, parts_per_session: int) -> int:
     tmp_path.mkdir()
     db = tmp_path / "opencode.db"
-    generate(db, shared_dir, SESSIONS, parts_per_session)
+    generate(db, fixtures_dir, SESSIONS, parts_per_session)
     pipeline = await Pipeline.open(make_config(tmp_path, db), RetryPolicy())
     try:
         first = await capture(pipeline, deep=True)
         assert first.rows_read >= SESSIONS * parts_per_session
         assert (await capture(pipeline)).changed == []  # nothing new: nothing captured
-        writer = FakeOpencode(db, shared_dir)
+        writer = FakeOpencode(db, fixtures_dir)
         sid, mid, part_id = writer.conn.execute(
             "SELECT session_id, message_id, id FROM part ORDER BY id LIMIT 1"
         ).fetchone()
@@ -42,9 +42,9 @@ async def wakeup_rows_read(tmp_path: Path, shared_dir: Path, parts_per_session: 
 
 
 async def test_wakeup_cost_does_not_grow_with_the_database(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    small = await wakeup_rows_read(tmp_path / "small", shared_dir, 1_000)
-    large = await wakeup_rows_read(tmp_path / "large", shared_dir, 10_000)
+    small = await wakeup_rows_read(tmp_path / "small", fixtures_dir, 1_000)
+    large = await wakeup_rows_read(tmp_path / "large", fixtures_dir, 10_000)
     assert small == large
     assert large <= 3 * SESSIONS + 1  # session rows, journal heads, the one changed part

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from syncd.transports.base import Batch, RetryableError, Share
+from syncd.model import Batch, Share
+from syncd.transports.base import RetryableError
 from syncd.transports.capnweb import CapnwebBatchTransport
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import running_receiver
-from tests.test_http_transport import Answer, Server
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import running_receiver
+from tests.support.scripted_server import Answer, Server
 
 SHARE_SECRET = "0f1e2d3c-share-secret-4b5a6978"
 KEY = "k-right-share-key-5f0c1a"
@@ -35,8 +36,8 @@ async def syncd(*args: str) -> tuple[int, str]:
     return process.returncode, output.decode()
 
 
-def opencode_db(tmp_path: Path, shared_dir: Path) -> Path:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
     writer.close()
@@ -50,8 +51,8 @@ def private_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-async def test_files_syncd_writes_are_private(tmp_path: Path, shared_dir: Path) -> None:
-    db = opencode_db(tmp_path, shared_dir)
+async def test_files_syncd_writes_are_private(tmp_path: Path, fixtures_dir: Path) -> None:
+    db = opencode_db(tmp_path, fixtures_dir)
     home = tmp_path / "syncd"
     old = os.umask(0o022)  # a usual umask: files are world-readable unless syncd says not
     try:
@@ -68,9 +69,9 @@ async def test_files_syncd_writes_are_private(tmp_path: Path, shared_dir: Path) 
 
 
 async def test_a_secret_echoed_by_the_receiver_shows_nowhere(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    db = opencode_db(tmp_path, shared_dir)
+    db = opencode_db(tmp_path, fixtures_dir)
     server = Server()
     share = {"id": "shr_1", "secret": SHARE_SECRET, "url": f"{server.url}/share/shr_1"}
 
@@ -99,9 +100,9 @@ async def test_a_secret_echoed_by_the_receiver_shows_nowhere(
 
 
 async def test_the_key_never_shows_when_the_receiver_refuses_it(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    db = opencode_db(tmp_path, shared_dir)
+    db = opencode_db(tmp_path, fixtures_dir)
     config = private_config(tmp_path, f'key = "{WRONG_KEY}"\n')
     async with running_receiver(tmp_path, key=KEY) as receiver:
         common = ["--db", str(db), "--state", str(tmp_path / "state.db"), "--url", receiver.url,
@@ -113,8 +114,8 @@ async def test_the_key_never_shows_when_the_receiver_refuses_it(
         assert WRONG_KEY not in output
 
 
-async def test_a_key_in_a_readable_config_file_warns(tmp_path: Path, shared_dir: Path) -> None:
-    db = opencode_db(tmp_path, shared_dir)
+async def test_a_key_in_a_readable_config_file_warns(tmp_path: Path, fixtures_dir: Path) -> None:
+    db = opencode_db(tmp_path, fixtures_dir)
     config = private_config(tmp_path, f'key = "{KEY}"\n')
     config.chmod(0o644)
     code, output = await syncd("status", "--db", str(db), "--state", str(tmp_path / "none.db"),

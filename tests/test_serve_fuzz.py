@@ -14,9 +14,9 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.config import load_config
-from syncd.serve.app import build_app
-from syncd.serve.store import ShareStore
+from syncd.receiver.app import build_app
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),

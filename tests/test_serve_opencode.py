@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_llm import FakeLlm
-from tests.opencode_driver import Opencode
-from tests.receiver import running_receiver
+from tests.support.fake_llm import FakeLlm
+from tests.support.opencode_driver import Opencode
+from tests.support.receiver import running_receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from syncd.errors import UserError
-from syncd.serve.app import serve
-from tests.receiver import running_receiver
+from syncd.receiver.app import serve
+from tests.support.receiver import running_receiver
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from syncd.transports.base import Batch, RejectedError, Share, ShareNotFoundError
-from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport, JsError
-from syncd.transports.capnweb.codec import dumps
-from syncd.transports.capnweb.protocol import Call, frame_calls, parse_answer, release
-from syncd.transports.capnweb.server import ServerSession
+from syncd.model import Batch, Share
+from syncd.receiver.capnweb_session import ServerSession
+from syncd.transports.base import RejectedError, SecretRefusedError, ShareNotFoundError
+from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.capnweb.share import CapnwebTransport
-from tests.node_share_rpc import run_node_client
-from tests.receiver import Receiver, running_receiver
+from syncd.wire.capnweb.codec import JsError, dumps
+from syncd.wire.capnweb.protocol import Call, frame_calls, parse_answer, release
+from tests.support.node_share_rpc import run_node_client
+from tests.support.receiver import Receiver, running_receiver
 
 KEY = "serve-key-31d"
 TRANSPORTS = {"batch": CapnwebBatchTransport, "ws": CapnwebWsTransport}
@@ -71,7 +72,7 @@ async def test_create_sync_delete_against_syncd_serve(
     assert [answer["syncCount"] for answer in answers] == [2, 2, 3]
 
     wrong = Share(created.share.id, "wrong-secret", created.share.url)
-    with pytest.raises(RejectedError, match="Invalid secret"):
+    with pytest.raises(SecretRefusedError, match="Invalid secret"):
         await transport.sync(wrong, more)
     await transport.delete(created.share)
     with pytest.raises(ShareNotFoundError):
@@ -179,9 +180,9 @@ async def test_a_bad_batch_body_is_a_400(receiver: Receiver) -> None:
 async def test_the_sample_database_arrives_whole_over_capnweb(
     tmp_path: Path, sample_db: Path, receiver: Receiver, transport_name: str
 ) -> None:
+    from syncd.commands.sync import sync_once
     from syncd.config import load_config
-    from syncd.daemon import sync_once
-    from tests.test_pipeline import expected_state
+    from tests.support.archive_check import expected_state
 
     flags = {"db": str(sample_db), "state": str(tmp_path / "state.db"),
              "transport": transport_name, "url": receiver.url}  # fmt: skip

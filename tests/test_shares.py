@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncd.daemon import sync_once
+from syncd.commands.sync import sync_once
 from syncd.errors import UserError
 from syncd.state.store import StateStore
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import running_receiver
-from tests.test_pipeline import make_config
+from tests.support.archive_check import make_config
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import running_receiver
 
 
 async def test_opencode_share_on_the_same_server_is_continued(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     ours, theirs = writer.session(), writer.session()
     async with running_receiver(tmp_path) as receiver:
         # opencode shared `ours` on this receiver itself (and `theirs` somewhere else).
@@ -40,9 +40,9 @@ async def test_opencode_share_on_the_same_server_is_continued(
 
 
 async def test_a_lost_share_is_recreated_once_with_the_whole_session(
-    tmp_path: Path, shared_dir: Path
+    tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
     part = writer.part(sid, mid, {"type": "text", "text": "first"})

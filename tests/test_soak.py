@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 MINUTES = float(os.environ.get("SYNCD_SOAK_MINUTES", "2"))
 
 
-async def test_soak_with_receiver_faults_and_kills(tmp_path: Path, shared_dir: Path) -> None:
-    report = await soak(tmp_path, shared_dir, SoakOptions(minutes=MINUTES, seed=6))
+async def test_soak_with_receiver_faults_and_kills(tmp_path: Path, fixtures_dir: Path) -> None:
+    report = await soak(tmp_path, fixtures_dir, SoakOptions(minutes=MINUTES, seed=6))
     assert report.problems == []
     # The run really met what it claims to survive.
     assert report.kills >= 3 and report.starts == report.kills + 1

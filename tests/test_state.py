@@ -10,12 +10,12 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from syncd.archive.sqlite import MIGRATIONS as SERVE_MIGRATIONS
+from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.errors import UserError
 from syncd.migrate import migrate, migration_folders
-from syncd.serve.store import MIGRATIONS as SERVE_MIGRATIONS
-from syncd.serve.store import ShareStore
-from syncd.state.store import MIGRATIONS, PendingItem, StateStore
-from syncd.transports.base import Share
+from syncd.model import PendingItem, Share
+from syncd.state.store import MIGRATIONS, StateStore
 
 
 @pytest.fixture

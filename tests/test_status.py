@@ -13,12 +13,12 @@ import pytest
 import structlog
 
 from syncd.cli import main
+from syncd.commands.sync import sync_once
 from syncd.config import Config, load_config
-from syncd.daemon import sync_once
 from syncd.errors import UserError
 from syncd.state.store import StateStore
-from tests.fake_opencode import FakeOpencode
-from tests.receiver import Receiver, running_receiver
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import Receiver, running_receiver
 
 
 def remote_config(tmp_path: Path, db: Path, url: str) -> Config:
@@ -56,8 +56,8 @@ def default_logging():
 
 
 @pytest.fixture
-def writer(tmp_path: Path, shared_dir: Path):
-    fake = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+def writer(tmp_path: Path, fixtures_dir: Path):
+    fake = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     yield fake
     fake.close()
 
@@ -209,8 +209,8 @@ async def test_dead_letter_commands_name_what_is_wrong(
         assert code == 2 and message in err, argv
 
 
-def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, shared_dir: Path) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", shared_dir)
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     for _ in range(3):
         one_session(writer)
     writer.close()

@@ -15,14 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncd.archive import BadSyncData, InvalidSecret, ShareNotFound
+from syncd.archive.sqlite import MIGRATIONS
+from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.migrate import MIGRATION_NAME, migrate
-from syncd.serve.store import (
-    MIGRATIONS,
-    BadSyncData,
-    InvalidSecret,
-    ShareNotFound,
-    ShareStore,
-)
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
 
@@ -130,8 +126,10 @@ async def test_session_diff_and_models_replace_whole_arrays(store: ShareStore) -
     assert doc["models"] == []
 
 
-async def test_real_sync_examples_read_back_unchanged(store: ShareStore, shared_dir: Path) -> None:
-    examples = json.loads((shared_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
+async def test_real_sync_examples_read_back_unchanged(
+    store: ShareStore, fixtures_dir: Path
+) -> None:
+    examples = json.loads((fixtures_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
     items = [value for name, value in examples.items() if name != "create-request"]
     share = await store.create_share(examples["create-request"]["sessionID"], "http://x")
     await store.sync(share.id, share.secret, items)

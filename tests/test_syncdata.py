@@ -59,9 +59,11 @@ def test_json_types_survive(db: sqlite3.Connection) -> None:
 
 
 def test_session_matches_the_captured_share_example(
-    db: sqlite3.Connection, shared_dir: Path
+    db: sqlite3.Connection, fixtures_dir: Path
 ) -> None:
-    example = json.loads((shared_dir / "opencode" / "share-sync-examples-1.18.33.json").read_text())
+    example = json.loads(
+        (fixtures_dir / "opencode" / "share-sync-examples-1.18.33.json").read_text()
+    )
     expected = example["session"]["data"]
     # The example is the session right after creation; rebuild that row state.
     row = dict(db.execute("SELECT * FROM session LIMIT 1").fetchone())

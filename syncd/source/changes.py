@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from ..state.store import Cursor
+from ..model import Cursor
 from .opencode_db import OpencodeDb
 
 ItemKey = tuple[str, str]  # (kind, id); kind is session | message | part
@@ -53,7 +53,7 @@ class Scan:
 class ChangeDetector:
     def __init__(self, db: OpencodeDb, *, only_shared: bool) -> None:
         self._db = db
-        self._only_shared = only_shared
+        self.only_shared = only_shared
         # Table mode: ids already captured at the watermark millisecond, so that `>=` (which
         # must not miss a row committed later in the same millisecond) does not re-capture.
         self._at_watermark: dict[str, set[str]] = {}
@@ -77,7 +77,7 @@ class ChangeDetector:
         now = int(time.time() * 1000)
         candidates = []
         for session_id, (time_updated, has_share_url) in sessions.items():
-            if self._only_shared and not (has_share_url or session_id in shared):
+            if self.only_shared and not (has_share_url or session_id in shared):
                 continue
             head, cursor = heads.get(session_id), cursors.get(session_id)
             check_rows = deep or now - time_updated < ACTIVE_WINDOW_MS

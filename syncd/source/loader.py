@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..state.store import PendingItem
-from ..transports.base import SyncItem
+from ..model import PendingItem, SyncItem
 from . import syncdata
 from .models import ModelCatalogue
 from .opencode_db import OpencodeDb
@@ -40,8 +39,8 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
             for start in range(0, len(items), CHUNK):
                 ids = [item.item_id for item in items[start : start + CHUNK]]
                 marks = ",".join("?" * len(ids))
-                for row in await db.rows(f"SELECT * FROM {kind} WHERE id IN ({marks})", ids):
-                    rows[(kind, row["id"])] = row
+                for fetched in await db.rows(f"SELECT * FROM {kind} WHERE id IN ({marks})", ids):
+                    rows[(kind, fetched["id"])] = fetched
     model_refs: set[tuple[str, str]] = set()
     for item in pending:
         row = rows.get((item.kind, item.item_id))

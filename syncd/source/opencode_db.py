@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiosqlite
 
 from ..errors import UserError
+from ..model import Share
 
 # Columns syncd reads; a database without them is a schema syncd does not know.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -93,6 +94,15 @@ class OpencodeDb:
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
+
+    async def share_of(self, session_id: str) -> Share | None:
+        """The share opencode itself made of `session_id` (its `session_share` row), if any."""
+        rows = await self.rows(
+            "SELECT id, secret, url FROM session_share WHERE session_id = ?", (session_id,)
+        )
+        if not rows or not all(isinstance(value, str) and value for value in rows[0]):
+            return None
+        return Share(id=rows[0][0], secret=rows[0][1], url=rows[0][2])
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[OpencodeDb]:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..transports.base import SyncItem
+from ..model import SyncItem
 
 
 class BadRow(ValueError):

@@ -13,15 +13,14 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from ..errors import UserError
+from ..model import Cursor, PendingItem, Share
 from ..sqlite import open_private, transaction
-from ..transports.base import Share
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -34,20 +33,6 @@ UPSERT_PENDING = (
     "VALUES (?, ?, ?, 1, ?) ON CONFLICT (session_id, kind, item_id) "
     "DO UPDATE SET version = pending_item.version + 1"
 )
-
-
-@dataclass(frozen=True)
-class Cursor:
-    journal_seq: int | None
-    time_updated: int | None
-
-
-@dataclass(frozen=True)
-class PendingItem:
-    session_id: str
-    kind: str
-    item_id: str
-    version: int
 
 
 def now_ms() -> int:
@@ -340,7 +325,7 @@ class StateStore:
 
     async def dead_letters(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Every dead letter (or those with `ids`), oldest first, without payloads."""
-        where, params = "", ()
+        where, params = "", tuple[int, ...]()
         if ids is not None:
             params = tuple(ids)
             if not params:

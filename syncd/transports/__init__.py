@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 from .base import Transport
 
 if TYPE_CHECKING:
+    from ..archive import ArchiveStore
     from ..config import Config
-    from ..serve.store import ShareStore
 
 
-def make_transport(config: Config, archive: ShareStore | None = None) -> Transport:
+def make_transport(config: Config, archive: ArchiveStore | None = None) -> Transport:
     """The transport `config` asks for (imported lazily: a2a-sdk is an optional extra)."""
-    verify = str(config.ca_bundle) if config.ca_bundle else True
-    remote = {"timeout": config.request_timeout, "verify": verify}
+    verify: bool | str = str(config.ca_bundle) if config.ca_bundle else True
+    timeout = config.request_timeout
     match config.transport:
         case "local":
             from .local import LocalTransport
@@ -24,19 +24,27 @@ def make_transport(config: Config, archive: ShareStore | None = None) -> Transpo
         case "http":
             from .http import HttpTransport
 
-            return HttpTransport(_url(config), **remote)
+            return HttpTransport(_url(config), key=config.key, timeout=timeout, verify=verify)
         case "capnweb-batch":
             from .capnweb import CapnwebBatchTransport
 
-            return CapnwebBatchTransport(_url(config), key=config.key, **remote)
+            return CapnwebBatchTransport(
+                _url(config), key=config.key, timeout=timeout, verify=verify
+            )
         case "capnweb-ws":
             from .capnweb import CapnwebWsTransport
 
-            return CapnwebWsTransport(_url(config), key=config.key, **remote)
+            return CapnwebWsTransport(_url(config), key=config.key, timeout=timeout, verify=verify)
         case "a2a":
             from .a2a import A2aTransport
 
-            return A2aTransport(_url(config), key=config.key, binding=config.a2a_binding, **remote)
+            return A2aTransport(
+                _url(config),
+                key=config.key,
+                binding=config.a2a_binding,
+                timeout=timeout,
+                verify=verify,
+            )
     raise ValueError(f"unknown transport {config.transport!r}")  # config validated it
 
 

@@ -4,44 +4,32 @@ Mapping: a session is an A2A `contextId`; each batch is one `SendMessage` whose 
 `Batch.key` (a batch re-sent after a crash carries the same id, and the receiver applies a
 `messageId` once), carrying one part per SyncData item.
 
-Numbers: an A2A data part is a `google.protobuf.Value`, where every number is a double, so the
-SDK sends `1790000000000` as `1790000000000.0` and a receiver reads a float. The rule both ends
-follow (`item_part` / `part_item`): in a data part a whole number is an integer, as in the
-JSON opencode (JavaScript) writes. An item the rule cannot carry exactly (an integer beyond
-2**53, a float with no fraction, NaN) travels as a text part holding its JSON text, media type
-`application/json`.
-
-A2A has no operation that removes a context: `delete` sends a message with metadata
-`{"syncd.operation": "delete"}`, which `syncd serve` answers by deleting the share.
+How SyncData travels in parts (and how a delete is said) is `syncd.wire.a2a`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import math
-import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import UserError
-from .base import Batch, Created, RejectedError, RetryableError, Share, SyncItem, Transport
+from ..model import Batch, Created, Share
+from ..urls import origin_of
+from ..wire.a2a import DELETE_OPERATION, OPERATION_FIELD, item_part
+from ..wire.keys import KEY_HEADER
+from .base import RejectedError, RetryableError, Transport
+from .outcome import retry_after
 from .tls import verify_setting
 
 if TYPE_CHECKING:
     from a2a.client import Client
-    from a2a.types.a2a_pb2 import Message, Part, SendMessageRequest
+    from a2a.types.a2a_pb2 import Part, SendMessageRequest
 
-KEY_HEADER = "x-opencode-share-key"
-JSON_MEDIA_TYPE = "application/json"
-OPERATION_FIELD = "syncd.operation"
-DELETE_OPERATION = "delete"
 # config.a2a_binding -> the binding name A2A agent cards use (spec section 5.3).
 BINDINGS = {"jsonrpc": "JSONRPC", "http+json": "HTTP+JSON"}
-EXACT_INT = 2**53  # doubles hold every integer up to this exactly
 
 
 def require_sdk() -> None:
@@ -52,83 +40,7 @@ def require_sdk() -> None:
         raise UserError("transport 'a2a' needs the A2A SDK: pip install 'syncd[a2a]'") from exc
 
 
-# -- SyncData <-> A2A parts ------------------------------------------------------------------
-
-
-def _exact_as_double(value: Any) -> bool:
-    """Whether `value` comes back unchanged through a data part and `_whole_to_int`."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return True
-    if isinstance(value, int):
-        return abs(value) <= EXACT_INT
-    if isinstance(value, float):
-        return math.isfinite(value) and not value.is_integer()
-    if isinstance(value, list):
-        return all(_exact_as_double(element) for element in value)
-    if isinstance(value, dict):
-        return all(_exact_as_double(element) for element in value.values())
-    return False
-
-
-def _whole_to_int(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole_to_int(element) for element in value]
-    if isinstance(value, dict):
-        return {key: _whole_to_int(element) for key, element in value.items()}
-    return value
-
-
-def item_part(item: SyncItem) -> Part:
-    """The A2A part carrying one SyncData item (see the module docstring for numbers)."""
-    from a2a.types.a2a_pb2 import Part
-    from google.protobuf import json_format, struct_pb2
-
-    if _exact_as_double(item):
-        return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
-    return Part(
-        text=json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
-        media_type=JSON_MEDIA_TYPE,
-    )
-
-
-def part_item(part: Part) -> Any:
-    """The JSON value a part carries (ValueError naming the problem when it carries none)."""
-    from google.protobuf import json_format
-
-    content = part.WhichOneof("content")
-    if content == "data":
-        return _whole_to_int(json_format.MessageToDict(part.data))
-    if content == "text" and part.media_type == JSON_MEDIA_TYPE:
-        try:
-            return json.loads(part.text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"text part is not valid JSON ({exc})") from exc
-    raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
-
-
-def is_delete(message: Message) -> bool:
-    return message.metadata.fields.get(OPERATION_FIELD) is not None and (
-        message.metadata.fields[OPERATION_FIELD].string_value == DELETE_OPERATION
-    )
-
-
 # -- the transport --------------------------------------------------------------------------
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
 
 
 class A2aTransport(Transport):
@@ -197,7 +109,7 @@ class A2aTransport(Transport):
             if self._client is None:
                 resolver = A2ACardResolver(self._http, self._base_url)
                 card = await self._call(resolver.get_agent_card())
-                self._require_own_origin(card)
+                self._require_ownorigin_of(card)
                 factory = ClientFactory(
                     ClientConfig(
                         streaming=False,
@@ -228,15 +140,15 @@ class A2aTransport(Transport):
         responses = await self._call(_collect(client, SendMessageRequest(message=message)))
         _require_acknowledgement(responses, context_id)
 
-    def _require_own_origin(self, card: Any) -> None:
+    def _require_ownorigin_of(self, card: Any) -> None:
         """The card says where to send; syncd sends (with its key) only to the configured
         origin, whatever a card served there claims."""
-        own = _origin(self._base_url)
+        own = origin_of(self._base_url)
         for interface in card.supported_interfaces:
-            if interface.protocol_binding == self._binding and _origin(interface.url) != own:
+            if interface.protocol_binding == self._binding and origin_of(interface.url) != own:
                 raise RejectedError(
                     f"the agent card at {self._base_url} sends {self._binding} requests to "
-                    f"another origin ({_origin(interface.url)}); syncd talks only to {own}: "
+                    f"another origin ({origin_of(interface.url)}); syncd talks only to {own}: "
                     "set url to the receiver itself"
                 )
 
@@ -274,7 +186,7 @@ class A2aTransport(Transport):
         if status == 429 or status >= 500:
             return RetryableError(
                 f"A2A receiver {self._base_url} answered HTTP {status}",
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response.headers),
             )
         return RejectedError(f"A2A receiver answered HTTP {status}: {message}")
 
@@ -291,11 +203,6 @@ def _http_error_response(error: BaseException) -> httpx.Response | None:
             return cause.response
         cause = cause.__cause__
     return None
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _require_acknowledgement(responses: list[Any], context_id: str) -> None:

@@ -8,48 +8,10 @@ retry, a re-created share or a dead letter.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
-SyncItem = dict[str, Any]
-"""One SyncData item: {"type": "session"|"message"|"part"|"session_diff"|"model", "data": ...}."""
-
-
-@dataclass(frozen=True)
-class Share:
-    """Credentials of one share on the receiver; the secret is never logged (repr hides it)."""
-
-    id: str
-    secret: str = field(repr=False)
-    url: str
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Coalesced items of one session, sent in one call."""
-
-    session_id: str
-    items: list[SyncItem]
-
-    @functools.cached_property
-    def key(self) -> str:
-        """Deterministic id: the same batch re-sent after a crash carries the same key."""
-        canonical = json.dumps(
-            [self.session_id, self.items], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
-class Created:
-    """Outcome of `Transport.create`: the new share, and whether the batch travelled with it."""
-
-    share: Share
-    synced: bool
+from ..model import Batch, Created, Share
 
 
 class DeliveryError(Exception):
@@ -57,11 +19,16 @@ class DeliveryError(Exception):
 
 
 class RetryableError(DeliveryError):
-    """Worth trying again: transport errors, timeouts, 5xx, 429, a dropped socket."""
+    """Worth trying again: transport errors, timeouts, 5xx, 429, a dropped socket.
+    `ambiguous`: a bare 500, which opencode's server also answers for a lost share, a refused
+    secret or an existing share; the delivery loop probes when it keeps coming back."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, ambiguous: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
 
 class RejectedError(DeliveryError):
@@ -69,9 +36,23 @@ class RejectedError(DeliveryError):
     with this message."""
 
 
-class ShareNotFoundError(RejectedError):
+class ShareProblem(DeliveryError):
+    """The receiver refuses the share itself, not the batch; the delivery loop recovers the
+    share when it can."""
+
+
+class ShareNotFoundError(ShareProblem):
     """The receiver lost the share: the delivery loop re-creates it once and re-sends the
     whole session."""
+
+
+class SecretRefusedError(ShareProblem):
+    """The share exists, but not with the secret syncd holds."""
+
+
+class ShareExistsError(ShareProblem):
+    """create refused: a share of the session exists already (opencode's server derives the
+    share id from the session id), under credentials syncd may not hold."""
 
 
 class Transport(ABC):
@@ -93,6 +74,12 @@ class Transport(ABC):
     @abstractmethod
     async def delete(self, share: Share) -> None:
         """Remove the share on the receiver."""
+
+    async def answering(self) -> bool:
+        """Whether the receiver answers a harmless call now: the evidence that a failure which
+        keeps coming back is about one share, not a receiver that is down. Transports whose
+        errors say what they are need no probe."""
+        return False
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release connections."""

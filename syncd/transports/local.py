@@ -1,4 +1,4 @@
-"""The embedded archive: delivery into a local ShareStore when no receiver url is configured."""
+"""The embedded archive: delivery into a local ArchiveStore when no receiver url is configured."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from typing import ClassVar, TypeVar
 
 import aiosqlite
 
-from ..serve.store import BadSyncData, InvalidSecret, ShareNotFound, ShareStore
+from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
+from ..model import Batch, Created, Share
 from .base import (
-    Batch,
-    Created,
     RejectedError,
     RetryableError,
-    Share,
+    SecretRefusedError,
     ShareNotFoundError,
     Transport,
 )
@@ -29,7 +28,9 @@ async def _outcome(call: Awaitable[T]) -> T:
         return await call
     except ShareNotFound as exc:
         raise ShareNotFoundError(str(exc)) from exc
-    except (InvalidSecret, BadSyncData) as exc:
+    except InvalidSecret as exc:
+        raise SecretRefusedError(str(exc)) from exc
+    except BadSyncData as exc:
         raise RejectedError(str(exc)) from exc
     except aiosqlite.Error as exc:  # a busy or full disk passes; try again later
         raise RetryableError(f"archive write failed: {exc}") from exc
@@ -40,7 +41,7 @@ class LocalTransport(Transport):
     # opencode's own shares live on a remote server, never in this archive.
     reuses_opencode_shares: ClassVar[bool] = False
 
-    def __init__(self, store: ShareStore) -> None:
+    def __init__(self, store: ArchiveStore) -> None:
         self.store = store
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:

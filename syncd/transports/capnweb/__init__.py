@@ -1,18 +1,9 @@
-"""Cap'n Web RPC (npm `capnweb`'s wire protocol) to a share server's `/rpc/share`: the codec,
-the message framing, transports over HTTP batch and WebSocket, and the receiving session
-`syncd serve` answers with."""
+"""Cap'n Web RPC (npm `capnweb`'s wire protocol) to a share server's `/rpc/share`, client side:
+over HTTP batch and over WebSocket. The protocol itself is in `syncd.wire.capnweb`."""
 
 from __future__ import annotations
 
 from .batch import CapnwebBatchTransport
-from .codec import UNDEFINED, BigInt, CodecError, JsError
 from .ws import CapnwebWsTransport
 
-__all__ = [
-    "UNDEFINED",
-    "BigInt",
-    "CapnwebBatchTransport",
-    "CapnwebWsTransport",
-    "CodecError",
-    "JsError",
-]
+__all__ = ["CapnwebBatchTransport", "CapnwebWsTransport"]

@@ -14,21 +14,12 @@ import httpx
 
 from syncd import __version__
 
-from ..base import RejectedError, RetryableError
-from ..http import parse_retry_after
+from ...wire.capnweb.codec import CodecError, JsError, dumps
+from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer
+from ...wire.keys import KEY_HEADER
+from ..base import RetryableError
+from ..outcome import response_refusal, scrub, unreachable
 from ..tls import verify_setting
-from .codec import CodecError, JsError, dumps
-from .protocol import (
-    KEY_HEADER,
-    PATH,
-    Call,
-    aborted,
-    excerpt,
-    frame_calls,
-    key_refused,
-    parse_answer,
-    scrub,
-)
 from .share import CapnwebTransport
 
 
@@ -66,10 +57,11 @@ class CapnwebBatchTransport(CapnwebTransport):
         try:
             response = await self._client.post(self.url, content=body.encode("utf-8"))
         except httpx.TransportError as exc:
-            raise RetryableError(scrub(f"{what}: {type(exc).__name__}: {exc}", secret)) from None
-        status = response.status_code
-        if status != 200:
-            raise self._refusal(what, response, secret)
+            raise unreachable(what, exc, [secret, self._key]) from None
+        if response.status_code != 200:
+            if 200 <= response.status_code < 300:
+                raise RetryableError(f"{what}: not acknowledged: {response.status_code}")
+            raise response_refusal(what, response, secrets=[secret], key=self._key)
         answers: dict[int, Any] = {}
         for line in response.text.split("\n"):
             if not line:
@@ -79,7 +71,7 @@ class CapnwebBatchTransport(CapnwebTransport):
             except CodecError as exc:
                 raise RetryableError(f"{what}: not acknowledged: {exc}") from None
             if answer.kind == "abort":
-                said = scrub(aborted(answer.value), secret)
+                said = scrub(aborted(answer.value), [secret, self._key])
                 raise RetryableError(f"{what}: receiver aborted the batch: {said}")
             value = answer.value
             if answer.kind == "reject" and not isinstance(value, JsError):
@@ -89,26 +81,6 @@ class CapnwebBatchTransport(CapnwebTransport):
         if missing:
             raise RetryableError(f"{what}: not acknowledged: no answer to {', '.join(missing)}")
         return [answers[i + 1] for i in range(len(calls))]
-
-    def _refusal(self, what: str, response: httpx.Response, secret: str | None) -> Exception:
-        status = response.status_code
-        server_says = scrub(excerpt(response.text), secret)
-        if status == 401:
-            return key_refused(what, self._key, server_says)
-        if 300 <= status < 400:
-            location = scrub(response.headers.get("location", "nowhere"), secret)
-            # Not followed, and not the batch's fault: retried until url is fixed.
-            return RetryableError(
-                f"{what}: receiver redirects ({status}) to {location}; "
-                "set url to the final address (redirects are not followed)"
-            )
-        if status == 429 or status >= 500:
-            return RetryableError(
-                f"{what}: {status}: {server_says}", retry_after=parse_retry_after(response)
-            )
-        if 200 <= status < 300:
-            return RetryableError(f"{what}: not acknowledged: {status} {server_says}")
-        return RejectedError(f"{what}: {status}: {server_says}")
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -1,10 +1,12 @@
 """The share methods (`createShare`, `syncShare`, `deleteShare`) over any capnweb session.
 
 A new share with data is `createShare(sessionID)` and `syncShare(<its id>, <its secret>, data)`
-pipelined in the same round trip: the `syncShare` answer (`{success, syncCount}`) proves the
-data landed, which `createShare(sessionID, initialData)` cannot (a server whose createShare
-takes only the session id ignores the data silently). `syncShare` carries the batch key as a
-fourth argument: syncd's receiver applies a re-sent batch once; JavaScript servers ignore it.
+pipelined in the same round trip: the `syncShare` answer proves the data landed, which
+`createShare(sessionID, initialData)` cannot (opencode's server ignores initialData). Any
+answer that is not a thrown error acknowledges `syncShare` and `deleteShare`: a method wrapping
+opencode's share functions returns nothing, `syncd serve` returns `{success, syncCount}`.
+`syncShare` carries the batch key as a fourth argument: syncd's receiver applies a re-sent
+batch once; JavaScript servers ignore it.
 """
 
 from __future__ import annotations
@@ -12,17 +14,11 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-from ..base import (
-    Batch,
-    Created,
-    RejectedError,
-    RetryableError,
-    Share,
-    ShareNotFoundError,
-    Transport,
-)
-from .codec import CodecError, JsError
-from .protocol import Call, Result, thrown_error
+from ...model import Batch, Created, Share
+from ...wire.capnweb.codec import CodecError, JsError
+from ...wire.capnweb.protocol import Call, Result
+from ..base import DeliveryError, RejectedError, ShareNotFoundError, Transport
+from ..outcome import created_share, thrown
 
 
 class CapnwebTransport(Transport):
@@ -32,7 +28,7 @@ class CapnwebTransport(Transport):
     async def round_trip(self, calls: list[Call], *, secret: str | None = None) -> list[Any]:
         """Send `calls` together (later ones may take `Result`s of earlier ones) and return
         each call's result, or the JsError it threw. Raises RetryableError when the answers
-        did not all arrive, RejectedError when the receiver refused the whole exchange, and
+        did not all arrive, a DeliveryError when the receiver refused the whole exchange, and
         CodecError when an argument cannot travel."""
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:
@@ -46,28 +42,23 @@ class CapnwebTransport(Transport):
         share = _share(answers[0])
         # A refused first batch leaves the share standing: sync() sends it again and
         # dead-letters it with the receiver's message.
-        synced = len(answers) > 1 and _acknowledged(answers[1])
+        synced = len(answers) > 1 and not isinstance(answers[1], JsError)
         return Created(share=share, synced=synced)
 
     async def sync(self, share: Share, batch: Batch) -> None:
         call = Call("syncShare", (share.id, share.secret, batch.items, batch.key))
         [answer] = await self._calls("syncShare", [call], secret=share.secret)
         if isinstance(answer, JsError):
-            raise thrown_error("syncShare", answer, share.secret)
-        if not _acknowledged(answer):
-            raise RetryableError("syncShare: not acknowledged: answer lacks success=true")
+            raise _thrown("syncShare", answer, share.secret)
 
     async def delete(self, share: Share) -> None:
         [answer] = await self._calls(
             "deleteShare", [Call("deleteShare", (share.id, share.secret))], secret=share.secret
         )
         if isinstance(answer, JsError):
-            error = thrown_error("deleteShare", answer, share.secret)
-            if isinstance(error, ShareNotFoundError):
-                return  # already gone: what delete was asked to achieve
-            raise error
-        if not _acknowledged(answer):
-            raise RetryableError("deleteShare: not acknowledged: answer lacks success=true")
+            error = _thrown("deleteShare", answer, share.secret)
+            if not isinstance(error, ShareNotFoundError):
+                raise error  # not found: already gone, what delete was asked to achieve
 
     async def _calls(self, what: str, calls: list[Call], *, secret: str | None) -> list[Any]:
         try:
@@ -76,17 +67,11 @@ class CapnwebTransport(Transport):
             raise RejectedError(f"{what}: capnweb cannot carry this batch: {exc}") from None
 
 
+def _thrown(what: str, error: JsError, secret: str | None) -> DeliveryError:
+    return thrown(what, error.name, error.message, [secret])
+
+
 def _share(answer: Any) -> Share:
     if isinstance(answer, JsError):
-        raise thrown_error("createShare", answer, None)
-    fields = {
-        name: answer.get(name) if isinstance(answer, dict) else None
-        for name in ("id", "secret", "url")
-    }
-    if not all(isinstance(value, str) and value for value in fields.values()):
-        raise RetryableError("createShare: not acknowledged: answer lacks id, secret or url")
-    return Share(**fields)
-
-
-def _acknowledged(answer: Any) -> bool:
-    return isinstance(answer, dict) and answer.get("success") is True
+        raise _thrown("createShare", answer, None)
+    return created_share("createShare", answer)

@@ -21,20 +21,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from syncd import __version__
 
-from ..base import RejectedError, RetryableError
+from ...wire.capnweb.codec import CodecError, JsError, dumps
+from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer, release
+from ...wire.keys import KEY_HEADER
+from ...wire.text import excerpt
+from ..base import RetryableError
+from ..outcome import refusal
 from ..tls import verify_setting
-from .codec import CodecError, JsError, dumps
-from .protocol import (
-    KEY_HEADER,
-    PATH,
-    Call,
-    aborted,
-    excerpt,
-    frame_calls,
-    key_refused,
-    parse_answer,
-    release,
-)
 from .share import CapnwebTransport
 
 # The reference receiver's own limit on one message.
@@ -85,13 +78,14 @@ class CapnwebWsTransport(CapnwebTransport):
                     ssl=self._ssl(),
                 )
             except InvalidStatus as exc:
-                status = exc.response.status_code
-                body = excerpt(exc.response.body.decode("utf-8", "replace"))
-                if status == 401:
-                    raise key_refused(what, self._key, body) from None
-                if status == 429 or status >= 500:
-                    raise RetryableError(f"{what}: {status}: {body}") from None
-                raise RejectedError(f"{what}: upgrade refused: {status}: {body}") from None
+                response = exc.response
+                raise refusal(
+                    f"{what}: upgrade",
+                    response.status_code,
+                    response.headers,
+                    (response.body or b"").decode("utf-8", "replace"),
+                    key=self._key,
+                ) from None
             except (OSError, TimeoutError, WebSocketException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 raise RetryableError(f"{what}: cannot connect: {reason}") from None

@@ -1,0 +1,190 @@
+"""The archive store in one SQLite file: the default receiver store and the embedded archive.
+The rules it keeps are described in `base`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..errors import UserError
+from ..model import Share, SyncItem
+from ..sqlite import open_private, transaction
+from .base import (
+    DEDUP_KEYS_KEPT,
+    SHARE_ID_LENGTH,
+    ArchiveStore,
+    BadSyncData,
+    InvalidSecret,
+    ShareNotFound,
+    item_key,
+    now_ms,
+)
+
+MIGRATIONS = Path(__file__).with_name("migration")
+
+
+class SqliteArchive(ArchiveStore):
+    def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        # One connection: reads must not see another call's transaction half done.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteArchive:
+        """Open (creating, mode 0600: it holds share secrets) and migrate the archive."""
+        try:
+            conn = await open_private(path, MIGRATIONS)
+        except (OSError, aiosqlite.Error) as exc:
+            raise UserError(f"cannot open the archive {path}: {exc}") from exc
+        return cls(path, conn)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return transaction(self._conn, self._lock)
+
+    async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    @staticmethod
+    async def _fetch(db: aiosqlite.Connection, sql: str, params: Iterable[Any]) -> Any:
+        async with db.execute(sql, tuple(params)) as cursor:
+            return await cursor.fetchone()
+
+    async def _check_secret(self, db: aiosqlite.Connection, share_id: str, secret: str) -> None:
+        row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
+        if row is None:
+            raise ShareNotFound()
+        if not isinstance(secret, str) or not hmac.compare_digest(row[0].encode(), secret.encode()):
+            raise InvalidSecret()
+
+    # -- shares ----------------------------------------------------------------------------
+
+    async def create_share(self, session_id: str, base_url: str) -> Share:
+        if not isinstance(session_id, str) or not session_id:
+            raise BadSyncData("sessionID must be a non-empty string")
+        secret = str(uuid.uuid4())
+        stamp = now_ms()
+        async with self._transaction() as db:
+            share_id = session_id[-SHARE_ID_LENGTH:]
+            while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
+            url = f"{base_url}/share/{share_id}"
+            await db.execute(
+                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (share_id, session_id, secret, url, stamp, stamp),
+            )
+        return Share(id=share_id, secret=secret, url=url)
+
+    async def share_for_session(self, session_id: str, base_url: str) -> Share:
+        rows = await self._rows(
+            "SELECT id, secret, url FROM share WHERE session_id = ? "
+            "ORDER BY time_created DESC, rowid DESC LIMIT 1",
+            (session_id,),
+        )
+        if rows:
+            return Share(id=rows[0][0], secret=rows[0][1], url=rows[0][2])
+        return await self.create_share(session_id, base_url)
+
+    async def delete_share(self, share_id: str, secret: str) -> None:
+        async with self._transaction() as db:
+            await self._check_secret(db, share_id, secret)
+            await db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+
+    async def list_shares(self) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT id, session_id, url, time_updated FROM share ORDER BY time_updated DESC, id"
+        )
+        return [
+            {"id": row[0], "session_id": row[1], "url": row[2], "time_updated": row[3]}
+            for row in rows
+        ]
+
+    # -- content ---------------------------------------------------------------------------
+
+    async def sync(
+        self, share_id: str, secret: str, data: list[dict[str, Any]], dedup_key: str | None = None
+    ) -> int:
+        if not isinstance(data, list):
+            raise BadSyncData("data must be an array of SyncData items")
+        merged = [item_key(index, item) for index, item in enumerate(data)]
+        stamp = now_ms()
+        async with self._transaction() as db:
+            await self._check_secret(db, share_id, secret)
+            if dedup_key is not None:
+                seen = await self._fetch(
+                    db,
+                    "SELECT 1 FROM share_sync WHERE share_id = ? AND dedup_key = ?",
+                    (share_id, dedup_key),
+                )
+                if seen:
+                    row = await self._fetch(
+                        db, "SELECT sync_count FROM share WHERE id = ?", (share_id,)
+                    )
+                    return int(row[0])
+                await db.execute(
+                    "INSERT INTO share_sync (share_id, dedup_key, time_applied) VALUES (?, ?, ?)",
+                    (share_id, dedup_key, stamp),
+                )
+                await db.execute(
+                    "DELETE FROM share_sync WHERE share_id = ? AND rowid NOT IN (SELECT rowid "
+                    "FROM share_sync WHERE share_id = ? ORDER BY rowid DESC LIMIT ?)",
+                    (share_id, share_id, DEDUP_KEYS_KEPT),
+                )
+            row = await self._fetch(db, "SELECT seq FROM share WHERE id = ?", (share_id,))
+            seq = int(row[0])
+            await db.executemany(
+                "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
+                "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
+                "seq = excluded.seq",
+                [
+                    (share_id, key, kind, text, stamp, seq + offset)
+                    for offset, (key, kind, text) in enumerate(merged, start=1)
+                ],
+            )
+            await db.execute(
+                "UPDATE share SET sync_count = sync_count + 1, time_updated = ?, seq = ? "
+                "WHERE id = ?",
+                (stamp, seq + len(merged), share_id),
+            )
+            row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
+        return int(row[0])
+
+    async def read_items(self, share_id: str) -> list[dict[str, Any]]:
+        async with self._lock:
+            if not await self._fetch(self._conn, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                raise ShareNotFound()
+            async with self._conn.execute(
+                "SELECT kind, data FROM share_item WHERE share_id = ? ORDER BY item_key",
+                (share_id,),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [{"type": kind, "data": json.loads(text)} for kind, text in rows]
+
+    async def changes(
+        self, share_id: str, after: int, limit: int = 500
+    ) -> list[tuple[int, SyncItem]]:
+        async with self._lock:
+            if not await self._fetch(self._conn, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                raise ShareNotFound()
+            async with self._conn.execute(
+                "SELECT seq, kind, data FROM share_item WHERE share_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (share_id, after, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]

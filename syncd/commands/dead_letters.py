@@ -1,0 +1,173 @@
+"""`syncd dead-letters`: list, show, retry and discard what the receiver refused for good (or
+what could not be read from opencode).
+
+Retry puts the entities behind a letter back as pending, to be read again from opencode at
+send time (the stored payload is only for inspection), and deletes the letter. A letter for
+an item derived from the whole session (`session_diff`, `model`; its item id is the session
+id) re-captures the whole session from opencode. A running daemon picks retried items up at
+its next look at the database (at most `poll_interval` seconds); `syncd sync` sends them now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from rich.text import Text
+
+from ..config import Config
+from ..errors import UserError
+from ..source.changes import ChangeDetector
+from ..source.opencode_db import OpencodeDb
+from ..state.store import StateStore
+from . import Subcommands
+from .status import emit, table_for, timestamp
+
+# Entities read from opencode by id; everything else is derived from the whole session.
+ENTITY_KINDS = ("session", "message", "part")
+
+
+def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    help = "list, show, retry or discard dead letters"
+    letters = commands.add_parser("dead-letters", help=help, description=help)
+    letters.set_defaults(command=_command)
+    # The common flags go on each action (`syncd dead-letters list --state FILE`): argparse
+    # would let an action's defaults overwrite flags given before it.
+    actions = letters.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[common], help=help, description=help)
+
+    action("list", "every dead letter").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+    action("show", "one dead letter with its payload").add_argument("id", type=int)
+    for name, text in (
+        ("retry", "send again (read afresh from opencode) once the receiver accepts them"),
+        ("discard", "drop for good"),
+    ):
+        sub = action(name, text)
+        sub.add_argument("ids", type=int, nargs="*", metavar="ID")
+        sub.add_argument("--all", action="store_true", help="every dead letter")
+
+
+def _command(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    match args.action:
+        case "list":
+            return list_letters(config, as_json=args.json)
+        case "show":
+            return show_letter(config, args.id)
+        case "retry":
+            return retry(config, args.ids, args.all)
+        case _:
+            return discard(config, args.ids, args.all)
+
+
+async def list_letters(config: Config, as_json: bool = False) -> int:
+    state = await StateStore.open_readonly(config.state)
+    try:
+        letters = await state.dead_letters()
+    finally:
+        await state.close()
+    if as_json:
+        json.dump(letters, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not letters:
+        print("no dead letters")
+        return 0
+    table = table_for(sys.stdout, "ID", "SESSION", "KIND", "ITEM", "WHEN", "REASON")
+    for letter in letters:
+        table.add_row(
+            str(letter["id"]),
+            Text(letter["session_id"]),
+            letter["kind"],
+            Text(letter["item_id"]),
+            timestamp(letter["time_created"]),
+            Text(letter["reason"][:120]),
+        )
+    summary = Text(
+        f"{len(letters)} dead letter(s). `syncd dead-letters show ID` shows one; "
+        "`retry` once the receiver accepts them again, `discard` to drop them."
+    )
+    emit(sys.stdout, table, "", summary)
+    return 0
+
+
+async def show_letter(config: Config, letter_id: int) -> int:
+    state = await StateStore.open_readonly(config.state)
+    try:
+        found = await state.dead_letters([letter_id])
+        payload = await state.dead_letter_payload(letter_id)
+    finally:
+        await state.close()
+    if not found:
+        raise UserError(f"no dead letter {letter_id}: `syncd dead-letters list` shows them")
+    json.dump({**found[0], "payload": payload}, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+async def retry(config: Config, ids: Sequence[int], every: bool) -> int:
+    state = await StateStore.open(config.state)
+    try:
+        letters = await _chosen(state, ids, every)
+        keys = await _keys_to_requeue(config, letters)
+        done = await state.requeue_dead_letters(keys)
+    finally:
+        await state.close()
+    items = sum(len(keys[letter_id]) for letter_id in done)
+    print(
+        f"{len(done)} dead letter(s) retried: {items} item(s) pending again. A running daemon "
+        f"sends them within {config.poll_interval:g}s; otherwise run `syncd sync`."
+    )
+    return 0
+
+
+async def discard(config: Config, ids: Sequence[int], every: bool) -> int:
+    state = await StateStore.open(config.state)
+    try:
+        letters = await _chosen(state, ids, every)
+        count = await state.discard_dead_letters(letter["id"] for letter in letters)
+    finally:
+        await state.close()
+    print(f"{count} dead letter(s) discarded")
+    return 0
+
+
+async def _chosen(state: StateStore, ids: Sequence[int], every: bool) -> list[dict[str, Any]]:
+    if every == bool(ids):
+        raise UserError("name the dead letters by id, or pass --all (not both)")
+    letters = await state.dead_letters(None if every else ids)
+    missing = sorted(set(ids) - {letter["id"] for letter in letters})
+    if missing:
+        raise UserError(
+            f"no dead letter {', '.join(map(str, missing))}: `syncd dead-letters list` shows them"
+        )
+    return letters
+
+
+async def _keys_to_requeue(
+    config: Config, letters: list[dict[str, Any]]
+) -> dict[int, set[tuple[str, str]]]:
+    keys: dict[int, set[tuple[str, str]]] = {}
+    derived = [letter for letter in letters if letter["kind"] not in ENTITY_KINDS]
+    for letter in letters:
+        if letter["kind"] in ENTITY_KINDS:
+            keys[letter["id"]] = {(letter["kind"], letter["item_id"])}
+    if derived:
+        db = await OpencodeDb.open(config.db)
+        try:
+            detector = ChangeDetector(db, only_shared=False)
+            sessions: dict[str, set[tuple[str, str]]] = {}
+            for letter in derived:
+                session_id = letter["session_id"]
+                if session_id not in sessions:
+                    sessions[session_id] = await detector.whole_session(session_id)
+                keys[letter["id"]] = sessions[session_id]
+        finally:
+            await db.close()
+    return keys

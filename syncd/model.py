@@ -1,0 +1,69 @@
+"""The things that travel from opencode's database to a receiver, shared by every layer.
+
+This module imports nothing of syncd: the source, the state, the pipeline, the transports and
+the receiver all speak in these terms.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SyncItem = dict[str, Any]
+"""One SyncData item: {"type": "session"|"message"|"part"|"session_diff"|"model", "data": ...}."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """Credentials of one share on the receiver; the secret is never logged (repr hides it)."""
+
+    id: str
+    secret: str = field(repr=False)
+    url: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Coalesced items of one session, sent in one call."""
+
+    session_id: str
+    items: list[SyncItem]
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Deterministic id: the same batch re-sent after a crash carries the same key."""
+        canonical = json.dumps(
+            [self.session_id, self.items], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Created:
+    """Outcome of creating a share: the new share, and whether the batch travelled with it."""
+
+    share: Share
+    synced: bool
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a session has been captured from the source: its journal sequence, or (without
+    a journal) the newest `time_updated` seen."""
+
+    journal_seq: int | None
+    time_updated: int | None
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """One captured entity (session, message or part) waiting for an acknowledgement; the
+    version tells a newer capture of the same entity from the one a batch carried."""
+
+    session_id: str
+    kind: str
+    item_id: str
+    version: int

@@ -1,0 +1,1 @@
+"""The pipeline: per-session windows, the batch planner and the delivery, wired together."""

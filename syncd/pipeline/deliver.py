@@ -1,0 +1,377 @@
+"""Delivers one session's pending items: share lifecycle, retries, acknowledgements.
+
+Retryable failures (transport errors, timeouts, 5xx, 429, a dropped socket) are retried with
+full-jitter exponential backoff, honouring `Retry-After`; the concurrency slot is held only
+during a call, never while backing off. A refusal dead-letters exactly the batch's manifest
+with the server's message. A lost share is re-created once and the whole session sent again.
+
+opencode's own share server answers a lost share, a refused secret and an existing share with
+the same bare 500 as a passing failure. The evidence that tells them apart: the same call
+failing AMBIGUOUS_LIMIT times in a row while the receiver answers other calls. Then the share
+is probed by creating it again: a new share means the old one was lost; a refusal means a share
+of the session exists under a secret syncd does not hold, which opencode's own `session_share`
+row may have. Otherwise the batch is dead-lettered with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_random_exponential,
+)
+
+from ..metrics import Metrics
+from ..model import Batch, Created, Share
+from ..source.loader import load
+from ..source.models import ModelCatalogue
+from ..source.opencode_db import OpencodeDb
+from ..state.store import StateStore
+from ..transports.base import (
+    RejectedError,
+    RetryableError,
+    SecretRefusedError,
+    ShareExistsError,
+    ShareNotFoundError,
+    ShareProblem,
+    Transport,
+)
+from ..urls import origin_of
+from .planner import PlannedBatch, plan_batches
+
+log = structlog.get_logger("syncd.deliver")
+T = TypeVar("T")
+# Bare 500s in a row on one call before the receiver is asked whether it answers at all.
+AMBIGUOUS_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    backoff_max: float = 300.0
+    # None: retry for ever (the daemon). `sync` gives up this many seconds after it started,
+    # across all its sessions and calls, so that it answers in bounded time.
+    give_up_after: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        asked = error.retry_after if isinstance(error, RetryableError) else None
+        if asked is not None and math.isfinite(asked):
+            wait = min(max(asked, 0.0), self.backoff_max)
+        else:
+            wait = wait_random_exponential(multiplier=1, max=self.backoff_max)(state)
+        return min(wait, self.left()) if self.give_up_after is not None else wait
+
+    def left(self) -> float:
+        assert self.give_up_after is not None
+        return max(self.started + self.give_up_after - time.monotonic(), 0.0)
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.give_up_after is not None and self.left() <= 0
+
+
+class KeepsFailing(Exception):
+    """The same call failed AMBIGUOUS_LIMIT times with a bare 500 while the receiver answers
+    other calls: the failure is about this share, not a receiver that is down."""
+
+
+class TargetChanged(Exception):
+    """The receiver was reconfigured while a batch was on its way: the batch stays pending
+    and goes to the new receiver, so that a share is never recorded under the wrong one."""
+
+
+class SessionDelivery:
+    """Everything needed to bring one session's remote copy up to date."""
+
+    def __init__(
+        self,
+        *,
+        db: OpencodeDb,
+        state: StateStore,
+        transport: Transport,
+        target: str,
+        origin: str | None,
+        catalogue: ModelCatalogue,
+        whole_session: Callable[[str], Awaitable[set[tuple[str, str]]]],
+        policy: RetryPolicy,
+        concurrency: int,
+        max_items: int,
+        max_bytes: int,
+        metrics: Metrics,
+    ) -> None:
+        self._db = db
+        self._state = state
+        self._transport = transport
+        self._target = target
+        self._origin = origin
+        self._catalogue = catalogue
+        self._whole_session = whole_session
+        self._policy = policy
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        # Calls in flight per transport, so that a replaced transport is closed only when idle.
+        self._calls: Counter[Transport] = Counter()
+        self._idle = asyncio.Condition()
+
+    def reconfigure(
+        self, *, policy: RetryPolicy, concurrency: int, max_items: int, max_bytes: int
+    ) -> None:
+        """New settings (SIGHUP) for the batches planned and the calls started from now on."""
+        self._policy = policy
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        if concurrency != self._concurrency:
+            # Calls holding a slot of the old semaphore release it; new calls take new slots.
+            self._slots = asyncio.Semaphore(concurrency)
+            self._concurrency = concurrency
+
+    async def replace_transport(
+        self, transport: Transport, target: str, origin: str | None
+    ) -> Transport:
+        """Send from now on through `transport` (retries included) and wait until the calls
+        still running on the old one have ended; returns the old one, for the caller to close.
+        A batch whose call to the old receiver succeeded is acknowledged as usual."""
+        old = self._transport
+        self._transport, self._target, self._origin = transport, target, origin
+        async with self._idle:
+            await self._idle.wait_for(lambda: self._calls[old] == 0)
+        del self._calls[old]
+        return old
+
+    async def deliver(self, session_id: str) -> None:
+        """Send batches until nothing is pending for the session. Raises RetryableError only
+        when the policy gives up (`sync`); the items then stay pending."""
+        try:
+            await self._deliver_pending(session_id)
+        except TargetChanged:
+            log.info("receiver reconfigured; batch stays pending for it", session=session_id)
+
+    async def _deliver_pending(self, session_id: str) -> None:
+        while pending := await self._state.pending(session_id, self._max_items):
+            loaded = await load(self._db, pending, self._catalogue)
+            if loaded.bad:
+                for item, reason, raw in loaded.bad:
+                    log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
+                    await self._state.dead_letter(session_id, [(item, raw)], reason)
+                self._metrics.record_dead_letters(len(loaded.bad))
+            if loaded.gone:  # deleted in opencode: nothing left to deliver
+                await self._state.ack(session_id, loaded.gone)
+            delivered_diff = await self._state.diff_hash(session_id)
+            batches = plan_batches(
+                session_id,
+                loaded,
+                delivered_diff,
+                max_items=self._max_items,
+                max_bytes=self._max_bytes,
+            )
+            for planned in batches:
+                if not await self._send(session_id, planned):
+                    break  # the share was re-created: pending now holds the whole session
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the remote copy of a session deleted in opencode."""
+        known = await self._state.share(session_id, self._target)
+        if known is not None:
+            share, _ = known
+            try:
+                await self._retrying(session_id, "delete", lambda t: t.delete(share))
+            except (ShareProblem, KeepsFailing, RejectedError) as error:
+                log.warning("remote delete refused", session=session_id, error=str(error))
+        await self._state.forget_session(session_id)
+
+    async def _send(self, session_id: str, planned: PlannedBatch) -> bool:
+        """Deliver one batch; False when the share changed and pending now holds the whole
+        session."""
+        batch = planned.batch
+        target = self._target
+        known = None
+        try:
+            known = await self._share(session_id)
+            if known is None:
+                created = await self._create(session_id, batch, target)
+                await self._state.save_share(session_id, target, created.share)
+                log.info("share created", session=session_id, url=created.share.url)
+                if not created.synced:
+                    await self._sync(session_id, created.share, batch, target)
+            else:
+                await self._sync(session_id, known[0], batch, target)
+        except ShareNotFoundError as error:
+            return await self._recreate(session_id, planned, str(error))
+        except KeepsFailing as error:
+            if known is None:  # create itself keeps failing: a share of the session exists
+                return await self._reclaim(session_id, planned, None, str(error))
+            return await self._probe(session_id, planned, known[0], str(error))
+        except ShareProblem as error:  # a refused secret, or an existing share
+            return await self._reclaim(session_id, planned, known and known[0], str(error))
+        except RejectedError as error:
+            await self._reject(session_id, planned, str(error))
+            return True
+        await self._state.ack(session_id, planned.acknowledges, planned.diff_hash)
+        self._metrics.record_delivered(len(batch.items), planned.size)
+        log.debug("batch delivered", session=session_id, items=len(batch.items))
+        return True
+
+    async def _create(self, session_id: str, batch: Batch | None, target: str) -> Created:
+        return await self._retrying(
+            session_id, "create", lambda t: t.create(session_id, batch), target
+        )
+
+    async def _sync(self, session_id: str, share: Share, batch: Batch, target: str) -> None:
+        await self._retrying(session_id, "sync", lambda t: t.sync(share, batch), target)
+
+    async def _share(self, session_id: str) -> tuple[Share, bool] | None:
+        known = await self._state.share(session_id, self._target)
+        if known is not None:
+            return known
+        # opencode shared it on this same server: continue its share rather than make another.
+        share = await self._opencode_share(session_id)
+        if share is None:
+            return None
+        await self._state.save_share(session_id, self._target, share)
+        return share, False
+
+    async def _opencode_share(self, session_id: str) -> Share | None:
+        """opencode's own share of the session, when it is on the server syncd delivers to."""
+        if not self._transport.reuses_opencode_shares or not self._origin:
+            return None
+        share = await self._db.share_of(session_id)
+        if share is None or origin_of(share.url) != self._origin:
+            return None
+        return share
+
+    async def _recreate(
+        self, session_id: str, planned: PlannedBatch, message: str, created: Created | None = None
+    ) -> bool:
+        """The receiver lost the share: a new one (`created`, or made now) gets the whole
+        session. Lost again right after, the batch is dead-lettered."""
+        known = await self._state.share(session_id, self._target)
+        if known is not None and known[1]:
+            await self._reject(
+                session_id, planned, f"share lost again after re-creating it: {message}"
+            )
+            return True
+        log.warning("share lost on the receiver; re-creating it", session=session_id)
+        if created is None:
+            created = await self._create(session_id, None, self._target)
+        await self._state.save_share(session_id, self._target, created.share, recreated=True)
+        await self._resend_whole(session_id)
+        return False
+
+    async def _probe(self, session_id: str, planned: PlannedBatch, share: Share, why: str) -> bool:
+        """Calls on `share` keep failing while the receiver answers: create the share again.
+        A new share means the old one was lost; a refusal, that it exists under another
+        secret."""
+        log.warning("share keeps failing; probing it by creating it again", session=session_id)
+        try:
+            created = await self._create(session_id, None, self._target)
+        except (ShareExistsError, KeepsFailing, RejectedError, SecretRefusedError):
+            return await self._reclaim(session_id, planned, share, why)
+        return await self._recreate(session_id, planned, why, created)
+
+    async def _reclaim(
+        self, session_id: str, planned: PlannedBatch, refused: Share | None, why: str
+    ) -> bool:
+        """A share of the session exists on the receiver, and the secret syncd holds (if any)
+        is not its secret. opencode's own credentials for it are the one way back; without
+        them the batch is dead-lettered, explained, instead of retried for ever."""
+        share = await self._opencode_share(session_id)
+        if share is not None and (refused is None or share.secret != refused.secret):
+            log.warning("continuing the share opencode made of this session", session=session_id)
+            await self._state.save_share(session_id, self._target, share)
+            await self._resend_whole(session_id)  # opencode's own share is rarely complete
+            return False
+        await self._state.drop_share(session_id, self._target)
+        await self._reject(
+            session_id,
+            planned,
+            "shared on the server by someone else: a share of this session exists on the "
+            "receiver under a secret syncd does not hold (created by opencode's own share, or "
+            "by syncd before its state was lost); delete that share on the server, then run "
+            f"`syncd dead-letters retry --all` (last error: {why})",
+        )
+        return True
+
+    async def _resend_whole(self, session_id: str) -> None:
+        # The share is new to syncd: everything the session has must go, diffs included.
+        await self._state.capture(session_id, await self._whole_session(session_id))
+        await self._state.reset_diff_hash(session_id)
+
+    async def _reject(self, session_id: str, planned: PlannedBatch, reason: str) -> None:
+        log.error("batch refused; dead-lettered", session=session_id, reason=reason)
+        letters = planned.refused()
+        await self._state.dead_letter(session_id, letters, reason)
+        self._metrics.record_dead_letters(len(letters), refused=reason)
+
+    async def _retrying(
+        self,
+        session_id: str,
+        operation: str,
+        call: Callable[[Transport], Awaitable[T]],
+        target: str | None = None,
+    ) -> T:
+        """`call` on the current transport until it succeeds, is refused, or the policy gives
+        up; raises TargetChanged when the receiver is reconfigured away from `target`."""
+
+        ambiguous = 0
+
+        async def attempt() -> T:
+            nonlocal ambiguous
+            try:
+                return await call_once()
+            except RetryableError as error:
+                ambiguous = ambiguous + 1 if error.ambiguous else 0
+                if ambiguous >= AMBIGUOUS_LIMIT and await self._transport.answering():
+                    raise KeepsFailing(str(error)) from error
+                raise
+
+        async def call_once() -> T:
+            async with self._slots:
+                if target is not None and target != self._target:
+                    raise TargetChanged(target)
+                transport = self._transport
+                self._calls[transport] += 1
+                started = time.monotonic()
+                ok = False
+                try:
+                    result = await call(transport)
+                    ok = True
+                    return result
+                finally:
+                    self._metrics.observe_call(operation, time.monotonic() - started, ok=ok)
+                    self._calls[transport] -= 1
+                    async with self._idle:
+                        self._idle.notify_all()
+
+        async def note(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._metrics.record_retry(str(error))
+            await self._state.record_error(session_id, str(error))
+            log.warning(
+                "delivery failed; retrying",
+                session=session_id,
+                error=str(error),
+                attempt=state.attempt_number,
+                wait=round(state.upcoming_sleep, 2),
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=self._policy.wait,
+            stop=self._policy.stop,
+            before_sleep=note,
+            reraise=True,
+        )
+        return await retrying(attempt)

@@ -1,0 +1,109 @@
+"""The batch planner: what was loaded for a session, split into bounded batches, each with its
+manifest (the pending items it acknowledges, and the items it carries)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..model import Batch, PendingItem, SyncItem
+from ..source.loader import Loaded
+from ..source.syncdata import diff_item, model_item, user_model_ref
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One batch and its manifest: what it carries and what its acknowledgement settles."""
+
+    batch: Batch
+    # Parallel to batch.items: the pending item each was read for; None for the items derived
+    # from the session as a whole (its diffs, the models of its messages).
+    carried: list[PendingItem | None]
+    # The pending items that leave the state when the receiver acknowledges the batch.
+    acknowledges: list[PendingItem]
+    diff_hash: str | None  # the session_diff this batch carries, if any
+    size: int  # bytes of the items' JSON
+
+    def refused(self) -> list[tuple[PendingItem, SyncItem | None]]:
+        """What a refusal dead-letters: every item carried, under its own pending item (a
+        derived one under the session, so that a retry derives it again), and every pending
+        item the batch would have acknowledged."""
+        session_id = self.batch.session_id
+        letters: dict[PendingItem, SyncItem | None] = {}
+        for item, pending in zip(self.batch.items, self.carried, strict=True):
+            letters[pending or PendingItem(session_id, item["type"], session_id, 0)] = item
+        for pending in self.acknowledges:
+            letters.setdefault(pending, None)
+        return list(letters.items())
+
+
+def diff_hash(diffs: list) -> str:
+    canonical = json.dumps(diffs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def plan_batches(
+    session_id: str,
+    loaded: Loaded,
+    delivered_diff_hash: str | None,
+    *,
+    max_items: int,
+    max_bytes: int,
+) -> list[PlannedBatch]:
+    """Split what was loaded into batches of at most `max_items` items and about `max_bytes`
+    bytes (an item larger than that travels alone). A server may append diffs (opencode's
+    replaces them), so the session_diff goes only when its content changed since the last
+    delivered one."""
+    entries: list[tuple[SyncItem, PendingItem | None]] = [(it, p) for p, it in loaded.items]
+    new_diff_hash = None
+    if loaded.diffs and diff_hash(loaded.diffs) != delivered_diff_hash:
+        new_diff_hash = diff_hash(loaded.diffs)
+        entries.append((diff_item(loaded.diffs), None))
+    if loaded.models:
+        entries.append((model_item(loaded.models), None))
+
+    # The items the derived ones come from (the session row for its diffs, user messages for
+    # models) are acknowledged only with the batch carrying the last derived item: acknowledged
+    # earlier, an interruption before that batch (a crash, a stopped backfill) would leave
+    # nothing pending to derive them from again, and the diffs or models would never arrive.
+    derived_left = (new_diff_hash is not None) + bool(loaded.models)
+
+    def is_source(item: SyncItem) -> bool:
+        if item["type"] == "session":
+            return new_diff_hash is not None
+        return bool(loaded.models) and item["type"] == "message" and bool(user_model_ref(item))
+
+    deferred: list[PendingItem] = []
+    planned: list[PlannedBatch] = []
+    items: list[SyncItem] = []
+    carried: list[PendingItem | None] = []
+    acknowledges: list[PendingItem] = []
+    size = 0
+    carries_diff = False
+
+    def close() -> None:
+        nonlocal items, carried, acknowledges, size, carries_diff
+        if items:
+            digest = new_diff_hash if carries_diff else None
+            planned.append(
+                PlannedBatch(Batch(session_id, items), carried, acknowledges, digest, size)
+            )
+        items, carried, acknowledges, size, carries_diff = [], [], [], 0, False
+
+    for item, pending in entries:
+        item_size = len(json.dumps(item, ensure_ascii=False).encode())
+        if items and (len(items) >= max_items or size + item_size > max_bytes):
+            close()
+        items.append(item)
+        carried.append(pending)
+        size += item_size
+        if pending is not None:
+            (deferred if is_source(item) else acknowledges).append(pending)
+            continue
+        carries_diff = carries_diff or item["type"] == "session_diff"
+        derived_left -= 1
+        if derived_left == 0:
+            acknowledges.extend(deferred)
+    close()
+    return planned

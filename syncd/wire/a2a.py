@@ -1,0 +1,90 @@
+"""SyncData in A2A messages, as the `a2a` transport sends them and `syncd serve` reads them.
+
+Mapping: a session is an A2A `contextId`; each batch is one `SendMessage` whose `messageId` is
+the batch key, carrying one part per SyncData item.
+
+Numbers: an A2A data part is a `google.protobuf.Value`, where every number is a double, so the
+SDK sends `1790000000000` as `1790000000000.0` and a receiver reads a float. The rule both ends
+follow (`item_part` / `part_item`): in a data part a whole number is an integer, as in the
+JSON opencode (JavaScript) writes. An item the rule cannot carry exactly (an integer beyond
+2**53, a float with no fraction, NaN) travels as a text part holding its JSON text, media type
+`application/json`.
+
+A2A has no operation that removes a context: delete is a message with metadata
+`{"syncd.operation": "delete"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from ..model import SyncItem
+
+if TYPE_CHECKING:
+    from a2a.types.a2a_pb2 import Message, Part
+
+JSON_MEDIA_TYPE = "application/json"
+OPERATION_FIELD = "syncd.operation"
+DELETE_OPERATION = "delete"
+EXACT_INT = 2**53  # doubles hold every integer up to this exactly
+
+
+def _exact_as_double(value: Any) -> bool:
+    """Whether `value` comes back unchanged through a data part and `_whole_to_int`."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= EXACT_INT
+    if isinstance(value, float):
+        return math.isfinite(value) and not value.is_integer()
+    if isinstance(value, list):
+        return all(_exact_as_double(element) for element in value)
+    if isinstance(value, dict):
+        return all(_exact_as_double(element) for element in value.values())
+    return False
+
+
+def _whole_to_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_to_int(element) for element in value]
+    if isinstance(value, dict):
+        return {key: _whole_to_int(element) for key, element in value.items()}
+    return value
+
+
+def item_part(item: SyncItem) -> Part:
+    """The A2A part carrying one SyncData item (see the module docstring for numbers)."""
+    from a2a.types.a2a_pb2 import Part
+    from google.protobuf import json_format, struct_pb2
+
+    if _exact_as_double(item):
+        return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
+    return Part(
+        text=json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
+        media_type=JSON_MEDIA_TYPE,
+    )
+
+
+def part_item(part: Part) -> Any:
+    """The JSON value a part carries (ValueError naming the problem when it carries none)."""
+    from google.protobuf import json_format
+
+    content = part.WhichOneof("content")
+    if content == "data":
+        return _whole_to_int(json_format.MessageToDict(part.data))
+    if content == "text" and part.media_type == JSON_MEDIA_TYPE:
+        try:
+            return json.loads(part.text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"text part is not valid JSON ({exc})") from exc
+    raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
+
+
+def is_delete(message: Message) -> bool:
+    return message.metadata.fields.get(OPERATION_FIELD) is not None and (
+        message.metadata.fields[OPERATION_FIELD].string_value == DELETE_OPERATION
+    )

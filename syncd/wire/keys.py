@@ -1,0 +1,3 @@
+"""The optional key a receiver can demand before it accepts calls."""
+
+KEY_HEADER = "x-opencode-share-key"

@@ -1,0 +1,91 @@
+"""Batches respect their bounds, diffs go only when they changed, windows gather changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from syncd.model import PendingItem
+from syncd.pipeline.planner import diff_hash, plan_batches
+from syncd.pipeline.window import Window
+from syncd.source.loader import Loaded
+
+
+def loaded_parts(count: int, text: str = "x") -> Loaded:
+    loaded = Loaded()
+    for i in range(count):
+        item = {"type": "part", "data": {"id": f"p{i}", "text": text}}
+        loaded.items.append((PendingItem("s", "part", f"p{i}", 1), item))
+    return loaded
+
+
+def test_item_bound_splits_a_backlog() -> None:
+    planned = plan_batches("s", loaded_parts(25), None, max_items=10, max_bytes=10**9)
+    assert [len(p.batch.items) for p in planned] == [10, 10, 5]
+    covered = [p.item_id for b in planned for p in b.acknowledges]
+    assert covered == [f"p{i}" for i in range(25)]
+
+
+def test_byte_bound_splits_and_a_huge_item_travels_alone() -> None:
+    loaded = loaded_parts(3, text="y" * 1000)
+    loaded.items.insert(
+        1, (PendingItem("s", "part", "big", 1), {"type": "part", "data": {"text": "z" * 5000}})
+    )
+    planned = plan_batches("s", loaded, None, max_items=100, max_bytes=2500)
+    sizes = [len(json.dumps(p.batch.items)) for p in planned]
+    assert [len(p.batch.items) for p in planned] == [1, 1, 2]
+    assert sizes[1] > 2500 and all(size <= 2500 for i, size in enumerate(sizes) if i != 1)
+
+
+def test_diff_only_when_changed_and_models_follow() -> None:
+    loaded = loaded_parts(1)
+    loaded.diffs = [{"file": "a", "additions": 1}]
+    loaded.models = [{"id": "m", "providerID": "p", "name": "M"}]
+    fresh = plan_batches("s", loaded, None, max_items=10, max_bytes=10**6)
+    assert [i["type"] for i in fresh[0].batch.items] == ["part", "session_diff", "model"]
+    assert fresh[0].diff_hash == diff_hash(loaded.diffs)
+    same = plan_batches("s", loaded, diff_hash(loaded.diffs), max_items=10, max_bytes=10**6)
+    assert [i["type"] for i in same[0].batch.items] == ["part", "model"]
+    assert same[0].diff_hash is None
+
+
+def test_batch_key_is_deterministic() -> None:
+    one = plan_batches("s", loaded_parts(3), None, max_items=10, max_bytes=10**6)[0].batch
+    two = plan_batches("s", loaded_parts(3), None, max_items=10, max_bytes=10**6)[0].batch
+    other = plan_batches("s", loaded_parts(3, "changed"), None, max_items=10, max_bytes=10**6)[0]
+    assert one.key == two.key != other.batch.key
+
+
+async def test_window_gathers_touches_into_one_delivery() -> None:
+    calls: list[str] = []
+
+    async def deliver(session_id: str) -> None:
+        calls.append(session_id)
+
+    window = Window(0.2, deliver)
+    for _ in range(5):
+        window.touch("a")
+        await asyncio.sleep(0.01)
+    window.touch("b")
+    await asyncio.sleep(0.5)
+    assert sorted(calls) == ["a", "b"]
+    assert window.busy == 0
+
+
+async def test_a_stuck_session_does_not_hold_up_another() -> None:
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def deliver(session_id: str) -> None:
+        if session_id == "stuck":
+            await release.wait()
+        done.append(session_id)
+
+    window = Window(0.01, deliver)
+    window.touch("stuck")
+    window.touch("fine")
+    await asyncio.sleep(0.2)
+    assert done == ["fine"]
+    release.set()
+    await window.drain()
+    assert done == ["fine", "stuck"]
