@@ -1,5 +1,6 @@
-"""Runs the reference share server (npm capnweb, tests/node/share_rpc_server.mjs) and the
-npm capnweb client script (tests/node/share_rpc_client.mjs) for tests."""
+"""Runs the Node share servers (npm capnweb: tests/node/share_rpc_server.mjs, the reference
+capnweb server; tests/node/opencode_share_server.mjs, opencode's real share server semantics
+over REST and capnweb) and the npm capnweb client script (tests/node/share_rpc_client.mjs)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,50 @@ NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 
 @contextlib.contextmanager
 def node_share_server(key: str | None = None) -> Iterator[str]:
+    """The reference capnweb server's base url (127.0.0.1, ephemeral port)."""
+    with _node_server("share_rpc_server.mjs", {"SHARE_RPC_KEY": key or ""}) as url:
+        yield url
+
+
+class OpencodeShareServer:
+    """opencode's real share server (tests/node/opencode_share_server.mjs) and its test hooks."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _hook(self, path: str) -> dict:
+        method = "GET" if path == "state" else "POST"
+        request = urllib.request.Request(f"{self.url}/test/{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def state(self) -> dict:
+        """{"shares": {id: {secret, sessionID, items}}, "creates": N}"""
+        return self._hook("state")
+
+    def remove(self, share_id: str) -> None:
+        self._hook(f"remove/{share_id}")
+
+    def fail(self, failing: bool) -> None:
+        self._hook("fail/on" if failing else "fail/off")
+
+    def drop_next_create_answer(self) -> None:
+        self._hook("drop-create-answer")
+
+
+@contextlib.contextmanager
+def opencode_share_server() -> Iterator[OpencodeShareServer]:
+    with _node_server("opencode_share_server.mjs", {}) as url:
+        yield OpencodeShareServer(url)
+
+
+@contextlib.contextmanager
+def _node_server(script: str, env: dict[str, str]) -> Iterator[str]:
     """The server's base url (127.0.0.1, ephemeral port); the process is killed on exit."""
-    env = {**os.environ, "SHARE_RPC_KEY": key or ""}
     process = subprocess.Popen(
-        ["node", "--expose-gc", "share_rpc_server.mjs"],
+        ["node", "--expose-gc", script],
         cwd=NODE_DIR,
-        env=env,
+        env={**os.environ, **env},
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -29,7 +69,7 @@ def node_share_server(key: str | None = None) -> Iterator[str]:
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:
-            raise RuntimeError(f"share_rpc_server.mjs did not start (exit {process.wait()})")
+            raise RuntimeError(f"{script} did not start (exit {process.wait()})")
         yield f"http://127.0.0.1:{json.loads(line)['port']}"
     finally:
         process.kill()

@@ -47,9 +47,7 @@ class Server:
             def handle_one(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                server.requests.append(
-                    Request(self.command, self.path, json.loads(raw) if raw else None)
-                )
+                server.requests.append(Request(self.command, self.path, _decoded(raw)))
                 answer = server.answer(self.command, self.path)
                 time.sleep(answer.delay)
                 body = answer.body
@@ -82,3 +80,13 @@ class Server:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+
+
+def _decoded(raw: bytes) -> Any:
+    """A JSON body as its value; anything else (capnweb's newline-delimited batches) as text."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
