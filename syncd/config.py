@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import structlog
@@ -25,13 +25,19 @@ from syncd import jsonc
 from syncd.errors import UserError
 from syncd.urls import origin_of
 
-TRANSPORTS = ("local", "http", "capnweb-batch", "capnweb-ws", "a2a")
+TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
+Sessions = Literal["all", "shared"]
+OnDelete = Literal["keep", "delete"]
+A2aBinding = Literal["jsonrpc", "http+json"]
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 REMOTE_TRANSPORTS = TRANSPORTS[1:]
-SESSIONS = ("all", "shared")
-ON_DELETE = ("keep", "delete")
-A2A_BINDINGS = ("jsonrpc", "http+json")
-LOG_FORMATS = ("auto", "console", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+SESSIONS: tuple[Sessions, ...] = get_args(Sessions)
+ON_DELETE: tuple[OnDelete, ...] = get_args(OnDelete)
+A2A_BINDINGS: tuple[A2aBinding, ...] = get_args(A2aBinding)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 
 # opencode's global config files, later ones overriding earlier ones (as opencode merges them).
 OPENCODE_CONFIG_FILES = ("config.json", "opencode.json", "opencode.jsonc")
@@ -45,8 +51,8 @@ class Config:
     state: Path
     archive: Path
     url: str | None
-    transport: str
-    sessions: str
+    transport: TransportName
+    sessions: Sessions
     key: str | None = field(default=None, repr=False)
     window: float = 1.0
     batch_max_items: int = 500
@@ -55,13 +61,13 @@ class Config:
     request_timeout: float = 30.0
     backoff_max: float = 300.0
     concurrency: int = 8
-    on_delete: str = "keep"
-    a2a_binding: str = "jsonrpc"
+    on_delete: OnDelete = "keep"
+    a2a_binding: A2aBinding = "jsonrpc"
     ca_bundle: Path | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 4788
-    log_format: str = "auto"
-    log_level: str = "info"
+    log_format: LogFormat = "auto"
+    log_level: LogLevel = "info"
     metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
     health_max_failures: int = 5
     health_period: float = 300.0
