@@ -9,6 +9,7 @@ from syncd.model import PendingItem
 from syncd.pipeline.planner import diff_hash, plan_batches
 from syncd.pipeline.window import Window
 from syncd.source.loader import Loaded
+from tests.support.env import wait_until
 
 
 def loaded_parts(count: int, text: str = "x") -> Loaded:
@@ -67,9 +68,8 @@ async def test_window_gathers_touches_into_one_delivery() -> None:
         window.touch("a")
         await asyncio.sleep(0.01)
     window.touch("b")
-    await asyncio.sleep(0.5)
-    assert sorted(calls) == ["a", "b"]
-    assert window.busy == 0
+    await wait_until(lambda: window.busy == 0, "both windows to close")
+    assert sorted(calls) == ["a", "b"]  # five touches of "a", one delivery
 
 
 async def test_a_stuck_session_does_not_hold_up_another() -> None:
@@ -84,8 +84,7 @@ async def test_a_stuck_session_does_not_hold_up_another() -> None:
     window = Window(0.01, deliver)
     window.touch("stuck")
     window.touch("fine")
-    await asyncio.sleep(0.2)
-    assert done == ["fine"]
+    await wait_until(lambda: done == ["fine"], "the other session's delivery")
     release.set()
     await window.drain()
     assert done == ["fine", "stuck"]
