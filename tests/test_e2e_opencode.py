@@ -6,12 +6,14 @@ same JSON types, through SIGTERM, SIGKILL, receiver outages and restarts."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.expected import assert_receiver_matches, database_snapshot, receiver_differences
 from tests.support.fake_llm import FakeLlm, Turn
+from tests.support.node_share_rpc import OpencodeShareServer, opencode_share_server
 from tests.support.opencode_driver import Opencode
 from tests.support.receiver import Receiver, running_receiver
 from tests.support.syncd_process import (
@@ -50,14 +52,24 @@ def syncd_args(
     ]
 
 
-async def run_opencode(opencode: Opencode, fake_llm: FakeLlm, n: int) -> None:
-    """One headless session writing f{n}.txt, off the event loop (the receiver runs on it)."""
+async def run_opencode(
+    opencode: Opencode, fake_llm: FakeLlm, n: int, session: str | None = None
+) -> None:
+    """One headless run writing f{n}.txt (in a new session, or continuing `session`), off the
+    event loop (the receiver runs on it)."""
     fake_llm.turn = Turn(
         file_name=f"f{n}.txt",
         file_text="".join(f"run {n} line {i}\n" for i in range(20)),
         reply=" ".join(f"run{n}-word{i}" for i in range(80)),
     )
-    await asyncio.to_thread(opencode.run, f"please write the file f{n}.txt")
+    prompt = f"please write the file f{n}.txt"
+    if session is None:
+        await asyncio.to_thread(opencode.run, prompt)
+        return
+    result = await asyncio.to_thread(
+        opencode.command, "run", "--auto", "--session", session, prompt
+    )
+    assert result.returncode == 0, result.stderr
 
 
 async def receiver_shares(receiver: Receiver) -> dict[str, str]:
@@ -215,3 +227,65 @@ async def test_websocket_broken_mid_run_loses_nothing(
         assert receiver.websockets >= 2
         await assert_receiver_holds_database(receiver, opencode, state_db, syncd)
         assert receiver.create_count == 3
+
+
+@pytest.mark.parametrize("transport", ["http", "capnweb-batch", "capnweb-ws"])
+async def test_opencodes_real_share_server_ends_complete_and_acknowledged(
+    tmp_path: Path, opencode: Opencode, fake_llm: FakeLlm, transport: str
+) -> None:
+    """The receiver users run: opencode's own share server (answers `{}`, bare 500s, share id
+    from the session id). Headless runs, a share lost on the server and its session continued,
+    SIGTERM: the server holds the database field by field, nothing pending or dead-lettered."""
+    state_db = tmp_path / "syncd-state.db"
+    with opencode_share_server() as server:
+        args = [
+            "run", "--db", str(opencode.db_path), "--state", str(state_db), "--url",
+            server.url, "--transport", transport, "--sessions", "all",
+        ]  # fmt: skip
+        async with syncd_process(args, opencode.env, tmp_path / "syncd.log") as syncd:
+            await run_opencode(opencode, fake_llm, 0)
+            first = set(database_snapshot(opencode.db_path))
+            await wait_until_async(lambda: held_sessions(server) >= first, syncd)
+            [lost] = first
+            server.remove(lost[-8:])  # lost on the server
+            await run_opencode(opencode, fake_llm, 1, session=lost)  # new parts in it
+            await run_opencode(opencode, fake_llm, 2)
+            assert await syncd.terminate() == 0, syncd.log()[-5000:]
+
+        snapshot = database_snapshot(opencode.db_path)
+        assert len(snapshot) == 2
+        documents = server_documents(server)
+        assert set(documents) == set(snapshot), syncd.log()[-5000:]
+        for session_id, expected in snapshot.items():
+            assert_receiver_matches(expected, documents[session_id])
+        assert state_dead_letters(state_db) == []
+        assert server.state()["creates"] == 3  # two sessions, the lost one once more
+
+
+def held_sessions(server: OpencodeShareServer) -> set[str]:
+    return {share["sessionID"] for share in server.state()["shares"].values()}
+
+
+def server_documents(server: OpencodeShareServer) -> dict[str, dict]:
+    """session id -> its share as `ArchiveStore.read_share` shapes it."""
+    documents = {}
+    for share in server.state()["shares"].values():
+        document: dict = {"session": None, "messages": [], "parts": [], "diffs": [], "models": []}
+        for item in share["items"]:
+            kind, data = item["type"], item["data"]
+            if kind == "session":
+                document["session"] = data
+            elif kind in ("message", "part"):
+                document[kind + "s"].append(data)
+            else:
+                document["diffs" if kind == "session_diff" else "models"] = data
+        documents[share["sessionID"]] = document
+    return documents
+
+
+async def wait_until_async(check: Callable[[], bool], syncd: SyncdProcess) -> None:
+    deadline = asyncio.get_running_loop().time() + CATCH_UP_TIMEOUT
+    while not await asyncio.to_thread(check):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"syncd did not catch up\n{syncd.log()[-5000:]}")
+        await asyncio.sleep(0.2)
