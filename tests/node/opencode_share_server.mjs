@@ -13,7 +13,8 @@
 //
 // Test hooks under /test/: GET state (every share with its items and secret), POST
 // remove/:id (the share is lost), POST fail/on|off (every /api and /rpc request answers 500
-// until off: a passing outage), POST drop-create-answer (the next create is applied and its
+// until off: a passing outage), POST fail-sync/N (the next N syncs throw a storage error while
+// everything else answers), POST drop-create-answer (the next create is applied and its
 // connection destroyed before the answer).
 //
 //   node opencode_share_server.mjs      prints {"port": N} once listening on 127.0.0.1
@@ -26,7 +27,7 @@ import { RpcSession, RpcTarget, WebSocketTransport, nodeHttpBatchRpcResponse } f
 globalThis.WebSocket ??= WebSocket;
 
 const shares = new Map(); // id -> {secret, sessionID, items: Map(key -> item)}
-const hooks = { failing: false, dropCreateAnswer: false, creates: 0 };
+const hooks = { failing: false, dropCreateAnswer: false, creates: 0, syncFailures: 0 };
 
 function itemKey(item) {
   if (item.type === "session") return "session";
@@ -52,6 +53,12 @@ function get(id, secret) {
 }
 
 function sync(id, secret, data) {
+  if (hooks.syncFailures > 0) {
+    // A passing storage failure inside sync (a bucket write that fails) while reads and
+    // everything else answer: thrown like any other error.
+    hooks.syncFailures -= 1;
+    throw new Error("Storage write failed");
+  }
   const share = get(id, secret);
   for (const item of data) share.items.set(itemKey(item), item);
 }
@@ -160,6 +167,7 @@ function testHook(req, res) {
   if (action === "remove") shares.delete(arg);
   else if (action === "fail") hooks.failing = arg === "on";
   else if (action === "drop-create-answer") hooks.dropCreateAnswer = true;
+  else if (action === "fail-sync") hooks.syncFailures = Number(arg);
   send(res, 200, {});
 }
 

@@ -45,6 +45,10 @@ class OpencodeShareServer:
     def fail(self, failing: bool) -> None:
         self._hook("fail/on" if failing else "fail/off")
 
+    def fail_next_syncs(self, count: int) -> None:
+        """The next `count` syncs throw (a passing storage failure); reads still answer."""
+        self._hook(f"fail-sync/{count}")
+
     def drop_next_create_answer(self) -> None:
         self._hook("drop-create-answer")
 

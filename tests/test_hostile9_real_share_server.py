@@ -1,0 +1,185 @@
+"""Hostile tests (helper hostile9) of the change for issues 9 and 10, against opencode's real
+share server semantics (tests/node/opencode_share_server.mjs). Each test asserts what the
+issue asks for and FAILS on main as of 2451422; the report names the suspected cause."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd.commands.dead_letters import retry
+from syncd.commands.sync import sync_once
+from syncd.config import Config
+from syncd.errors import UserError
+from syncd.state.store import StateStore
+from tests.support.archive_check import expected_state, make_config
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.node_share_rpc import OpencodeShareServer, opencode_share_server
+
+TRANSPORTS = ["http", "capnweb-batch", "capnweb-ws"]
+
+
+@pytest.fixture
+def server() -> Iterator[OpencodeShareServer]:
+    with opencode_share_server() as running:
+        yield running
+
+
+def config_for(tmp_path: Path, db: Path, server: OpencodeShareServer, transport: str) -> Config:
+    return make_config(tmp_path, db, url=server.url, transport=transport, sessions="all")
+
+
+def held(server: OpencodeShareServer) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for share in server.state()["shares"].values():
+        got = out.setdefault(share["sessionID"], {"messages": {}, "parts": {}})
+        for item in share["items"]:
+            if item["type"] in ("message", "part"):
+                got[item["type"] + "s"][item["data"]["id"]] = item["data"]
+    return out
+
+
+async def pending_and_dead(config: Config) -> tuple[dict[str, int], list[dict]]:
+    state = await StateStore.open(config.state)
+    try:
+        return await state.pending_sessions(), await state.dead_letters()
+    finally:
+        await state.close()
+
+
+async def sync_reason(config: Config) -> str | None:
+    """None when sync exits 0, else the dead-letter reasons (for the assertion message)."""
+    try:
+        assert await sync_once(config, give_up_after=60) == 0
+        return None
+    except UserError:
+        _, dead = await pending_and_dead(config)
+        return " | ".join(sorted({d["reason"] for d in dead}))
+
+
+async def test_hostile9_sync_only_storage_failure_does_not_drop_the_share(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer
+) -> None:
+    """Three syncs in a row fail (the server's bucket write fails for a few seconds) while
+    GET /api/share/syncd-probe/data answers: syncd must wait it out, not decide that
+    the share belongs to someone else."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    config = config_for(tmp_path, writer.path, server, "http")
+    assert await sync_once(config, give_up_after=60) == 0
+
+    writer.part(sid, mid, {"type": "text", "text": "during a storage hiccup"})
+    server.fail_next_syncs(4)
+    assert await sync_reason(config) is None
+    assert await pending_and_dead(config) == ({}, [])
+    assert server.state()["creates"] == 1
+    assert held(server) == expected_state(writer.path)
+    writer.close()
+
+
+async def test_hostile9_after_a_sync_only_failure_the_retry_never_recovers(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer
+) -> None:
+    """Even accepting a dead letter for the hiccup, `dead-letters retry --all` once the
+    server is healthy must deliver: the share and its secret are syncd's own. _reclaim
+    dropped the share from the state, so every later create is refused for ever."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    config = config_for(tmp_path, writer.path, server, "http")
+    assert await sync_once(config, give_up_after=60) == 0
+
+    writer.part(sid, mid, {"type": "text", "text": "during a storage hiccup"})
+    server.fail_next_syncs(4)
+    await sync_reason(config)  # whatever happens during the hiccup
+    server.fail_next_syncs(0)  # healthy again
+    await retry(config, [], every=True)
+    assert await sync_reason(config) is None
+    assert await pending_and_dead(config) == ({}, [])
+    assert held(server) == expected_state(writer.path)
+    writer.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_hostile9_a_share_lost_twice_is_recreated_twice(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer, transport: str
+) -> None:
+    """The `recreated` flag is never cleared after a successful delivery, so a second loss
+    (days later) is dead-lettered as "lost again"; over REST the probe's create made a new
+    share whose secret is then thrown away, and the session is stuck for good."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    config = config_for(tmp_path, writer.path, server, transport)
+    assert await sync_once(config, give_up_after=60) == 0
+
+    for n in range(2):
+        server.remove(sid[-8:])
+        writer.part(sid, mid, {"type": "text", "text": f"after loss {n}"})
+        assert await sync_reason(config) is None, f"loss {n}"
+        writer.part(sid, mid, {"type": "text", "text": f"normal traffic {n}"})
+        assert await sync_reason(config) is None, f"after loss {n}"
+    assert await pending_and_dead(config) == ({}, [])
+    assert held(server) == expected_state(writer.path)
+    writer.close()
+
+
+@pytest.mark.parametrize("transport", ["capnweb-batch", "capnweb-ws"])
+async def test_hostile9_capnweb_a_passing_thrown_failure_is_retried(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer, transport: str
+) -> None:
+    """A method wrapping opencode's share functions throws for every failure, passing ones
+    (a storage error) included; `thrown()` turns any message but the three known ones into a
+    RejectedError, so one hiccup dead-letters the batch and the session waits for a person."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    config = config_for(tmp_path, writer.path, server, transport)
+    assert await sync_once(config, give_up_after=60) == 0
+
+    writer.part(sid, mid, {"type": "text", "text": "during a storage hiccup"})
+    server.fail_next_syncs(1)
+    assert await sync_reason(config) is None
+    assert await pending_and_dead(config) == ({}, [])
+    writer.close()
+
+
+async def test_hostile9_opencodes_own_share_on_a_plain_http_server_is_continued(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer
+) -> None:
+    """opencode shared the session itself on the same server (enterprise.url = syncd's url,
+    plain http, no proxy): the server built the share url with https (x-forwarded-proto
+    absent), so origin_of(url) never equals syncd's http origin, and syncd dead-letters the
+    session as "shared on the server by someone else" although it holds the credentials."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    writer.part(sid, mid, {"type": "text", "text": "hello"})
+    made = await asyncio.to_thread(_create_as_opencode_does, server, sid)
+    assert made["url"].startswith("https://")  # what the real server answers
+    writer.share(sid, made["id"], made["secret"], made["url"])
+
+    config = config_for(tmp_path, writer.path, server, "http")
+    assert await sync_reason(config) is None
+    assert await pending_and_dead(config) == ({}, [])
+    assert server.state()["creates"] == 1
+    assert held(server) == expected_state(writer.path)
+    writer.close()
+
+
+def _create_as_opencode_does(server: OpencodeShareServer, session_id: str) -> dict:
+    """POST /api/share as opencode's own share makes it: no proxy headers."""
+    request = urllib.request.Request(
+        f"{server.url}/api/share",
+        data=json.dumps({"sessionID": session_id}).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
