@@ -183,3 +183,46 @@ def _create_as_opencode_does(server: OpencodeShareServer, session_id: str) -> di
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
+
+
+async def test_hostile9_syncd_serve_a_locked_archive_makes_no_second_share(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """`syncd serve` answers an archive error (sqlite 'database is locked' after its busy
+    timeout: a backup, a long admin write) with Starlette's bare 500 while GET answers. The
+    probe treats three of them as a share problem and creates the share again: serve gives
+    a new random id, so the session gets a second share (or, when create fails too, syncd
+    drops its share and dead-letters the session as "shared by someone else")."""
+    import sqlite3
+    from typing import Any
+
+    from tests.support.receiver import running_receiver
+
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    async with running_receiver(tmp_path) as receiver:
+        config = make_config(
+            tmp_path, writer.path, url=receiver.url, transport="http", sessions="all"
+        )
+        assert await sync_once(config, give_up_after=60) == 0
+
+        store_sync = receiver.store.sync
+        locked = 4
+
+        async def locked_archive(
+            share_id: str, secret: str, data: list[Any], dedup_key: str | None = None
+        ) -> int:
+            nonlocal locked
+            if locked > 0:
+                locked -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return await store_sync(share_id, secret, data, dedup_key)
+
+        receiver.store.sync = locked_archive  # type: ignore[method-assign]
+        writer.part(sid, mid, {"type": "text", "text": "while the archive is locked"})
+        assert await sync_reason(config) is None
+        assert await pending_and_dead(config) == ({}, [])
+        assert [s["session_id"] for s in await receiver.store.list_shares()] == [sid]
+        assert receiver.create_count == 1
+    writer.close()
