@@ -173,13 +173,15 @@ async def test_hostile9_opencodes_own_share_on_a_plain_http_server_is_continued(
     writer.close()
 
 
-def _create_as_opencode_does(server: OpencodeShareServer, session_id: str) -> dict:
-    """POST /api/share as opencode's own share makes it: no proxy headers."""
+def _create_as_opencode_does(
+    server: OpencodeShareServer, session_id: str, headers: dict[str, str] | None = None
+) -> dict:
+    """POST /api/share as opencode's own share makes it: no proxy headers unless given."""
     request = urllib.request.Request(
         f"{server.url}/api/share",
         data=json.dumps({"sessionID": session_id}).encode(),
         method="POST",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())
@@ -225,4 +227,42 @@ async def test_hostile9_syncd_serve_a_locked_archive_makes_no_second_share(
         assert await pending_and_dead(config) == ({}, [])
         assert [s["session_id"] for s in await receiver.store.list_shares()] == [sid]
         assert receiver.create_count == 1
+    writer.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "capnweb-batch"])
+async def test_hostile9_a_session_unshared_in_opencode_is_not_shared_again(
+    tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer, transport: str
+) -> None:
+    """sessions = "shared": syncd continues opencode's own share. The user unshares in
+    opencode (its share is deleted on the server, its session_share row goes) while items
+    captured before are still pending (here: held back by an outage). The lost share is then
+    re-created (capnweb: at once; REST: by the probe's create) and the whole session is
+    published again under a new public share the user never asked for."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    made = await asyncio.to_thread(
+        _create_as_opencode_does, server, sid, {"x-forwarded-proto": "http"}
+    )
+    writer.share(sid, made["id"], made["secret"], made["url"])
+    config = make_config(
+        tmp_path, writer.path, url=server.url, transport=transport, sessions="shared"
+    )
+    assert await sync_once(config, give_up_after=60) == 0
+    assert server.state()["creates"] == 1
+
+    writer.part(sid, mid, {"type": "text", "text": "typed just before unsharing"})
+    server.fail(True)
+    with pytest.raises(UserError):
+        await sync_once(config, give_up_after=3)  # captured, held back by the outage
+    server.fail(False)
+    # /unshare in opencode: the share is deleted on the server and its row goes.
+    server.remove(made["id"])
+    writer.conn.execute("DELETE FROM session_share WHERE session_id = ?", (sid,))
+    writer.conn.execute("UPDATE session SET share_url = NULL WHERE id = ?", (sid,))
+
+    await sync_reason(config)
+    assert server.state()["shares"] == {}, "the unshared session was published again"
+    assert server.state()["creates"] == 1
     writer.close()
