@@ -1,6 +1,6 @@
 """Hostile tests (helper hostile9) of the change for issues 9 and 10, against opencode's real
 share server semantics (tests/node/opencode_share_server.mjs). Each test asserts what the
-issue asks for and FAILS on main as of 2451422; the report names the suspected cause."""
+issue asks for and FAILS on main as of 7a9f59b; the report names the suspected cause."""
 
 from __future__ import annotations
 
