@@ -82,7 +82,13 @@ async def sync_once(
 
 async def _sync_owned(config: Config, give_up_after: float, show_progress: bool) -> int:
     pipeline = await Pipeline.open(
-        config, RetryPolicy(backoff_max=min(config.backoff_max, 10.0), give_up_after=give_up_after)
+        config,
+        RetryPolicy(
+            backoff_max=min(config.backoff_max, 10.0),
+            give_up_after=give_up_after,
+            # Evidence about a share must fit in the time `sync` has.
+            ambiguous_after=min(RetryPolicy.ambiguous_after, give_up_after / 3),
+        ),
     )
     try:
         dead_before = len(await pipeline.state.dead_letters())

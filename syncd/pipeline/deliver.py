@@ -5,12 +5,14 @@ full-jitter exponential backoff, honouring `Retry-After`; the concurrency slot i
 during a call, never while backing off. A refusal dead-letters exactly the batch's manifest
 with the server's message. A lost share is re-created once and the whole session sent again.
 
-opencode's own share server answers a lost share, a refused secret and an existing share with
-the same bare 500 as a passing failure. The evidence that tells them apart: the same call
-failing AMBIGUOUS_LIMIT times in a row while the receiver answers other calls. Then the share
-is probed by creating it again: a new share means the old one was lost; a refusal means a share
-of the session exists under a secret syncd does not hold, which opencode's own `session_share`
-row may have. Otherwise the batch is dead-lettered with a reason a person can act on.
+opencode's own share server answers a lost share, a refused secret, an existing share and a
+failing storage with the same bare 500. The evidence that tells them apart: the same call
+failing with it at least AMBIGUOUS_LIMIT times over `RetryPolicy.ambiguous_after` seconds while
+the receiver answers reads the way opencode's server does. Then the share is probed by creating
+it again: a new share means the old one was lost (it gets the whole session); a refusal means
+the share exists and keeps refusing syncd's calls, most likely under a secret syncd does not
+hold, which opencode's own `session_share` row may have. Otherwise the batch is dead-lettered
+with a reason a person can act on; the credentials syncd holds are kept.
 """
 
 from __future__ import annotations
@@ -38,21 +40,24 @@ from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
 from ..state.store import StateStore
 from ..transports.base import (
+    ReceiverProbe,
     RejectedError,
     RetryableError,
-    SecretRefusedError,
     ShareExistsError,
     ShareNotFoundError,
     ShareProblem,
+    ThrownError,
     Transport,
 )
-from ..urls import origin_of
+from ..urls import same_server
 from .planner import PlannedBatch, plan_batches
 
 log = structlog.get_logger("syncd.deliver")
 T = TypeVar("T")
-# Bare 500s in a row on one call before the receiver is asked whether it answers at all.
+# Bare 500s in a row on one call, at the least, before the receiver is probed.
 AMBIGUOUS_LIMIT = 3
+# Errors a remote method threw that syncd does not know, in a row, before the batch is refused.
+THROWN_LIMIT = 5
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class RetryPolicy:
     # None: retry for ever (the daemon). `sync` gives up this many seconds after it started,
     # across all its sessions and calls, so that it answers in bounded time.
     give_up_after: float | None = None
+    # How long the same call must keep failing with a bare 500 before it counts as evidence
+    # about the share rather than a passing failure of the server.
+    ambiguous_after: float = 120.0
     started: float = field(default_factory=time.monotonic)
 
     def wait(self, state: RetryCallState) -> float:
@@ -97,6 +105,7 @@ class SessionDelivery:
         self,
         *,
         db: OpencodeDb,
+        only_shared: bool,
         state: StateStore,
         transport: Transport,
         target: str,
@@ -110,6 +119,7 @@ class SessionDelivery:
         metrics: Metrics,
     ) -> None:
         self._db = db
+        self.only_shared = only_shared
         self._state = state
         self._transport = transport
         self._target = target
@@ -160,6 +170,12 @@ class SessionDelivery:
             log.info("receiver reconfigured; batch stays pending for it", session=session_id)
 
     async def _deliver_pending(self, session_id: str) -> None:
+        if self.only_shared and not await self._db.is_shared(session_id):
+            # Unshared in opencode while items waited: publishing them now would share again
+            # what the user took back. A new share in opencode captures the session anew.
+            log.info("session no longer shared in opencode; not sent", session=session_id)
+            await self._state.forget_session(session_id)
+            return
         while pending := await self._state.pending(session_id, self._max_items):
             loaded = await load(self._db, pending, self._catalogue)
             if loaded.bad:
@@ -220,13 +236,20 @@ class SessionDelivery:
             await self._reject(session_id, planned, str(error))
             return True
         await self._state.ack(session_id, planned.acknowledges, planned.diff_hash)
+        if known is not None and known[1]:
+            # Delivered to the re-created share: a later loss is a new loss, not the same one.
+            await self._state.save_share(session_id, target, known[0])
         self._metrics.record_delivered(len(batch.items), planned.size)
         log.debug("batch delivered", session=session_id, items=len(batch.items))
         return True
 
-    async def _create(self, session_id: str, batch: Batch | None, target: str) -> Created:
+    async def _create(
+        self, session_id: str, batch: Batch | None, target: str, *, probing: bool = False
+    ) -> Created:
+        """Create the share. `probing`: a bare 500 is the answer (the share exists), not a
+        failure to wait out."""
         return await self._retrying(
-            session_id, "create", lambda t: t.create(session_id, batch), target
+            session_id, "create", lambda t: t.create(session_id, batch), target, probing=probing
         )
 
     async def _sync(self, session_id: str, share: Share, batch: Batch, target: str) -> None:
@@ -248,7 +271,7 @@ class SessionDelivery:
         if not self._transport.reuses_opencode_shares or not self._origin:
             return None
         share = await self._db.share_of(session_id)
-        if share is None or origin_of(share.url) != self._origin:
+        if share is None or not same_server(share.url, self._origin):
             return None
         return share
 
@@ -256,9 +279,12 @@ class SessionDelivery:
         self, session_id: str, planned: PlannedBatch, message: str, created: Created | None = None
     ) -> bool:
         """The receiver lost the share: a new one (`created`, or made now) gets the whole
-        session. Lost again right after, the batch is dead-lettered."""
+        session. Lost again before anything reached the new one, the batch is dead-lettered."""
         known = await self._state.share(session_id, self._target)
-        if known is not None and known[1]:
+        if created is not None:
+            # Made by the probe: recorded before anything else, so it is never orphaned.
+            await self._state.save_share(session_id, self._target, created.share, recreated=True)
+        if created is None and known is not None and known[1]:
             await self._reject(
                 session_id, planned, f"share lost again after re-creating it: {message}"
             )
@@ -266,41 +292,42 @@ class SessionDelivery:
         log.warning("share lost on the receiver; re-creating it", session=session_id)
         if created is None:
             created = await self._create(session_id, None, self._target)
-        await self._state.save_share(session_id, self._target, created.share, recreated=True)
+            await self._state.save_share(session_id, self._target, created.share, recreated=True)
         await self._resend_whole(session_id)
         return False
 
     async def _probe(self, session_id: str, planned: PlannedBatch, share: Share, why: str) -> bool:
         """Calls on `share` keep failing while the receiver answers: create the share again.
-        A new share means the old one was lost; a refusal, that it exists under another
-        secret."""
+        A new share means the old one was lost; a refusal, that the share exists and refuses
+        syncd's calls."""
         log.warning("share keeps failing; probing it by creating it again", session=session_id)
         try:
-            created = await self._create(session_id, None, self._target)
-        except (ShareExistsError, KeepsFailing, RejectedError, SecretRefusedError):
+            created = await self._create(session_id, None, self._target, probing=True)
+        except (ShareProblem, RejectedError):
             return await self._reclaim(session_id, planned, share, why)
         return await self._recreate(session_id, planned, why, created)
 
     async def _reclaim(
         self, session_id: str, planned: PlannedBatch, refused: Share | None, why: str
     ) -> bool:
-        """A share of the session exists on the receiver, and the secret syncd holds (if any)
-        is not its secret. opencode's own credentials for it are the one way back; without
-        them the batch is dead-lettered, explained, instead of retried for ever."""
+        """A share of the session exists on the receiver and refuses syncd's calls (or its
+        creation). opencode's own credentials for it are the one way back; without them the
+        batch is dead-lettered, explained, instead of retried for ever. The credentials syncd
+        holds are kept: the server may only be failing to write."""
         share = await self._opencode_share(session_id)
         if share is not None and (refused is None or share.secret != refused.secret):
             log.warning("continuing the share opencode made of this session", session=session_id)
             await self._state.save_share(session_id, self._target, share)
             await self._resend_whole(session_id)  # opencode's own share is rarely complete
             return False
-        await self._state.drop_share(session_id, self._target)
         await self._reject(
             session_id,
             planned,
-            "shared on the server by someone else: a share of this session exists on the "
-            "receiver under a secret syncd does not hold (created by opencode's own share, or "
-            "by syncd before its state was lost); delete that share on the server, then run "
-            f"`syncd dead-letters retry --all` (last error: {why})",
+            "shared on the server by someone else: the receiver keeps refusing this session's "
+            "share and refuses to create it again, so it exists under a secret syncd does not "
+            "hold (made by opencode's own share, or by syncd before its state was lost), or "
+            "the server fails to write it; delete that share on the server or fix the server, "
+            f"then run `syncd dead-letters retry --all` (last error: {why})",
         )
         return True
 
@@ -321,19 +348,38 @@ class SessionDelivery:
         operation: str,
         call: Callable[[Transport], Awaitable[T]],
         target: str | None = None,
+        *,
+        probing: bool = False,
     ) -> T:
         """`call` on the current transport until it succeeds, is refused, or the policy gives
-        up; raises TargetChanged when the receiver is reconfigured away from `target`."""
-
-        ambiguous = 0
+        up; raises TargetChanged when the receiver is reconfigured away from `target`, and
+        KeepsFailing when the evidence says the share, not the server, is the problem."""
+        ambiguous_since: float | None = None
+        ambiguous = thrown = 0
 
         async def attempt() -> T:
-            nonlocal ambiguous
+            nonlocal ambiguous_since, ambiguous, thrown
             try:
                 return await call_once()
+            except ThrownError as error:
+                thrown += 1
+                if thrown >= THROWN_LIMIT:
+                    raise RejectedError(f"{error} ({thrown} times in a row)") from error
+                raise
             except RetryableError as error:
-                ambiguous = ambiguous + 1 if error.ambiguous else 0
-                if ambiguous >= AMBIGUOUS_LIMIT and await self._transport.answering():
+                if not error.ambiguous:
+                    ambiguous_since, ambiguous = None, 0
+                    raise
+                if probing:
+                    raise ShareExistsError(str(error)) from error
+                now = time.monotonic()
+                ambiguous_since = ambiguous_since or now
+                ambiguous += 1
+                if (
+                    ambiguous >= AMBIGUOUS_LIMIT
+                    and now - ambiguous_since >= self._policy.ambiguous_after
+                    and await self._transport.probe() is ReceiverProbe.AMBIGUOUS
+                ):
                     raise KeepsFailing(str(error)) from error
                 raise
 

@@ -65,6 +65,7 @@ class Pipeline:
         self.detector = ChangeDetector(db, only_shared=config.sessions == "shared")
         self.delivery = SessionDelivery(
             db=db,
+            only_shared=config.sessions == "shared",
             state=state,
             transport=transport,
             target=target_of(config),
@@ -193,6 +194,7 @@ class Pipeline:
         self.metrics.health.period = config.health_period
         if "sessions" in changed:
             self.detector.only_shared = config.sessions == "shared"
+            self.delivery.only_shared = config.sessions == "shared"
         self.config = config
         log.info("config reloaded", changed=sorted(changed & RELOADABLE_KEYS))
         await self.capture(deep=True)

@@ -95,6 +95,15 @@ class OpencodeDb:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
 
+    async def is_shared(self, session_id: str) -> bool:
+        """Whether opencode shares the session: its `session_share` row, or its share url."""
+        rows = await self.rows(
+            "SELECT 1 FROM session WHERE id = ? AND (share_url IS NOT NULL OR EXISTS "
+            "(SELECT 1 FROM session_share WHERE session_id = session.id))",
+            (session_id,),
+        )
+        return bool(rows)
+
     async def share_of(self, session_id: str) -> Share | None:
         """The share opencode itself made of `session_id` (its `session_share` row), if any."""
         rows = await self.rows(

@@ -26,6 +26,7 @@ from .base import (
     SecretRefusedError,
     ShareExistsError,
     ShareNotFoundError,
+    ThrownError,
 )
 
 # The thrown messages of opencode's share functions (`Share not found: ID` and friends), as a
@@ -133,12 +134,13 @@ def created_share(what: str, answer: object) -> Share:
 
 def thrown(what: str, name: str, message: str, secrets: Iterable[str | None]) -> DeliveryError:
     """What an error thrown by a remote method (capnweb) means: a lost share, a refused
-    secret or an existing share by opencode's messages, otherwise a refusal of the batch."""
+    secret or an existing share by opencode's messages; anything else is retried a few times
+    (opencode's functions also throw when their storage fails), then refused."""
     said = excerpt(scrub(message, secrets))
     for pattern, error in _THROWN:
         if pattern.match(message):
             return error(f"{what}: {said}")
-    return RejectedError(f"{what}: receiver threw {name}: {said}")
+    return ThrownError(f"{what}: receiver threw {name}: {said}")
 
 
 def response_refusal(
