@@ -85,12 +85,11 @@ async def test_sync_only_storage_failure_does_not_drop_the_share(
     writer.close()
 
 
-async def test_after_a_sync_only_failure_the_retry_never_recovers(
+async def test_after_a_sync_only_failure_a_retry_delivers(
     tmp_path: Path, fixtures_dir: Path, server: OpencodeShareServer
 ) -> None:
-    """Even accepting a dead letter for the hiccup, `dead-letters retry --all` once the
-    server is healthy must deliver: the share and its secret are syncd's own. _reclaim
-    dropped the share from the state, so every later create is refused for ever."""
+    """Whatever the hiccup led to, `dead-letters retry --all` once the server is healthy
+    delivers: the share and its secret are syncd's own and stay in its state."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
