@@ -14,7 +14,7 @@ from tests.support.fake_llm import FakeLlm, running_fake_llm
 from tests.support.opencode_driver import Opencode
 
 # Fixtures of the real peers the tests start (tests/support/).
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.postgres", "tests.support.stores"]
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,11 @@ async def create(client: httpx.AsyncClient, **headers: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_receiver(tmp_path) as r, httpx.AsyncClient(base_url=r.url) as c:
+async def client(tmp_path: Path, store_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        running_receiver(tmp_path, store=store_url) as r,
+        httpx.AsyncClient(base_url=r.url) as c,
+    ):
         yield c
 
 

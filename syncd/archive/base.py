@@ -11,14 +11,19 @@ they arrived as, so numbers keep their type.
 
 The change feed: each write gives the items it stores the share's next sequence numbers, so
 `changes(share_id, after)` returns the newest state of everything written after `after`, in
-order, with no gaps across restarts or processes.
+order, with no gaps across restarts or processes. `wait_for_change(share_id, after)` returns
+as soon as the share moves past `after`, whichever process (or replica) wrote it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from ..model import Share, SyncItem
@@ -42,6 +47,16 @@ class InvalidSecret(Exception):
 
 class BadSyncData(ValueError):
     """A sync batch (or create request) that cannot be stored; the message names the item."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (database down, restarting, out of connections); the
+    request may succeed later. Whether an interrupted write landed is unknown: a retry of the
+    same batch (same dedup key) settles it. The message never holds a password."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def now_ms() -> int:
@@ -89,8 +104,50 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
     return key, kind, _json_text(data, where)
 
 
+def check_session_id(session_id: Any) -> None:
+    """BadSyncData unless a share can be made for `session_id`: a non-empty string without
+    NUL (which PostgreSQL text cannot hold; both stores refuse it alike)."""
+    if not isinstance(session_id, str) or not session_id:
+        raise BadSyncData("sessionID must be a non-empty string")
+    if "\x00" in session_id:
+        raise BadSyncData("sessionID must not contain NUL characters")
+
+
+class ChangeWaiters:
+    """The tasks of this process waiting for a share to change, woken by whoever learns of a
+    change (the writer itself, or a notification from another process)."""
+
+    def __init__(self) -> None:
+        self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.contextmanager
+    def watching(self, share_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._events[share_id].add(event)
+        try:
+            yield event
+        finally:
+            self._events[share_id].discard(event)
+            if not self._events[share_id]:
+                del self._events[share_id]
+
+    def wake(self, share_id: str | None = None) -> None:
+        """Wake the waiters on `share_id`, or every waiter (changes may have been missed)."""
+        groups = self._events.values() if share_id is None else [self._events.get(share_id, set())]
+        for events in groups:
+            for event in events:
+                event.set()
+
+
 class ArchiveStore(ABC):
     """Shares and their merged content. Every method is safe to call concurrently."""
+
+    # How often a waiter re-reads the share's sequence number even without a wake-up: writes
+    # by a process that cannot wake this one (another process on the same SQLite file).
+    change_poll_interval = 1.0
+
+    def __init__(self) -> None:
+        self.waiters = ChangeWaiters()
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -128,6 +185,26 @@ class ArchiveStore(ABC):
         self, share_id: str, after: int, limit: int = 500
     ) -> list[tuple[int, SyncItem]]:
         """(seq, item) of the items written after sequence `after`, oldest first."""
+
+    @abstractmethod
+    async def seq(self, share_id: str) -> int:
+        """The share's newest sequence number (0 before its first item); ShareNotFound."""
+
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
+        """Wait until the share's sequence number passes `after`, for at most `timeout`
+        seconds; True when it did. ShareNotFound when the share is (or becomes) gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.waiters.watching(share_id) as woken:
+            while True:
+                woken.clear()  # before reading: a wake-up after the read is not lost
+                if await self.seq(share_id) > after:
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, self.change_poll_interval))
 
     async def read_share(self, share_id: str) -> dict[str, Any]:
         """The merged share: {"session", "messages", "parts", "diffs", "models"}; messages

@@ -25,6 +25,7 @@ from .base import (
     BadSyncData,
     InvalidSecret,
     ShareNotFound,
+    check_session_id,
     item_key,
     now_ms,
 )
@@ -34,6 +35,7 @@ MIGRATIONS = Path(__file__).with_name("migration")
 
 class SqliteArchive(ArchiveStore):
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        super().__init__()
         self.path = path
         self._conn = conn
         # One connection: reads must not see another call's transaction half done.
@@ -73,36 +75,44 @@ class SqliteArchive(ArchiveStore):
     # -- shares ----------------------------------------------------------------------------
 
     async def create_share(self, session_id: str, base_url: str) -> Share:
-        if not isinstance(session_id, str) or not session_id:
-            raise BadSyncData("sessionID must be a non-empty string")
+        check_session_id(session_id)
+        async with self._transaction() as db:
+            return await self._create(db, session_id, base_url)
+
+    async def _create(self, db: aiosqlite.Connection, session_id: str, base_url: str) -> Share:
         secret = str(uuid.uuid4())
         stamp = now_ms()
-        async with self._transaction() as db:
-            share_id = session_id[-SHARE_ID_LENGTH:]
-            while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
-                share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
-            url = f"{base_url}/share/{share_id}"
-            await db.execute(
-                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (share_id, session_id, secret, url, stamp, stamp),
-            )
+        share_id = session_id[-SHARE_ID_LENGTH:]
+        while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+            share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
+        url = f"{base_url}/share/{share_id}"
+        await db.execute(
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (share_id, session_id, secret, url, stamp, stamp),
+        )
         return Share(id=share_id, secret=secret, url=url)
 
     async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        rows = await self._rows(
-            "SELECT id, secret, url FROM share WHERE session_id = ? "
-            "ORDER BY time_created DESC, rowid DESC LIMIT 1",
-            (session_id,),
-        )
-        if rows:
-            return Share(id=rows[0][0], secret=rows[0][1], url=rows[0][2])
-        return await self.create_share(session_id, base_url)
+        check_session_id(session_id)
+        # Lookup and creation in one transaction: two requests for a new session's share at
+        # once get the same share.
+        async with self._transaction() as db:
+            row = await self._fetch(
+                db,
+                "SELECT id, secret, url FROM share WHERE session_id = ? "
+                "ORDER BY time_created DESC, rowid DESC LIMIT 1",
+                (session_id,),
+            )
+            if row is not None:
+                return Share(id=row[0], secret=row[1], url=row[2])
+            return await self._create(db, session_id, base_url)
 
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)
             await db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
 
     async def list_shares(self) -> list[dict[str, Any]]:
         rows = await self._rows(
@@ -162,6 +172,7 @@ class SqliteArchive(ArchiveStore):
                 (stamp, seq + len(merged), share_id),
             )
             row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
         return int(row[0])
 
     async def read_items(self, share_id: str) -> list[dict[str, Any]]:
@@ -174,6 +185,12 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [{"type": kind, "data": json.loads(text)} for kind, text in rows]
+
+    async def seq(self, share_id: str) -> int:
+        rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return int(rows[0][0])
 
     async def changes(
         self, share_id: str, after: int, limit: int = 500
