@@ -59,6 +59,9 @@ CHANNEL = "syncd_share"
 MIGRATION_LOCK = 0x73796E6364
 # How long a request waits for a pooled connection before the receiver answers 503.
 POOL_TIMEOUT = 5.0
+# A failing reconnection backs off (1, 2, 4 s...) for this long, then starts over at 1 s on
+# the next request: the pool is back within seconds of the database, however long it was down.
+RECONNECT_TIMEOUT = 10.0
 # libpq settings used unless the store URL sets them: give up connecting after a few seconds,
 # and notice a dead server on an idle connection within a minute.
 CONNECTION_DEFAULTS = {
@@ -102,13 +105,17 @@ class PostgresArchive(ArchiveStore):
         return f"PostgresArchive({redact(self.url)})"
 
     @classmethod
-    async def open(cls, url: str, pool_size: int) -> PostgresArchive:
+    async def open(
+        cls, url: str, pool_size: int, pool_timeout: float = POOL_TIMEOUT
+    ) -> PostgresArchive:
         """Connect, apply migrations and start listening; UserError (the URL's password
-        hidden) when the database cannot be reached or refuses us."""
+        hidden) when the database cannot be reached or refuses us. `pool_timeout`: how long
+        a request waits for a connection before StoreUnavailable."""
         conninfo = _with_defaults(url)
         try:
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                 await migrate_postgres(conn, MIGRATIONS)
+            listening = await _listening_connection(conninfo)
         except psycopg.Error as exc:
             raise UserError(
                 f"cannot open the store {redact(url)}: {_one_line(exc)}; check the URL, "
@@ -119,14 +126,15 @@ class PostgresArchive(ArchiveStore):
             kwargs={"autocommit": True},
             min_size=1,
             max_size=pool_size,
-            timeout=POOL_TIMEOUT,
+            timeout=pool_timeout,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
             check=psycopg_pool.AsyncConnectionPool.check_connection,
             name="syncd-archive",
         )
         await pool.open()
         store = cls(url, pool)
-        store._listener = asyncio.create_task(store._listen(conninfo))
+        store._listener = asyncio.create_task(store._listen(conninfo, listening))
         return store
 
     async def close(self) -> None:
@@ -307,29 +315,41 @@ class PostgresArchive(ArchiveStore):
 
     # -- change notifications --------------------------------------------------------------
 
-    async def _listen(self, conninfo: str) -> None:
-        """LISTEN on a connection of its own for as long as the store is open, reconnecting
-        after a loss; every waiter is woken after a reconnect, as changes may have been missed."""
+    async def _listen(self, conninfo: str, conn: Conn | None) -> None:
+        """Hand every notification to the waiters for as long as the store is open,
+        reconnecting after a loss; after a reconnect every waiter is woken, as changes may
+        have been missed meanwhile."""
         outage = False
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    if outage:
-                        log.info("listening for changes again")
-                        outage = False
-                        self.waiters.wake()
+                if conn is None:
+                    conn = await _listening_connection(conninfo)
+                    log.info("listening for changes again", store=redact(self.url))
+                    outage = False
+                    self.waiters.wake()
+                async with conn:
                     async for notification in conn.notifies():
                         self.waiters.wake(notification.payload)
             except psycopg.OperationalError as exc:
                 if not outage:
                     log.warning(
-                        "lost the store's change notifications; retrying",
+                        "lost the store's change notifications; reconnecting",
                         store=redact(self.url),
                         error=_one_line(exc),
                     )
                     outage = True
+            conn = None
             await asyncio.sleep(LISTEN_RETRY)
+
+
+async def _listening_connection(conninfo: str) -> Conn:
+    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    try:
+        await conn.execute(f"LISTEN {CHANNEL}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 async def migrate_postgres(conn: Conn, root: Path) -> list[str]:
