@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import secrets
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
@@ -102,6 +105,23 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
     else:
         key = f"part/{_require_str(data, 'messageID', where)}/{_require_str(data, 'id', where)}"
     return key, kind, _json_text(data, where)
+
+
+def share_ids(session_id: str) -> Iterator[str]:
+    """The ids to try, in order, for a new share of `session_id`: the session id's last
+    characters, as on opencode's server, then random ones (another share holds it)."""
+    yield session_id[-SHARE_ID_LENGTH:]
+    while True:
+        yield secrets.token_hex(SHARE_ID_LENGTH // 2)
+
+
+def new_secret() -> str:
+    return str(uuid.uuid4())
+
+
+def secret_matches(stored: str, given: Any) -> bool:
+    """Whether `given` is the share's secret, compared in constant time."""
+    return isinstance(given, str) and hmac.compare_digest(stored.encode(), given.encode())
 
 
 def check_session_id(session_id: Any) -> None:

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,6 @@ from ..model import Share, SyncItem
 from . import redact
 from .base import (
     DEDUP_KEYS_KEPT,
-    SHARE_ID_LENGTH,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
@@ -48,7 +44,10 @@ from .base import (
     StoreUnavailable,
     check_session_id,
     item_key,
+    new_secret,
     now_ms,
+    secret_matches,
+    share_ids,
 )
 
 log = structlog.get_logger("syncd.archive")
@@ -170,7 +169,7 @@ class PostgresArchive(ArchiveStore):
         )
         if row is None:
             raise ShareNotFound()
-        if not isinstance(secret, str) or not hmac.compare_digest(row[0].encode(), secret.encode()):
+        if not secret_matches(row[0], secret):
             raise InvalidSecret()
         return int(row[1]), int(row[2])
 
@@ -182,10 +181,8 @@ class PostgresArchive(ArchiveStore):
             return await self._create(conn, session_id, base_url)
 
     async def _create(self, conn: Conn, session_id: str, base_url: str) -> Share:
-        secret = str(uuid.uuid4())
-        stamp = now_ms()
-        share_id = session_id[-SHARE_ID_LENGTH:]
-        while True:
+        secret, stamp = new_secret(), now_ms()
+        for share_id in share_ids(session_id):
             url = f"{base_url}/share/{share_id}"
             created = await self._fetchone(
                 conn,
@@ -194,8 +191,8 @@ class PostgresArchive(ArchiveStore):
                 (share_id, session_id, secret, url, stamp, stamp),
             )
             if created is not None:
-                return Share(id=share_id, secret=secret, url=url)
-            share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
+                break
+        return Share(id=share_id, secret=secret, url=url)
 
     async def share_for_session(self, session_id: str, base_url: str) -> Share:
         check_session_id(session_id)
@@ -275,34 +272,35 @@ class PostgresArchive(ArchiveStore):
         return int(row[0])
 
     async def read_items(self, share_id: str) -> list[SyncItem]:
-        if _has_nul(share_id):
-            raise ShareNotFound()
-        async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT i.kind, i.data FROM share s LEFT JOIN share_item i ON i.share_id = s.id "
-                "WHERE s.id = %s ORDER BY i.item_key",
-                (share_id,),
-            )
-            rows = await cursor.fetchall()
-        if not rows:
-            raise ShareNotFound()
-        return [{"type": kind, "data": json.loads(text)} for kind, text in rows if kind]
+        rows = await self._share_items(
+            "SELECT i.kind, i.data FROM share s LEFT JOIN share_item i ON i.share_id = s.id "
+            "WHERE s.id = %s ORDER BY i.item_key",
+            (share_id,),
+        )
+        return [{"type": kind, "data": json.loads(text)} for kind, text in rows]
 
     async def changes(
         self, share_id: str, after: int, limit: int = 500
     ) -> list[tuple[int, SyncItem]]:
-        if _has_nul(share_id):
+        rows = await self._share_items(
+            "SELECT i.seq, i.kind, i.data FROM share s LEFT JOIN share_item i "
+            "ON i.share_id = s.id AND i.seq > %s WHERE s.id = %s ORDER BY i.seq LIMIT %s",
+            (after, share_id, limit),
+        )
+        return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
+
+    async def _share_items(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The item rows of a share's query (share LEFT JOIN item, the share id among
+        `params`), in one statement: no rows at all means no such share, a row of NULLs a
+        share without (matching) items."""
+        if any(isinstance(p, str) and _has_nul(p) for p in params):
             raise ShareNotFound()
         async with self._transaction() as conn:
-            cursor = await conn.execute(
-                "SELECT i.seq, i.kind, i.data FROM share s LEFT JOIN share_item i "
-                "ON i.share_id = s.id AND i.seq > %s WHERE s.id = %s ORDER BY i.seq LIMIT %s",
-                (after, share_id, limit),
-            )
+            cursor = await conn.execute(sql, params)
             rows = await cursor.fetchall()
         if not rows:
             raise ShareNotFound()
-        return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows if kind]
+        return [row for row in rows if row[-1] is not None]
 
     async def seq(self, share_id: str) -> int:
         if _has_nul(share_id):

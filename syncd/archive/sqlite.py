@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import secrets
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,14 +17,16 @@ from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
-    SHARE_ID_LENGTH,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
     ShareNotFound,
     check_session_id,
     item_key,
+    new_secret,
     now_ms,
+    secret_matches,
+    share_ids,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -69,7 +68,7 @@ class SqliteArchive(ArchiveStore):
         row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
         if row is None:
             raise ShareNotFound()
-        if not isinstance(secret, str) or not hmac.compare_digest(row[0].encode(), secret.encode()):
+        if not secret_matches(row[0], secret):
             raise InvalidSecret()
 
     # -- shares ----------------------------------------------------------------------------
@@ -80,11 +79,10 @@ class SqliteArchive(ArchiveStore):
             return await self._create(db, session_id, base_url)
 
     async def _create(self, db: aiosqlite.Connection, session_id: str, base_url: str) -> Share:
-        secret = str(uuid.uuid4())
-        stamp = now_ms()
-        share_id = session_id[-SHARE_ID_LENGTH:]
-        while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
-            share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
+        secret, stamp = new_secret(), now_ms()
+        for share_id in share_ids(session_id):
+            if not await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                break
         url = f"{base_url}/share/{share_id}"
         await db.execute(
             "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
