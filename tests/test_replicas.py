@@ -21,6 +21,7 @@ from tests.support.balancer import balancing
 from tests.support.env import free_port, isolated_env
 from tests.support.expected import assert_receiver_matches, database_snapshot
 from tests.support.fake_opencode import FakeOpencode
+from tests.support.postgres import PostgresCluster
 from tests.support.syncd_process import (
     SyncdProcess,
     state_dead_letters,
@@ -87,7 +88,7 @@ async def read_through(address: str, share_id: str) -> dict[str, Any]:
 
 
 async def test_two_replicas_one_killed_mid_run_lose_nothing(
-    tmp_path: Path, fixtures_dir: Path, postgres_url: str
+    tmp_path: Path, fixtures_dir: Path, postgres: PostgresCluster, postgres_url: str
 ) -> None:
     sources = {
         transport: opencode_database(tmp_path / f"opencode-{transport}.db", fixtures_dir)
@@ -145,6 +146,8 @@ async def test_two_replicas_one_killed_mid_run_lose_nothing(
                 share = await read_through(survivor_address, share_id)
                 assert_receiver_matches(expected[session_id], share)
         assert survivor.process is not None and survivor.process.returncode is None
+        for log in (doomed.log(), survivor.log()):
+            assert "serving" in log and postgres.password not in log
         # The kill landed mid-run: the survivor took the rest.
         assert applied_batches(postgres_url) > at_kill
 

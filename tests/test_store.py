@@ -249,3 +249,18 @@ async def test_migrations_apply_once(tmp_path: Path) -> None:
         async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
             tables = {row[0] async for row in cursor}
         assert {"share", "share_item", "share_sync", "migration"} <= tables
+
+
+async def test_a_waiting_reader_sees_a_write_made_through_another_store(store_url: str) -> None:
+    # Two stores on one archive: two processes on an SQLite file, two replicas on PostgreSQL.
+    async with opened_store(store_url) as writer, opened_store(store_url) as reader:
+        share = await writer.create_share(SESSION_ID, "http://x")
+        assert await reader.seq(share.id) == 0
+        assert await reader.wait_for_change(share.id, 0, timeout=0.1) is False
+        waiting = asyncio.create_task(reader.wait_for_change(share.id, 0, timeout=30))
+        await writer.sync(share.id, share.secret, [message("msg_1"), message("msg_2")])
+        assert await asyncio.wait_for(waiting, 30) is True
+        assert await reader.seq(share.id) == 2
+        assert [seq for seq, _ in await reader.changes(share.id, 1)] == [2]
+        with pytest.raises(ShareNotFound):
+            await reader.wait_for_change("nope", 0, timeout=0.1)
