@@ -9,9 +9,20 @@ replaced whole. A sync batch is checked completely before anything is written an
 one transaction, so a bad item leaves the share as it was. Items are stored as the JSON text
 they arrived as, so numbers keep their type.
 
-The change feed: each write gives the items it stores the share's next sequence numbers, so
-`changes(share_id, after)` returns the newest state of everything written after `after`, in
-order, with no gaps across restarts or processes.
+The change feed (live share pages read it): each write gives the items it stores the share's
+next sequence numbers, so `changes(share_id, after)` returns the newest state of everything
+written after `after`, in order, with no gaps across restarts or processes. An item written
+again moves to its new number, so a reader that resumes from the last number it saw gets every
+change once. A store must make numbers visible in order: a writer holds the share (its row
+lock, or SQLite's write lock) from taking numbers until it commits, so no reader can see
+number 12 before 11 is committed. `wait_for_changes` is how a reader waits for the next write,
+also one made by another process on the same database (the daemon writes the embedded archive
+while `syncd serve` reads it).
+
+The session list (the front page): every sync that carries the session or a message keeps the
+share's summary current (`SessionSummary`: title, directory, update time, message count, cost,
+tokens), so listing tens of thousands of sessions is an indexed range read, never a scan of
+their items. The fields come from the session item by one rule, `SessionFields.of`.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 from ..model import Share, SyncItem
@@ -42,6 +54,72 @@ class InvalidSecret(Exception):
 
 class BadSyncData(ValueError):
     """A sync batch (or create request) that cannot be stored; the message names the item."""
+
+
+@dataclass(frozen=True)
+class SessionCursor:
+    """A place in the session list, which runs newest first: by the session's update time,
+    then by share id."""
+
+    updated: int
+    share_id: str
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One archived session as the session list shows it."""
+
+    share_id: str
+    session_id: str
+    url: str
+    title: str
+    directory: str
+    updated: int  # the session's own time.updated (ms), else when its share was created
+    messages: int
+    cost: float
+    tokens: int
+
+    @property
+    def cursor(self) -> SessionCursor:
+        return SessionCursor(self.updated, self.share_id)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class SessionFields:
+    """The summary fields a session item gives: opencode keeps the session's cost and token
+    counts on the session itself (`cost`, `tokens.{input,output,reasoning,cache.{read,write}}`);
+    the tokens shown are all five added up. Anything of the wrong type counts as absent."""
+
+    title: str = ""
+    directory: str = ""
+    updated: int | None = None
+    cost: float = 0.0
+    tokens: int = 0
+
+    @classmethod
+    def of(cls, session: Any) -> SessionFields:
+        session = _object(session)
+        updated = _object(session.get("time")).get("updated")
+        tokens = _object(session.get("tokens"))
+        cache = _object(tokens.get("cache"))
+        counts = [tokens.get("input"), tokens.get("output"), tokens.get("reasoning")]
+        counts += [cache.get("read"), cache.get("write")]
+        title, directory = session.get("title"), session.get("directory")
+        return cls(
+            title=title if isinstance(title, str) else "",
+            directory=directory if isinstance(directory, str) else "",
+            updated=updated if isinstance(updated, int) and not isinstance(updated, bool) else None,
+            cost=_number(session.get("cost")),
+            tokens=int(sum(_number(count) for count in counts)),
+        )
 
 
 def now_ms() -> int:
@@ -127,7 +205,31 @@ class ArchiveStore(ABC):
     async def changes(
         self, share_id: str, after: int, limit: int = 500
     ) -> list[tuple[int, SyncItem]]:
-        """(seq, item) of the items written after sequence `after`, oldest first."""
+        """(seq, item) of the items written after sequence `after`, oldest first; at most
+        `limit` of them. ShareNotFound when the share does not exist (or was deleted)."""
+
+    @abstractmethod
+    async def wait_for_changes(self, share_id: str, after: int, timeout: float) -> bool:
+        """Wait until the share has an item written after sequence `after`, or is gone: True
+        then (at once if it already has), False after `timeout` seconds without. A write by
+        another process is noticed within about a second."""
+
+    @abstractmethod
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        """Up to `limit` archived sessions, newest first: those older than `before`, or the
+        ones just newer than `after` (the page before), or the newest. `query` keeps those
+        whose title, directory or session id holds it, ignoring case."""
+
+    @abstractmethod
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        """The share's session as the list shows it; ShareNotFound when there is none."""
 
     async def read_share(self, share_id: str) -> dict[str, Any]:
         """The merged share: {"session", "messages", "parts", "diffs", "models"}; messages

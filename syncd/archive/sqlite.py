@@ -9,7 +9,7 @@ import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,44 @@ from .base import (
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
+    SessionCursor,
+    SessionFields,
+    SessionSummary,
     ShareNotFound,
     item_key,
     now_ms,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
+# How often a reader waiting for changes looks at the file: writes by this store wake it at
+# once, writes by another process (the daemon on the embedded archive) within this.
+POLL_SECONDS = 0.5
+SUMMARY_COLUMNS = (
+    "id, session_id, url, title, directory, session_updated, message_count, cost, tokens"
+)
+# Message items, as a range of the (share_id, item_key) primary key: counted without a scan.
+MESSAGE_KEYS = "item_key >= 'message/' AND item_key < 'message0'"
+
+
+def _summary(row: Iterable[Any]) -> SessionSummary:
+    share_id, session_id, url, title, directory, updated, messages, cost, tokens = row
+    return SessionSummary(
+        share_id=share_id,
+        session_id=session_id,
+        url=url,
+        title=title,
+        directory=directory,
+        updated=updated or 0,
+        messages=messages,
+        cost=cost,
+        tokens=tokens,
+    )
+
+
+def _like_pattern(query: str) -> str:
+    """`query` as a LIKE pattern matching it anywhere, its own % and _ taken literally."""
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class SqliteArchive(ArchiveStore):
@@ -38,6 +70,8 @@ class SqliteArchive(ArchiveStore):
         self._conn = conn
         # One connection: reads must not see another call's transaction half done.
         self._lock = asyncio.Lock()
+        # Set (and replaced) by every write, so readers waiting for changes wake at once.
+        self._written = asyncio.Event()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteArchive:
@@ -46,13 +80,23 @@ class SqliteArchive(ArchiveStore):
             conn = await open_private(path, MIGRATIONS)
         except (OSError, aiosqlite.Error) as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
-        return cls(path, conn)
+        archive = cls(path, conn)
+        try:
+            await archive._summarise_unsummarised()
+        except BaseException:
+            await conn.close()
+            raise
+        return archive
 
     async def close(self) -> None:
         await self._conn.close()
 
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
-        return transaction(self._conn, self._lock)
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with transaction(self._conn, self._lock) as db:
+            yield db
+        self._written.set()
+        self._written = asyncio.Event()
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
@@ -83,9 +127,9 @@ class SqliteArchive(ArchiveStore):
                 share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
             url = f"{base_url}/share/{share_id}"
             await db.execute(
-                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (share_id, session_id, secret, url, stamp, stamp),
+                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+                "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (share_id, session_id, secret, url, stamp, stamp, stamp),
             )
         return Share(id=share_id, secret=secret, url=url)
 
@@ -161,6 +205,8 @@ class SqliteArchive(ArchiveStore):
                 "WHERE id = ?",
                 (stamp, seq + len(merged), share_id),
             )
+            if any(kind in ("session", "message") for _, kind, _ in merged):
+                await self._summarise(db, share_id)
             row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
         return int(row[0])
 
@@ -188,3 +234,82 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
+
+    async def wait_for_changes(self, share_id: str, after: int, timeout: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            written = self._written
+            rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
+            if not rows or rows[0][0] > after:
+                return True
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(written.wait(), min(remaining, POLL_SECONDS))
+
+    # -- the session list ------------------------------------------------------------------
+
+    async def _summarise(self, db: aiosqlite.Connection, share_id: str) -> None:
+        """Bring the share's summary columns up to date with its items."""
+        row = await self._fetch(
+            db,
+            "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
+            (share_id,),
+        )
+        fields = SessionFields.of(json.loads(row[0]) if row else None)
+        await db.execute(
+            "UPDATE share SET title = ?, directory = ?, session_updated = coalesce(?, "
+            "time_created), cost = ?, tokens = ?, message_count = (SELECT count(*) FROM "
+            f"share_item WHERE share_id = ? AND {MESSAGE_KEYS}) WHERE id = ?",
+            (
+                *(fields.title, fields.directory, fields.updated, fields.cost, fields.tokens),
+                *(share_id, share_id),
+            ),
+        )
+
+    async def _summarise_unsummarised(self) -> None:
+        """Shares stored before the archive kept summaries have none yet (NULL update time)."""
+        for (share_id,) in await self._rows("SELECT id FROM share WHERE session_updated IS NULL"):
+            async with self._transaction() as db:
+                await self._summarise(db, share_id)
+
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if query:
+            conditions.append(
+                "(title LIKE ? ESCAPE '\\' OR directory LIKE ? ESCAPE '\\' "
+                "OR session_id LIKE ? ESCAPE '\\')"
+            )
+            params += [_like_pattern(query)] * 3
+        # Keyset pagination: a page starts where the last one ended, read along the
+        # (session_updated, id) index, whatever the page number.
+        if before is not None:
+            conditions.append("(session_updated, id) < (?, ?)")
+            params += [before.updated, before.share_id]
+        elif after is not None:
+            conditions.append("(session_updated, id) > (?, ?)")
+            params += [after.updated, after.share_id]
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = "ASC" if before is None and after is not None else "DESC"
+        rows = await self._rows(
+            f"SELECT {SUMMARY_COLUMNS} FROM share {where} "
+            f"ORDER BY session_updated {order}, id {order} LIMIT ?",
+            [*params, limit],
+        )
+        summaries = [_summary(row) for row in rows]
+        return summaries[::-1] if order == "ASC" else summaries
+
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        rows = await self._rows(f"SELECT {SUMMARY_COLUMNS} FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return _summary(rows[0])

@@ -14,6 +14,7 @@ from ..archive import ArchiveStore, open_archive
 from ..listen import listening_socket
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
+from .pages import SecurityHeaders, page_routes
 from .rest import rest_routes
 from .rpc import rpc_routes
 
@@ -28,13 +29,16 @@ def build_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
-    own scheme and host); `key`, when set, is required to create shares."""
+    own scheme and host); `key`, when set, is required to create shares and to see the list
+    of sessions."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key),
         *rpc_routes(store, base_url=base_url, key=key),
+        *page_routes(store, key=key),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_body=max_body)])
+    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def _is_loopback(host: str) -> bool:
