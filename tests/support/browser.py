@@ -1,8 +1,12 @@
 """A real headless Chromium for page tests: Debian's `chromium` package driven by Playwright.
 
 Playwright's own browser downloads are not available here (no `playwright install`), so the
-system browser is launched by path. Each test gets its own browser process; Playwright gives
-every launch a fresh temporary profile (`--user-data-dir`) and removes it on close.
+system browser is launched by path, once per test module (a launch takes seconds); every
+test gets a fresh browser context (no cookies or storage shared), and Playwright gives the
+launch a fresh temporary profile (`--user-data-dir`) and removes it on close. The fixtures run
+on the module's event loop, so a module using them marks its tests (and async fixtures) so:
+
+    pytestmark = pytest.mark.asyncio(loop_scope="module")
 
     async def test_page(browser_page: BrowserPage) -> None:
         await browser_page.page.goto(url)
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Dialog, Error, Page, async_playwright
 
 DEFAULT_CHROMIUM = Path("/usr/bin/chromium")
@@ -62,7 +67,7 @@ class BrowserPage:
     errors: list[str] = field(default_factory=list)  # uncaught page errors
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         try:
@@ -77,7 +82,7 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def browser_page(browser: Browser) -> AsyncIterator[BrowserPage]:
     """A desktop-sized page; dialogs are recorded and dismissed, never left open."""
     context = await browser.new_context(viewport=DESKTOP)

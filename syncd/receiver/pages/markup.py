@@ -8,6 +8,7 @@ link validator, and code is coloured by Pygments, which escapes every token it e
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -96,16 +97,34 @@ class FileDiff:
     status: str | None = None
 
 
-def _line_kind(line: str) -> str:
-    if line.startswith(("+++", "---", "Index:", "====", "diff ", "\\")):
-        return "meta"
-    if line.startswith("+"):
-        return "add"
-    if line.startswith("-"):
-        return "del"
-    if line.startswith("@@"):
-        return "hunk"
-    return "context"
+HUNK_HEADER = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+
+
+def _diff_lines(patch: str) -> list[DiffLine]:
+    """The lines of a unified diff with their kinds. Inside a hunk its header's line counts
+    decide, so a removed `-- comment` is not taken for a `---` file header."""
+    lines: list[DiffLine] = []
+    old = new = 0  # lines of the current hunk still to come, on each side
+    for line in patch.splitlines():
+        if line.startswith(("Index:", "====")) and not old and not new:
+            continue  # opencode's patches open with these; they repeat the file name
+        hunk = HUNK_HEADER.match(line)
+        if old > 0 or new > 0:
+            if line.startswith("+"):
+                kind, new = "add", new - 1
+            elif line.startswith("-"):
+                kind, old = "del", old - 1
+            elif line.startswith("\\"):
+                kind = "meta"  # "\ No newline at end of file"
+            else:
+                kind, old, new = "context", old - 1, new - 1
+        elif hunk:
+            kind = "hunk"
+            old, new = int(hunk[1] or 1), int(hunk[2] or 1)
+        else:
+            kind = "meta"
+        lines.append(DiffLine(kind, line))
+    return lines
 
 
 def _count(value: Any, fallback: int) -> int:
@@ -136,7 +155,7 @@ def file_diff(data: Any, file: str | None = None) -> FileDiff | None:
                 name,
             )
         )
-    lines = [DiffLine(_line_kind(line), line) for line in patch.splitlines()]
+    lines = _diff_lines(patch)
     status = data.get("status") if isinstance(data.get("status"), str) else None
     return FileDiff(
         file=name,

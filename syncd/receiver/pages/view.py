@@ -38,6 +38,10 @@ def dict_of(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def list_of(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def time_of(value: Any) -> int | None:
     """A millisecond stamp, or None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -213,7 +217,7 @@ def part_view(data: dict[str, Any]) -> PartView | None:
         part.text = text_of(data.get("filename")) or text_of(data.get("url"))[:200]
         part.files = [text_of(data.get("mime"))]
     elif kind == "patch":
-        part.files = [name for name in data.get("files") or [] if isinstance(name, str)]
+        part.files = [name for name in list_of(data.get("files")) if isinstance(name, str)]
     elif kind == "retry":
         part.text = _error_text(data.get("error"))
     elif kind in ("agent", "subtask"):
@@ -237,7 +241,7 @@ def message_view(data: dict[str, Any]) -> MessageView:
         cost=number_of(data.get("cost")),
         tokens=Tokens.of(data.get("tokens")),
         error=_error_text(data.get("error")),
-        diffs=file_diffs(dict_of(data.get("summary")).get("diffs") or []),
+        diffs=file_diffs(list_of(dict_of(data.get("summary")).get("diffs"))),
     )
 
 
