@@ -136,12 +136,14 @@ def assistant(message_id: str) -> dict[str, Any]:
     return {"type": "message", "data": {"id": message_id, "role": "assistant", "cost": 0.5}}
 
 
-async def open_live(page: Page, url: str) -> None:
-    """Open a share page and wait for its live stream; mark the document, so that a reload
-    (which would show new content without live updates) is told apart."""
-    await page.goto(url)
+async def open_sample_live(served: Served, writer: SqliteArchive, page: Page) -> Share:
+    """Open a sample session's page and wait for its live stream; mark the document, so that
+    a reload (which would show new content without live updates) is told apart."""
+    share = await share_of(writer, next(iter(sample_sessions())))
+    await page.goto(f"{served.url}/share/{share.id}")
     await expect(page.locator("#live")).to_have_text("live")
     await page.evaluate("window.loadedOnce = true")
+    return share
 
 
 async def still_the_same_document(page: Page) -> bool:
@@ -229,8 +231,7 @@ async def test_a_part_synced_while_the_page_is_open_appears(
     served: Served, writer: SqliteArchive, browser_page: BrowserPage
 ) -> None:
     page = browser_page.page
-    share = await share_of(writer, next(iter(sample_sessions())))
-    await open_live(page, f"{served.url}/share/{share.id}")
+    share = await open_sample_live(served, writer, page)
     await writer.sync(
         share.id,
         share.secret,
@@ -256,8 +257,7 @@ async def test_a_page_catches_up_after_the_server_restarts(
     served: Served, writer: SqliteArchive, browser_page: BrowserPage
 ) -> None:
     page = browser_page.page
-    share = await share_of(writer, next(iter(sample_sessions())))
-    await open_live(page, f"{served.url}/share/{share.id}")
+    share = await open_sample_live(served, writer, page)
     await writer.sync(
         share.id, share.secret, [assistant("msg_zz"), text_part("msg_zz", "prt_1", "one")]
     )
@@ -282,7 +282,7 @@ async def test_hostile_content_renders_as_text_and_runs_nothing(
     served: Served, writer: SqliteArchive, browser_page: BrowserPage
 ) -> None:
     page = browser_page.page
-    share = await share_of(writer, next(iter(sample_sessions())))
+    share = await open_sample_live(served, writer, page)
     tool = {
         "id": "prt_h2",
         "messageID": "msg_h",
@@ -301,7 +301,8 @@ async def test_hostile_content_renders_as_text_and_runs_nothing(
         {"type": "part", "data": tool},
     ]
     await writer.sync(share.id, share.secret, hostile)
-    await open_live(page, f"{served.url}/share/{share.id}")
+    await page.reload()  # rendered by the server this time, and live again
+    await expect(page.locator("#live")).to_have_text("live")
     await writer.sync(share.id, share.secret, [text_part("msg_h", "prt_h3", "live " + HOSTILE)])
     await expect(page.locator("#p-prt_h3")).to_contain_text("live <script>", timeout=LIVE_MS)
 

@@ -32,9 +32,6 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         help="session id (or its start, or its share id); default: the last one delivered",
     )
     sub.add_argument("--print", action="store_true", help="only print the url")
-    # Where `syncd serve` shows the embedded archive, when not the configured serve_host/port.
-    sub.add_argument("--host", help="address `syncd serve` listens on (default 127.0.0.1)")
-    sub.add_argument("--port", type=int, help="port `syncd serve` listens on (default 4788)")
     sub.set_defaults(command=lambda config, args: open_page(config, args.session, args.print))
 
 
