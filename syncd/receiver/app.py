@@ -66,6 +66,7 @@ async def serve(config: Any) -> int:
             url=f"http://{host}:{port}",
             archive=str(config.archive),
             shares=len(shares),
+            pages=f"http://{host}:{port}/",
             listing=f"http://{host}:{port}/api/share",
         )
         for share in shares:

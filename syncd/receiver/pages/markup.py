@@ -8,9 +8,11 @@ link validator, and code is coloured by Pygments, which escapes every token it e
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from markdown_it import MarkdownIt
@@ -35,7 +37,10 @@ def code_css() -> str:
     return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}\n"
 
 
+@functools.lru_cache(maxsize=256)
 def _lexer(language: str | None = None, filename: str | None = None) -> Lexer | None:
+    """The lexer for a language name or a file's name; kept, since finding one costs more
+    than colouring a short block with it."""
     try:
         if language:
             return get_lexer_by_name(language, stripnl=False, ensurenl=False)
@@ -48,7 +53,8 @@ def _lexer(language: str | None = None, filename: str | None = None) -> Lexer | 
 
 def code(text: str, language: str | None = None, filename: str | None = None) -> Markup:
     """`text` as the inside of a `<pre>`: coloured when its language (or file name) is known."""
-    lexer = _lexer(language, filename) if len(text) <= HIGHLIGHT_LIMIT else None
+    name = PurePosixPath(filename).name if filename else None
+    lexer = _lexer(language, name) if len(text) <= HIGHLIGHT_LIMIT else None
     if lexer is None:
         return escape(text)
     return Markup(highlight(text, lexer, _formatter))

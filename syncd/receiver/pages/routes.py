@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -139,13 +140,19 @@ def page_routes(store: ArchiveStore, *, key: str | None) -> list[BaseRoute]:
                     break
         except ShareNotFound:
             return html("not_found.html", status=404)
-        return html(
-            "share.html",
-            s=view.session_view(share_id, items),
-            summary=summary,
-            events_url=request.url_for("share_events", share_id=share_id).path,
-            data_url=f"/api/share/{share_id}/data",
-        )
+
+        def page() -> str:
+            return render.page(
+                "share.html",
+                s=view.session_view(share_id, items),
+                summary=summary,
+                events_url=request.url_for("share_events", share_id=share_id).path,
+                data_url=f"/api/share/{share_id}/data",
+            )
+
+        # A long session takes a while to render: off the event loop, so syncs and live
+        # streams are not held up meanwhile.
+        return HTMLResponse(await run_in_threadpool(page))
 
     async def events(request: Request) -> Response:
         return await live.events(request, store)
