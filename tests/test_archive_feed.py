@@ -75,17 +75,19 @@ async def test_changes_of_a_missing_or_deleted_share(store: SqliteArchive) -> No
 
 async def test_waiting_ends_on_a_write_a_deletion_or_the_timeout(store: SqliteArchive) -> None:
     share = await store.create_share("ses_feed0003", "http://x")
-    assert await store.wait_for_changes(share.id, 0, timeout=0.2) is False
-    waiting = asyncio.create_task(store.wait_for_changes(share.id, 0, timeout=60))
+    assert await store.wait_for_change(share.id, 0, timeout=0.2) is False
+    waiting = asyncio.create_task(store.wait_for_change(share.id, 0, timeout=60))
     await asyncio.sleep(0)
     assert not waiting.done()
     await store.sync(share.id, share.secret, [message("m1")])
     assert await asyncio.wait_for(waiting, 30) is True
-    assert await store.wait_for_changes(share.id, 0, timeout=60) is True  # already there
-    waiting = asyncio.create_task(store.wait_for_changes(share.id, 1, timeout=60))
+    assert await store.wait_for_change(share.id, 0, timeout=60) is True  # already there
+    waiting = asyncio.create_task(store.wait_for_change(share.id, 1, timeout=60))
     await store.delete_share(share.id, share.secret)
-    assert await asyncio.wait_for(waiting, 30) is True
-    assert await store.wait_for_changes("nope", 0, timeout=60) is True
+    with pytest.raises(ShareNotFound):
+        await asyncio.wait_for(waiting, 30)
+    with pytest.raises(ShareNotFound):
+        await store.wait_for_change("nope", 0, timeout=60)
 
 
 WRITER = """
@@ -107,7 +109,7 @@ async def test_a_write_by_another_process_wakes_a_reader(
     store: SqliteArchive, tmp_path: Path
 ) -> None:
     share = await store.create_share("ses_feed0004", "http://x")
-    waiting = asyncio.create_task(store.wait_for_changes(share.id, 0, timeout=60))
+    waiting = asyncio.create_task(store.wait_for_change(share.id, 0, timeout=60))
     writer = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WRITER, str(tmp_path / "archive.db"), share.id, share.secret
     )

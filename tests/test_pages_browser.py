@@ -250,6 +250,8 @@ async def test_a_part_synced_while_the_page_is_open_appears(
     await expect(article.locator(".md")).to_have_text("Appeared live, grown", timeout=LIVE_MS)
     await expect(article.locator(".part")).to_have_count(1)
     assert await still_the_same_document(page)
+    await writer.delete_share(share.id, share.secret)
+    await expect(page.locator("#live")).to_have_text("share deleted", timeout=LIVE_MS)
     assert not browser_page.errors
 
 

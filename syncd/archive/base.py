@@ -15,7 +15,7 @@ written after `after`, in order, with no gaps across restarts or processes. An i
 again moves to its new number, so a reader that resumes from the last number it saw gets every
 change once. A store must make numbers visible in order: a writer holds the share (its row
 lock, or SQLite's write lock) from taking numbers until it commits, so no reader can see
-number 12 before 11 is committed. `wait_for_changes` is how a reader waits for the next write,
+number 12 before 11 is committed. `wait_for_change` is how a reader waits for the next write,
 also one made by another process on the same database (the daemon writes the embedded archive
 while `syncd serve` reads it).
 
@@ -209,10 +209,11 @@ class ArchiveStore(ABC):
         `limit` of them. ShareNotFound when the share does not exist (or was deleted)."""
 
     @abstractmethod
-    async def wait_for_changes(self, share_id: str, after: int, timeout: float) -> bool:
-        """Wait until the share has an item written after sequence `after`, or is gone: True
-        then (at once if it already has), False after `timeout` seconds without. A write by
-        another process is noticed within about a second."""
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
+        """Wait until the share has an item written after sequence `after`: True then (at
+        once if it already has), False after `timeout` seconds without; ShareNotFound when
+        the share is (or becomes) gone. A write by another process is noticed within about a
+        second."""
 
     @abstractmethod
     async def list_sessions(

@@ -235,12 +235,14 @@ class SqliteArchive(ArchiveStore):
                 rows = await cursor.fetchall()
         return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
 
-    async def wait_for_changes(self, share_id: str, after: int, timeout: float) -> bool:
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             written = self._written
             rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
-            if not rows or rows[0][0] > after:
+            if not rows:
+                raise ShareNotFound()
+            if rows[0][0] > after:
                 return True
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:

@@ -90,9 +90,9 @@ async def events(request: Request, store: ArchiveStore) -> Response:
                 except ShareNotFound:
                     break
                 yield _event("totals", {"html": render.fragment("session_totals", summary)})
-            if len(batch) < BATCH:
-                await store.wait_for_changes(share_id, seen, WAIT_SECONDS)
             try:
+                if len(batch) < BATCH:
+                    await store.wait_for_change(share_id, seen, WAIT_SECONDS)
                 batch = await store.changes(share_id, seen, BATCH)
             except ShareNotFound:
                 break
