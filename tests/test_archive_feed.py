@@ -1,5 +1,6 @@
 """The archive's change feed (what live pages read) and its session list (the front page), on
-the SQLite store: numbering, waiting across processes, keyset pages, summaries, upgrades."""
+both stores (the `store` fixture, tests/support/stores.py): numbering, waiting across
+processes, keyset pages, summaries, upgrades."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import psycopg
 import pytest
 
-from syncd.archive import ShareNotFound
-from syncd.archive.base import SessionCursor, SessionSummary
+from syncd.archive import ArchiveStore, ShareNotFound
+from syncd.archive import postgres as postgres_store
+from syncd.archive.base import SessionCursor, SessionSummary, session_list_query
 from syncd.archive.sqlite import MIGRATIONS, SqliteArchive
 from syncd.migrate import migrate
 from syncd.model import Share
+from tests.support.stores import opened_store
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteArchive]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteArchive]:
     opened = await SqliteArchive.open(tmp_path / "archive.db")
     yield opened
     await opened.close()
@@ -41,7 +45,7 @@ def part(id: str, message_id: str, text: str) -> dict[str, Any]:
 
 
 async def test_every_write_is_numbered_and_a_rewrite_moves_to_its_new_number(
-    store: SqliteArchive,
+    store: ArchiveStore,
 ) -> None:
     share = await store.create_share("ses_feed0001", "http://x")
     await store.sync(share.id, share.secret, [message("m1"), part("p1", "m1", "a")])
@@ -64,7 +68,7 @@ async def test_every_write_is_numbered_and_a_rewrite_moves_to_its_new_number(
     assert [seq for seq, _ in await store.changes(share.id, 4)] == [5]
 
 
-async def test_changes_of_a_missing_or_deleted_share(store: SqliteArchive) -> None:
+async def test_changes_of_a_missing_or_deleted_share(store: ArchiveStore) -> None:
     with pytest.raises(ShareNotFound):
         await store.changes("nope", 0)
     share = await store.create_share("ses_feed0002", "http://x")
@@ -73,7 +77,7 @@ async def test_changes_of_a_missing_or_deleted_share(store: SqliteArchive) -> No
         await store.changes(share.id, 0)
 
 
-async def test_waiting_ends_on_a_write_a_deletion_or_the_timeout(store: SqliteArchive) -> None:
+async def test_waiting_ends_on_a_write_a_deletion_or_the_timeout(store: ArchiveStore) -> None:
     share = await store.create_share("ses_feed0003", "http://x")
     assert await store.wait_for_change(share.id, 0, timeout=0.2) is False
     waiting = asyncio.create_task(store.wait_for_change(share.id, 0, timeout=60))
@@ -92,11 +96,10 @@ async def test_waiting_ends_on_a_write_a_deletion_or_the_timeout(store: SqliteAr
 
 WRITER = """
 import asyncio, sys
-from pathlib import Path
-from syncd.archive.sqlite import SqliteArchive
+from syncd.archive import open_archive
 
 async def main():
-    store = await SqliteArchive.open(Path(sys.argv[1]))
+    store = await open_archive(sys.argv[1], pool_size=1)
     item = {"type": "message", "data": {"id": "from-another-process"}}
     await store.sync(sys.argv[2], sys.argv[3], [item])
     await store.close()
@@ -106,12 +109,12 @@ asyncio.run(main())
 
 
 async def test_a_write_by_another_process_wakes_a_reader(
-    store: SqliteArchive, tmp_path: Path
+    store: ArchiveStore, store_url: str
 ) -> None:
     share = await store.create_share("ses_feed0004", "http://x")
     waiting = asyncio.create_task(store.wait_for_change(share.id, 0, timeout=60))
     writer = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WRITER, str(tmp_path / "archive.db"), share.id, share.secret
+        sys.executable, "-c", WRITER, store_url, share.id, share.secret
     )
     assert await asyncio.wait_for(writer.wait(), 60) == 0
     assert await asyncio.wait_for(waiting, 30) is True
@@ -119,7 +122,7 @@ async def test_a_write_by_another_process_wakes_a_reader(
     assert (seq, item["data"]["id"]) == (1, "from-another-process")
 
 
-async def shares_with_sessions(store: SqliteArchive, updated: list[int]) -> list[Share]:
+async def shares_with_sessions(store: ArchiveStore, updated: list[int]) -> list[Share]:
     shares = []
     for n, stamp in enumerate(updated):
         share = await store.create_share(f"ses_list{n:06d}", "http://x")
@@ -135,7 +138,7 @@ async def shares_with_sessions(store: SqliteArchive, updated: list[int]) -> list
 
 
 async def test_the_list_pages_through_every_session_once_newest_first(
-    store: SqliteArchive,
+    store: ArchiveStore,
 ) -> None:
     stamps = [1000, 3000, 2000, 3000, 3000, 5000, 4000, 1000, 6000, 2000, 3000]  # with ties
     await shares_with_sessions(store, stamps)
@@ -157,7 +160,7 @@ async def test_the_list_pages_through_every_session_once_newest_first(
     assert [len(page) for page in back] == [3, 3, 3, 2]
 
 
-async def test_the_filter_matches_title_directory_or_id_literally(store: SqliteArchive) -> None:
+async def test_the_filter_matches_title_directory_or_id_literally(store: ArchiveStore) -> None:
     shares = await shares_with_sessions(store, [1, 2, 3, 4, 5])
 
     async def found(query: str) -> list[str]:
@@ -173,7 +176,7 @@ async def test_the_filter_matches_title_directory_or_id_literally(store: SqliteA
     assert [s.share_id for s in older] == [shares[2].id, shares[0].id]
 
 
-async def test_the_summary_follows_the_session_and_its_messages(store: SqliteArchive) -> None:
+async def test_the_summary_follows_the_session_and_its_messages(store: ArchiveStore) -> None:
     share = await store.create_share("ses_summary01", "http://x")
     created = await store.session_summary(share.id)
     assert (created.title, created.messages, created.tokens) == ("", 0, 0)
@@ -220,22 +223,47 @@ async def test_the_summary_follows_the_session_and_its_messages(store: SqliteArc
         await store.session_summary("nope")
 
 
-async def test_a_page_of_the_list_is_an_index_range_not_a_scan(store: SqliteArchive) -> None:
+async def test_a_page_of_the_sqlite_list_is_an_index_range_not_a_scan(
+    sqlite_store: SqliteArchive,
+) -> None:
     """Keyset pages read along (session_updated, id): no sort of the whole table, no OFFSET."""
-    await shares_with_sessions(store, [1, 2, 3])
+    await shares_with_sessions(sqlite_store, [1, 2, 3])
     statements: list[str] = []
-    await store._conn.set_trace_callback(statements.append)
-    await store.list_sessions("x", before=SessionCursor(2, "zzz"), limit=2)
-    await store.list_sessions(after=SessionCursor(2, "aaa"), limit=2)
-    await store._conn.set_trace_callback(None)
+    await sqlite_store._conn.set_trace_callback(statements.append)
+    await sqlite_store.list_sessions("x", before=SessionCursor(2, "zzz"), limit=2)
+    await sqlite_store.list_sessions(after=SessionCursor(2, "aaa"), limit=2)
+    await sqlite_store._conn.set_trace_callback(None)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 2
     for statement in selects:
         assert "OFFSET" not in statement.upper()
-        async with store._conn.execute(f"EXPLAIN QUERY PLAN {statement}") as cursor:
+        async with sqlite_store._conn.execute(f"EXPLAIN QUERY PLAN {statement}") as cursor:
             plan = " / ".join(row[-1] for row in await cursor.fetchall())
         assert "share_session_list_idx" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_page_of_the_postgres_list_is_an_index_range_not_a_scan(
+    postgres_url: str,
+) -> None:
+    """The statements the PostgreSQL store runs for keyset pages can be answered by reading
+    along (session_updated, id) without sorting: with sequential scans and sorts priced out
+    (a tiny table would otherwise be scanned), the plan still has no Sort node."""
+    async with opened_store(postgres_url) as store:
+        await shares_with_sessions(store, [1, 2, 3])
+    pages = [
+        session_list_query("x", SessionCursor(2, "zzz"), None, 2, mark="%s", like="ILIKE"),
+        session_list_query("", None, SessionCursor(2, "aaa"), 2, mark="%s", like="ILIKE"),
+        session_list_query("", None, None, 2, mark="%s", like="ILIKE"),
+    ]
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_sort = off")
+        for sql, params, _ in pages:
+            assert "OFFSET" not in sql.upper()
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
+            assert "share_session_list_idx" in plan, plan
+            assert "Sort" not in plan, plan
 
 
 async def test_an_archive_from_before_the_feed_and_the_list_is_brought_up(tmp_path: Path) -> None:
@@ -275,3 +303,40 @@ async def test_an_archive_from_before_the_feed_and_the_list_is_brought_up(tmp_pa
         assert [seq for seq, _ in await store.changes("old1", 3)] == [4]
     finally:
         await store.close()
+
+
+async def test_a_postgres_archive_from_before_the_list_is_brought_up(postgres_url: str) -> None:
+    """Shares stored before the PostgreSQL store kept summaries get theirs when it opens."""
+    first = sorted(p for p in postgres_store.MIGRATIONS.iterdir() if p.is_dir())[0]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE migration (id text PRIMARY KEY, time_completed bigint NOT NULL)")
+        conn.execute((first / "migration.sql").read_text())
+        conn.execute("INSERT INTO migration VALUES (%s, 0)", (first.name,))
+        conn.execute(
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, seq) "
+            "VALUES ('old1', 'ses_old1', 's', 'http://x/share/old1', 10, 20, 3)"
+        )
+        for seq, (key, kind, data) in enumerate(
+            [
+                ("session", "session", '{"id":"ses_old1","title":"Old","time":{"updated":15}}'),
+                ("message/m1", "message", '{"id":"m1"}'),
+                ("part/m1/p1", "part", '{"id":"p1","messageID":"m1"}'),
+            ],
+            start=1,
+        ):
+            conn.execute(
+                "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
+                "VALUES ('old1', %s, %s, %s, 20, %s)",
+                (key, kind, data, seq),
+            )
+        conn.execute(
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
+            "VALUES ('old2', 'ses_old2', 's', 'http://x/share/old2', 30, 30)"
+        )
+    async with opened_store(postgres_url) as store:
+        summary = await store.session_summary("old1")
+        assert (summary.title, summary.updated, summary.messages) == ("Old", 15, 1)
+        assert (await store.session_summary("old2")).updated == 30  # when it was shared
+        assert [s.share_id for s in await store.list_sessions()] == ["old2", "old1"]
+        await store.sync("old1", "s", [part("p2", "m1", "new")])
+        assert [seq for seq, _ in await store.changes("old1", 3)] == [4]

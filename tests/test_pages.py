@@ -1,21 +1,19 @@
 """The share pages without a browser: what they make of hostile or odd content, the key in
-front of the session list, the headers every answer carries, and the pages' links."""
+front of the session list, the headers every answer carries, and the pages' links (on both
+stores where they read the archive)."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from syncd.archive.sqlite import SqliteArchive
+from syncd.archive import ArchiveStore
 from syncd.receiver.app import build_app
 from syncd.receiver.pages import live, markup, render, view
 from tests.support import FIXTURES
@@ -136,19 +134,12 @@ def test_a_reconnect_resumes_after_the_last_event_id() -> None:
     assert live.position(request({}, "after=-1")) == 0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteArchive]:
-    opened = await SqliteArchive.open(tmp_path / "archive.db")
-    yield opened
-    await opened.close()
-
-
-def client_for(store: SqliteArchive, key: str | None) -> httpx.AsyncClient:
+def client_for(store: ArchiveStore, key: str | None) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=build_app(store, key=key))
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
-async def test_the_list_needs_the_key_share_pages_do_not(store: SqliteArchive) -> None:
+async def test_the_list_needs_the_key_share_pages_do_not(store: ArchiveStore) -> None:
     share = await store.create_share("ses_keyed0001", "http://testserver")
     await store.sync(share.id, share.secret, DEMO)
     async with client_for(store, KEY) as client:
@@ -175,14 +166,14 @@ async def test_the_list_needs_the_key_share_pages_do_not(store: SqliteArchive) -
         assert (await client.get("/")).status_code == 303
 
 
-async def test_without_a_key_the_list_is_open_and_login_goes_home(store: SqliteArchive) -> None:
+async def test_without_a_key_the_list_is_open_and_login_goes_home(store: ArchiveStore) -> None:
     async with client_for(store, None) as client:
         assert (await client.get("/")).status_code == 200
         assert (await client.get("/login")).headers["location"] == "/"
 
 
 async def test_every_answer_carries_a_strict_policy_and_no_inline_script(
-    store: SqliteArchive,
+    store: ArchiveStore,
 ) -> None:
     share = await store.create_share("ses_headers01", "http://testserver")
     await store.sync(share.id, share.secret, DEMO)
@@ -203,7 +194,7 @@ async def test_every_answer_carries_a_strict_policy_and_no_inline_script(
         assert (await client.get("/static/code.css")).headers["content-type"].startswith("text/css")
 
 
-async def test_the_list_links_page_to_page(store: SqliteArchive) -> None:
+async def test_the_list_links_page_to_page(store: ArchiveStore) -> None:
     titles = []
     for n in range(120):
         share = await store.create_share(f"ses_many{n:06d}", "http://testserver")

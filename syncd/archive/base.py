@@ -15,9 +15,9 @@ written after `after`, in order, with no gaps across restarts or processes. An i
 again moves to its new number, so a reader that resumes from the last number it saw gets every
 change once. A store must make numbers visible in order: a writer holds the share (its row
 lock, or SQLite's write lock) from taking numbers until it commits, so no reader can see
-number 12 before 11 is committed. `wait_for_change` is how a reader waits for the next write,
-also one made by another process on the same database (the daemon writes the embedded archive
-while `syncd serve` reads it).
+number 12 before 11 is committed. `wait_for_change(share_id, after)` returns as soon as the
+share moves past `after`, whichever process (or replica) wrote it (the daemon writes the
+embedded archive while `syncd serve` reads it).
 
 The session list (the front page): every sync that carries the session or a message keeps the
 share's summary current (`SessionSummary`: title, directory, update time, message count, cost,
@@ -27,9 +27,16 @@ their items. The fields come from the session item by one rule, `SessionFields.o
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import json
+import secrets
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +129,94 @@ class SessionFields:
         )
 
 
+# The summary columns of `share`, in the order `summary_of_row` reads them.
+SUMMARY_COLUMNS = (
+    "id, session_id, url, title, directory, session_updated, message_count, cost, tokens"
+)
+# Message items, as a range of the (share_id, item_key) primary key: counted without a scan.
+MESSAGE_KEYS = "item_key >= 'message/' AND item_key < 'message0'"
+# What the session list's filter looks in.
+SEARCHED_COLUMNS = ("title", "directory", "session_id")
+
+
+def summary_of_row(row: Iterable[Any]) -> SessionSummary:
+    share_id, session_id, url, title, directory, updated, messages, cost, tokens = row
+    return SessionSummary(
+        share_id=share_id,
+        session_id=session_id,
+        url=url,
+        title=title,
+        directory=directory,
+        updated=updated or 0,
+        messages=messages,
+        cost=cost,
+        tokens=tokens,
+    )
+
+
+def summary_update(share_id: str, session_text: str | None, *, mark: str) -> tuple[str, list[Any]]:
+    """The UPDATE (in a store's dialect, `mark` its parameter placeholder) that brings the
+    share's summary columns up to date with its items, given its session item's JSON text
+    (None when it has none yet), and its parameters."""
+    fields = SessionFields.of(json.loads(session_text) if session_text is not None else None)
+    sql = (
+        f"UPDATE share SET title = {mark}, directory = {mark}, "
+        f"session_updated = coalesce({mark}, time_created), cost = {mark}, tokens = {mark}, "
+        f"message_count = (SELECT count(*) FROM share_item WHERE share_id = {mark} "
+        f"AND {MESSAGE_KEYS}) WHERE id = {mark}"
+    )
+    values = [fields.title, fields.directory, fields.updated, fields.cost, fields.tokens]
+    return sql, [*values, share_id, share_id]
+
+
+def session_list_query(
+    query: str,
+    before: SessionCursor | None,
+    after: SessionCursor | None,
+    limit: int,
+    *,
+    mark: str,
+    like: str,
+) -> tuple[str, list[Any], bool]:
+    """The SELECT of one page of the session list in a store's dialect (`mark`: its parameter
+    placeholder, `like`: its case-ignoring LIKE), its parameters, and whether the rows come
+    oldest first (the page before `after`) and must be reversed."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if query:
+        # The query taken literally: its own %, _ and \ escaped.
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        matches = (f"{column} {like} {mark} ESCAPE '\\'" for column in SEARCHED_COLUMNS)
+        conditions.append(f"({' OR '.join(matches)})")
+        params += [f"%{escaped}%"] * len(SEARCHED_COLUMNS)
+    # Keyset pagination: a page starts where the last one ended, read along the
+    # (session_updated, id) index, whatever the page number.
+    if before is not None:
+        conditions.append(f"(session_updated, id) < ({mark}, {mark})")
+        params += [before.updated, before.share_id]
+    elif after is not None:
+        conditions.append(f"(session_updated, id) > ({mark}, {mark})")
+        params += [after.updated, after.share_id]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    oldest_first = before is None and after is not None
+    order = "ASC" if oldest_first else "DESC"
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS} FROM share {where} "
+        f"ORDER BY session_updated {order}, id {order} LIMIT {mark}"
+    )
+    return sql, [*params, limit], oldest_first
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (database down, restarting, out of connections); the
+    request may succeed later. Whether an interrupted write landed is unknown: a retry of the
+    same batch (same dedup key) settles it. The message never holds a password."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -167,8 +262,67 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
     return key, kind, _json_text(data, where)
 
 
+def share_ids(session_id: str) -> Iterator[str]:
+    """The ids to try, in order, for a new share of `session_id`: the session id's last
+    characters, as on opencode's server, then random ones (another share holds it)."""
+    yield session_id[-SHARE_ID_LENGTH:]
+    while True:
+        yield secrets.token_hex(SHARE_ID_LENGTH // 2)
+
+
+def new_secret() -> str:
+    return str(uuid.uuid4())
+
+
+def secret_matches(stored: str, given: Any) -> bool:
+    """Whether `given` is the share's secret, compared in constant time."""
+    return isinstance(given, str) and hmac.compare_digest(stored.encode(), given.encode())
+
+
+def check_session_id(session_id: Any) -> None:
+    """BadSyncData unless a share can be made for `session_id`: a non-empty string without
+    NUL (which PostgreSQL text cannot hold; both stores refuse it alike)."""
+    if not isinstance(session_id, str) or not session_id:
+        raise BadSyncData("sessionID must be a non-empty string")
+    if "\x00" in session_id:
+        raise BadSyncData("sessionID must not contain NUL characters")
+
+
+class ChangeWaiters:
+    """The tasks of this process waiting for a share to change, woken by whoever learns of a
+    change (the writer itself, or a notification from another process)."""
+
+    def __init__(self) -> None:
+        self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.contextmanager
+    def watching(self, share_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._events[share_id].add(event)
+        try:
+            yield event
+        finally:
+            self._events[share_id].discard(event)
+            if not self._events[share_id]:
+                del self._events[share_id]
+
+    def wake(self, share_id: str | None = None) -> None:
+        """Wake the waiters on `share_id`, or every waiter (changes may have been missed)."""
+        groups = self._events.values() if share_id is None else [self._events.get(share_id, set())]
+        for events in groups:
+            for event in events:
+                event.set()
+
+
 class ArchiveStore(ABC):
     """Shares and their merged content. Every method is safe to call concurrently."""
+
+    # How often a waiter re-reads the share's sequence number even without a wake-up: writes
+    # by a process that cannot wake this one (another process on the same SQLite file).
+    change_poll_interval = 1.0
+
+    def __init__(self) -> None:
+        self.waiters = ChangeWaiters()
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -209,13 +363,6 @@ class ArchiveStore(ABC):
         `limit` of them. ShareNotFound when the share does not exist (or was deleted)."""
 
     @abstractmethod
-    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
-        """Wait until the share has an item written after sequence `after`: True then (at
-        once if it already has), False after `timeout` seconds without; ShareNotFound when
-        the share is (or becomes) gone. A write by another process is noticed within about a
-        second."""
-
-    @abstractmethod
     async def list_sessions(
         self,
         query: str = "",
@@ -231,6 +378,26 @@ class ArchiveStore(ABC):
     @abstractmethod
     async def session_summary(self, share_id: str) -> SessionSummary:
         """The share's session as the list shows it; ShareNotFound when there is none."""
+
+    @abstractmethod
+    async def seq(self, share_id: str) -> int:
+        """The share's newest sequence number (0 before its first item); ShareNotFound."""
+
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
+        """Wait until the share's sequence number passes `after`, for at most `timeout`
+        seconds; True when it did. ShareNotFound when the share is (or becomes) gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.waiters.watching(share_id) as woken:
+            while True:
+                woken.clear()  # before reading: a wake-up after the read is not lost
+                if await self.seq(share_id) > after:
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, self.change_poll_interval))
 
     async def read_share(self, share_id: str) -> dict[str, Any]:
         """The merged share: {"session", "messages", "parts", "diffs", "models"}; messages

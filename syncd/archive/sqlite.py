@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import secrets
-import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +17,34 @@ from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
-    SHARE_ID_LENGTH,
+    SUMMARY_COLUMNS,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
     SessionCursor,
-    SessionFields,
     SessionSummary,
     ShareNotFound,
+    check_session_id,
     item_key,
+    new_secret,
     now_ms,
+    secret_matches,
+    session_list_query,
+    share_ids,
+    summary_of_row,
+    summary_update,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
-# How often a reader waiting for changes looks at the file: writes by this store wake it at
-# once, writes by another process (the daemon on the embedded archive) within this.
-POLL_SECONDS = 0.5
-SUMMARY_COLUMNS = (
-    "id, session_id, url, title, directory, session_updated, message_count, cost, tokens"
-)
-# Message items, as a range of the (share_id, item_key) primary key: counted without a scan.
-MESSAGE_KEYS = "item_key >= 'message/' AND item_key < 'message0'"
-
-
-def _summary(row: Iterable[Any]) -> SessionSummary:
-    share_id, session_id, url, title, directory, updated, messages, cost, tokens = row
-    return SessionSummary(
-        share_id=share_id,
-        session_id=session_id,
-        url=url,
-        title=title,
-        directory=directory,
-        updated=updated or 0,
-        messages=messages,
-        cost=cost,
-        tokens=tokens,
-    )
-
-
-def _like_pattern(query: str) -> str:
-    """`query` as a LIKE pattern matching it anywhere, its own % and _ taken literally."""
-    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class SqliteArchive(ArchiveStore):
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        super().__init__()
         self.path = path
         self._conn = conn
         # One connection: reads must not see another call's transaction half done.
         self._lock = asyncio.Lock()
-        # Set (and replaced) by every write, so readers waiting for changes wake at once.
-        self._written = asyncio.Event()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteArchive:
@@ -91,12 +64,8 @@ class SqliteArchive(ArchiveStore):
     async def close(self) -> None:
         await self._conn.close()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with transaction(self._conn, self._lock) as db:
-            yield db
-        self._written.set()
-        self._written = asyncio.Event()
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return transaction(self._conn, self._lock)
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
@@ -111,42 +80,49 @@ class SqliteArchive(ArchiveStore):
         row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
         if row is None:
             raise ShareNotFound()
-        if not isinstance(secret, str) or not hmac.compare_digest(row[0].encode(), secret.encode()):
+        if not secret_matches(row[0], secret):
             raise InvalidSecret()
 
     # -- shares ----------------------------------------------------------------------------
 
     async def create_share(self, session_id: str, base_url: str) -> Share:
-        if not isinstance(session_id, str) or not session_id:
-            raise BadSyncData("sessionID must be a non-empty string")
-        secret = str(uuid.uuid4())
-        stamp = now_ms()
+        check_session_id(session_id)
         async with self._transaction() as db:
-            share_id = session_id[-SHARE_ID_LENGTH:]
-            while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
-                share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
-            url = f"{base_url}/share/{share_id}"
-            await db.execute(
-                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
-                "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (share_id, session_id, secret, url, stamp, stamp, stamp),
-            )
+            return await self._create(db, session_id, base_url)
+
+    async def _create(self, db: aiosqlite.Connection, session_id: str, base_url: str) -> Share:
+        secret, stamp = new_secret(), now_ms()
+        for share_id in share_ids(session_id):
+            if not await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                break
+        url = f"{base_url}/share/{share_id}"
+        await db.execute(
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+            "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (share_id, session_id, secret, url, stamp, stamp, stamp),
+        )
         return Share(id=share_id, secret=secret, url=url)
 
     async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        rows = await self._rows(
-            "SELECT id, secret, url FROM share WHERE session_id = ? "
-            "ORDER BY time_created DESC, rowid DESC LIMIT 1",
-            (session_id,),
-        )
-        if rows:
-            return Share(id=rows[0][0], secret=rows[0][1], url=rows[0][2])
-        return await self.create_share(session_id, base_url)
+        check_session_id(session_id)
+        # Lookup and creation in one transaction: two requests for a new session's share at
+        # once get the same share.
+        async with self._transaction() as db:
+            row = await self._fetch(
+                db,
+                "SELECT id, secret, url FROM share WHERE session_id = ? "
+                "ORDER BY time_created DESC, rowid DESC LIMIT 1",
+                (session_id,),
+            )
+            if row is not None:
+                return Share(id=row[0], secret=row[1], url=row[2])
+            return await self._create(db, session_id, base_url)
 
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)
             await db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
 
     async def list_shares(self) -> list[dict[str, Any]]:
         rows = await self._rows(
@@ -208,6 +184,7 @@ class SqliteArchive(ArchiveStore):
             if any(kind in ("session", "message") for _, kind, _ in merged):
                 await self._summarise(db, share_id)
             row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
         return int(row[0])
 
     async def read_items(self, share_id: str) -> list[dict[str, Any]]:
@@ -220,6 +197,12 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [{"type": kind, "data": json.loads(text)} for kind, text in rows]
+
+    async def seq(self, share_id: str) -> int:
+        rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return int(rows[0][0])
 
     async def changes(
         self, share_id: str, after: int, limit: int = 500
@@ -235,21 +218,6 @@ class SqliteArchive(ArchiveStore):
                 rows = await cursor.fetchall()
         return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
 
-    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            written = self._written
-            rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
-            if not rows:
-                raise ShareNotFound()
-            if rows[0][0] > after:
-                return True
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(written.wait(), min(remaining, POLL_SECONDS))
-
     # -- the session list ------------------------------------------------------------------
 
     async def _summarise(self, db: aiosqlite.Connection, share_id: str) -> None:
@@ -259,16 +227,7 @@ class SqliteArchive(ArchiveStore):
             "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
             (share_id,),
         )
-        fields = SessionFields.of(json.loads(row[0]) if row else None)
-        await db.execute(
-            "UPDATE share SET title = ?, directory = ?, session_updated = coalesce(?, "
-            "time_created), cost = ?, tokens = ?, message_count = (SELECT count(*) FROM "
-            f"share_item WHERE share_id = ? AND {MESSAGE_KEYS}) WHERE id = ?",
-            (
-                *(fields.title, fields.directory, fields.updated, fields.cost, fields.tokens),
-                *(share_id, share_id),
-            ),
-        )
+        await db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))
 
     async def _summarise_unsummarised(self) -> None:
         """Shares stored before the archive kept summaries have none yet (NULL update time)."""
@@ -284,34 +243,14 @@ class SqliteArchive(ArchiveStore):
         after: SessionCursor | None = None,
         limit: int = 50,
     ) -> list[SessionSummary]:
-        conditions: list[str] = []
-        params: list[Any] = []
-        if query:
-            conditions.append(
-                "(title LIKE ? ESCAPE '\\' OR directory LIKE ? ESCAPE '\\' "
-                "OR session_id LIKE ? ESCAPE '\\')"
-            )
-            params += [_like_pattern(query)] * 3
-        # Keyset pagination: a page starts where the last one ended, read along the
-        # (session_updated, id) index, whatever the page number.
-        if before is not None:
-            conditions.append("(session_updated, id) < (?, ?)")
-            params += [before.updated, before.share_id]
-        elif after is not None:
-            conditions.append("(session_updated, id) > (?, ?)")
-            params += [after.updated, after.share_id]
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = "ASC" if before is None and after is not None else "DESC"
-        rows = await self._rows(
-            f"SELECT {SUMMARY_COLUMNS} FROM share {where} "
-            f"ORDER BY session_updated {order}, id {order} LIMIT ?",
-            [*params, limit],
+        sql, params, oldest_first = session_list_query(
+            query, before, after, limit, mark="?", like="LIKE"
         )
-        summaries = [_summary(row) for row in rows]
-        return summaries[::-1] if order == "ASC" else summaries
+        summaries = [summary_of_row(row) for row in await self._rows(sql, params)]
+        return summaries[::-1] if oldest_first else summaries
 
     async def session_summary(self, share_id: str) -> SessionSummary:
         rows = await self._rows(f"SELECT {SUMMARY_COLUMNS} FROM share WHERE id = ?", (share_id,))
         if not rows:
             raise ShareNotFound()
-        return _summary(rows[0])
+        return summary_of_row(rows[0])

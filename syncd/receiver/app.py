@@ -10,13 +10,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from ..archive import ArchiveStore, open_archive
+from ..archive import ArchiveStore, StoreUnavailable, open_archive, redact
 from ..listen import listening_socket
+from ..systemd import notify
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
 from .pages import SecurityHeaders, page_routes
 from .rest import rest_routes
 from .rpc import rpc_routes
+from .unavailable import store_unavailable
 
 log = structlog.get_logger("syncd.receiver")
 
@@ -37,8 +39,11 @@ def build_app(
         *rpc_routes(store, base_url=base_url, key=key),
         *page_routes(store, key=key),
     ]
-    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)]
-    return Starlette(routes=routes, middleware=middleware)
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)],
+        exception_handlers={StoreUnavailable: store_unavailable},
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -49,11 +54,12 @@ def _is_loopback(host: str) -> bool:
 
 
 async def serve(config: Any) -> int:
-    """Run the receiver on config.serve_host:config.serve_port over the archive at
-    config.archive until interrupted."""
+    """Run the receiver on config.serve_host:config.serve_port over config.store (default:
+    the archive file) until interrupted."""
+    store_name = config.store or config.archive
     sock = listening_socket(config.serve_host, config.serve_port)
     try:
-        store = await open_archive(config.archive)
+        store = await open_archive(store_name, pool_size=config.store_pool_size)
     except BaseException:
         sock.close()
         raise
@@ -64,7 +70,7 @@ async def serve(config: Any) -> int:
         log.info(
             "serving",
             url=f"http://{host}:{port}",
-            archive=str(config.archive),
+            store=redact(store_name),
             shares=len(shares),
             pages=f"http://{host}:{port}/",
             listing=f"http://{host}:{port}/api/share",
@@ -80,7 +86,9 @@ async def serve(config: Any) -> int:
         server = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         )
+        notify("READY=1")  # the archive is open and migrated, the socket bound
         await server.serve(sockets=[sock])
+        notify("STOPPING=1")
     finally:
         sock.close()
         await store.close()
