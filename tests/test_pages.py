@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from syncd.archive import ArchiveStore
+from syncd.archive import ArchiveStore, StoreUnavailable
+from syncd.archive.sqlite import SqliteArchive
 from syncd.receiver.app import build_app
 from syncd.receiver.pages import live, markup, render, view
 from tests.support import FIXTURES
@@ -132,6 +134,7 @@ def test_a_reconnect_resumes_after_the_last_event_id() -> None:
     assert live.position(request({"last-event-id": "12"}, "after=7")) == 12
     assert live.position(request({"last-event-id": "x"}, "after=7")) == 7
     assert live.position(request({}, "after=-1")) == 0
+    assert live.position(request({"last-event-id": "9" * 30}, "after=7")) == 7  # no 64-bit int
 
 
 def client_for(store: ArchiveStore, key: str | None) -> httpx.AsyncClient:
@@ -221,3 +224,30 @@ async def test_the_list_links_page_to_page(store: ArchiveStore) -> None:
         assert re.findall(r'<a href="/share/[^"]+">([^<]+)</a>', filtered) == [
             f"Session number {n}" for n in (119, 118, 117, 116, 115, 114, 113, 112, 111, 110, 11)
         ]
+        # A cursor no store integer holds is no cursor: the newest page, not an error.
+        huge = await client.get("/", params={"before": f"{'9' * 30}.x"})
+        assert re.findall(r'<a href="/share/[^"]+">([^<]+)</a>', huge.text) == seen[:50]
+
+
+class OutageArchive(SqliteArchive):
+    """A store whose database goes out of reach while a page's stream waits for changes."""
+
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
+        raise StoreUnavailable("connection refused", retry_after=5)
+
+
+async def test_a_store_outage_ends_a_live_stream_for_the_browser_to_resume(
+    tmp_path: Path,
+) -> None:
+    store = await OutageArchive.open(tmp_path / "archive.db")
+    try:
+        share = await store.create_share("ses_outage0001", "http://testserver")
+        await store.sync(share.id, share.secret, [{"type": "message", "data": {"id": "m1"}}])
+        async with client_for(store, None) as client:
+            answer = await client.get(f"/share/{share.id}/events")
+        assert answer.status_code == 200
+        # What came before the outage, with its id to resume from; no "gone": the share is not.
+        assert "id: 1" in answer.text and "event: message" in answer.text
+        assert "event: gone" not in answer.text
+    finally:
+        await store.close()

@@ -12,12 +12,16 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from ...archive.base import ArchiveStore, ShareNotFound
+from ...archive.base import ArchiveStore, ShareNotFound, StoreUnavailable
+from ...model import SyncItem
 from . import render, view
+
+log = structlog.get_logger("syncd.receiver.pages")
 
 # Items sent per read of the feed; a reader far behind catches up in several reads.
 BATCH = 200
@@ -27,13 +31,22 @@ WAIT_SECONDS = 15.0
 PING_SECONDS = 15
 # Sent to the browser: how soon to reconnect a dropped stream (milliseconds).
 RETRY_MS = 1000
+MAX_DIGITS = 18
+
+
+def number(text: str | None) -> int | None:
+    """A sequence number or time from a url or header: ASCII digits that fit the stores'
+    64-bit integers (SQLite refuses bigger ones); None for anything else."""
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
+        return None
+    return int(text)
 
 
 def position(request: Request) -> int:
     """Where the reader is: Last-Event-ID (a reconnect) before `?after=` (a fresh stream)."""
     for value in (request.headers.get("last-event-id"), request.query_params.get("after")):
-        if value is not None and value.isascii() and value.isdigit():
-            return int(value)
+        if (seq := number(value)) is not None:
+            return seq
     return 0
 
 
@@ -75,8 +88,17 @@ async def events(request: Request, store: ArchiveStore) -> Response:
         return PlainTextResponse("Share not found", status_code=404)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        seen, batch = after, first
         yield ServerSentEvent(retry=RETRY_MS)
+        try:
+            async for event in follow(after, first):
+                yield event
+        except StoreUnavailable as exc:
+            # The stream ends; the browser reconnects from the last event it got.
+            log.warning("page stream ended: store unavailable", share=share_id, error=str(exc))
+
+    async def follow(
+        seen: int, batch: list[tuple[int, SyncItem]]
+    ) -> AsyncIterator[ServerSentEvent]:
         while True:
             totals_changed = False
             for seq, item in batch:

@@ -63,9 +63,10 @@ def _cursor(text: str | None) -> SessionCursor | None:
     if not text:
         return None
     stamp, _, share_id = text.partition(".")
-    if not (stamp.isascii() and stamp.isdigit() and share_id):
+    updated = live.number(stamp)
+    if updated is None or not share_id:
         return None
-    return SessionCursor(int(stamp), share_id)
+    return SessionCursor(updated, share_id)
 
 
 def _cursor_text(cursor: SessionCursor) -> str:
