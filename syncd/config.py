@@ -82,6 +82,21 @@ class Config:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
         return None if self.url is None else origin_of(self.url)
 
+    @property
+    def serve_url(self) -> str:
+        """Where `syncd serve` (with these settings) answers, as a browser on this machine
+        opens it: the embedded archive's share pages live under it."""
+        return serve_url(self.serve_host, self.serve_port)
+
+
+def serve_url(host: str, port: int) -> str:
+    """http://host:port for a listening address; a wildcard address is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
 
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ) -> Config:
     """Build the Config from every layer. `flags` holds Config field names (None = not given)

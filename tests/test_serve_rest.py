@@ -57,7 +57,9 @@ async def test_create_sync_read_delete(client: httpx.AsyncClient) -> None:
     listing = (await client.get("/api/share")).json()["shares"]
     assert [row["id"] for row in listing] == [share["id"]]
     assert "secret" not in json.dumps(listing)
-    assert (await client.get("/")).json()["shares"] == listing
+    front = await client.get("/")  # the page listing the sessions, the JSON stays above
+    assert front.headers["content-type"].startswith("text/html")
+    assert f'href="/share/{share["id"]}"' in front.text
     deleted = await client.request(
         "DELETE", f"/api/share/{share['id']}", json={"secret": share["secret"]}
     )

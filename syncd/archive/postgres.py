@@ -37,9 +37,12 @@ from ..model import Share, SyncItem
 from . import redact
 from .base import (
     DEDUP_KEYS_KEPT,
+    SUMMARY_COLUMNS,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
+    SessionCursor,
+    SessionSummary,
     ShareNotFound,
     StoreUnavailable,
     check_session_id,
@@ -47,7 +50,10 @@ from .base import (
     new_secret,
     now_ms,
     secret_matches,
+    session_list_query,
     share_ids,
+    summary_of_row,
+    summary_update,
 )
 
 log = structlog.get_logger("syncd.archive")
@@ -134,6 +140,11 @@ class PostgresArchive(ArchiveStore):
         await pool.open()
         store = cls(url, pool)
         store._listener = asyncio.create_task(store._listen(conninfo, listening))
+        try:
+            await store._summarise_unsummarised()
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -186,9 +197,10 @@ class PostgresArchive(ArchiveStore):
             url = f"{base_url}/share/{share_id}"
             created = await self._fetchone(
                 conn,
-                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
-                (share_id, session_id, secret, url, stamp, stamp),
+                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+                "session_updated) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                (share_id, session_id, secret, url, stamp, stamp, stamp),
             )
             if created is not None:
                 break
@@ -268,6 +280,8 @@ class PostgresArchive(ArchiveStore):
                 "WHERE id = %s RETURNING sync_count",
                 (stamp, seq + len(merged), share_id),
             )
+            if any(kind in ("session", "message") for kind, _, _ in newest.values()):
+                await self._summarise(conn, share_id)
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, share_id))
         return int(row[0])
 
@@ -310,6 +324,62 @@ class PostgresArchive(ArchiveStore):
         if row is None:
             raise ShareNotFound()
         return int(row[0])
+
+    # -- the session list ------------------------------------------------------------------
+
+    async def _summarise(self, conn: Conn, share_id: str) -> None:
+        """Bring the share's summary columns up to date with its items (its row locked)."""
+        row = await self._fetchone(
+            conn,
+            "SELECT data FROM share_item WHERE share_id = %s AND item_key = 'session'",
+            (share_id,),
+        )
+        await conn.execute(*summary_update(share_id, row[0] if row else None, mark="%s"))
+
+    async def _summarise_unsummarised(self) -> None:
+        """Shares stored before the archive kept summaries have none yet (NULL update time).
+        Replicas starting together may both try: the row lock lets one fill each in."""
+        async with self._transaction() as conn:
+            cursor = await conn.execute("SELECT id FROM share WHERE session_updated IS NULL")
+            unsummarised = [share_id for (share_id,) in await cursor.fetchall()]
+        for share_id in unsummarised:
+            async with self._transaction() as conn:
+                locked = await self._fetchone(
+                    conn,
+                    "SELECT 1 FROM share WHERE id = %s AND session_updated IS NULL FOR UPDATE",
+                    (share_id,),
+                )
+                if locked:
+                    await self._summarise(conn, share_id)
+
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        if _has_nul(query):
+            return []  # no stored text holds one
+        sql, params, oldest_first = session_list_query(
+            query, before, after, limit, mark="%s", like="ILIKE"
+        )
+        async with self._transaction() as conn:
+            cursor = await conn.execute(sql, params)
+            summaries = [summary_of_row(row) for row in await cursor.fetchall()]
+        return summaries[::-1] if oldest_first else summaries
+
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        if _has_nul(share_id):
+            raise ShareNotFound()
+        async with self._transaction() as conn:
+            row = await self._fetchone(
+                conn, f"SELECT {SUMMARY_COLUMNS} FROM share WHERE id = %s", (share_id,)
+            )
+        if row is None:
+            raise ShareNotFound()
+        return summary_of_row(row)
 
     # -- change notifications --------------------------------------------------------------
 

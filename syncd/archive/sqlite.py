@@ -17,16 +17,22 @@ from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
+    SUMMARY_COLUMNS,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
+    SessionCursor,
+    SessionSummary,
     ShareNotFound,
     check_session_id,
     item_key,
     new_secret,
     now_ms,
     secret_matches,
+    session_list_query,
     share_ids,
+    summary_of_row,
+    summary_update,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -47,7 +53,13 @@ class SqliteArchive(ArchiveStore):
             conn = await open_private(path, MIGRATIONS)
         except (OSError, aiosqlite.Error) as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
-        return cls(path, conn)
+        archive = cls(path, conn)
+        try:
+            await archive._summarise_unsummarised()
+        except BaseException:
+            await conn.close()
+            raise
+        return archive
 
     async def close(self) -> None:
         await self._conn.close()
@@ -85,9 +97,9 @@ class SqliteArchive(ArchiveStore):
                 break
         url = f"{base_url}/share/{share_id}"
         await db.execute(
-            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (share_id, session_id, secret, url, stamp, stamp),
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+            "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (share_id, session_id, secret, url, stamp, stamp, stamp),
         )
         return Share(id=share_id, secret=secret, url=url)
 
@@ -169,6 +181,8 @@ class SqliteArchive(ArchiveStore):
                 "WHERE id = ?",
                 (stamp, seq + len(merged), share_id),
             )
+            if any(kind in ("session", "message") for _, kind, _ in merged):
+                await self._summarise(db, share_id)
             row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
         self.waiters.wake(share_id)
         return int(row[0])
@@ -203,3 +217,40 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
+
+    # -- the session list ------------------------------------------------------------------
+
+    async def _summarise(self, db: aiosqlite.Connection, share_id: str) -> None:
+        """Bring the share's summary columns up to date with its items."""
+        row = await self._fetch(
+            db,
+            "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
+            (share_id,),
+        )
+        await db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))
+
+    async def _summarise_unsummarised(self) -> None:
+        """Shares stored before the archive kept summaries have none yet (NULL update time)."""
+        for (share_id,) in await self._rows("SELECT id FROM share WHERE session_updated IS NULL"):
+            async with self._transaction() as db:
+                await self._summarise(db, share_id)
+
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        sql, params, oldest_first = session_list_query(
+            query, before, after, limit, mark="?", like="LIKE"
+        )
+        summaries = [summary_of_row(row) for row in await self._rows(sql, params)]
+        return summaries[::-1] if oldest_first else summaries
+
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        rows = await self._rows(f"SELECT {SUMMARY_COLUMNS} FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return summary_of_row(rows[0])

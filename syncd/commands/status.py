@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..config import Config
 from ..state.store import StateStore
+from ..transports.local import page_url
 from . import Subcommands
 
 LAG_LIMIT_SECONDS = 300.0
@@ -62,6 +63,8 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     sessions = []
     for row in rows:
         lag = now - row["oldest_pending"] / 1000 if row["oldest_pending"] else 0.0
+        if row["share_url"]:
+            row["share_url"] = page_url(row["share_url"], config.serve_url)
         sessions.append({**row, "state": verdict(row), "lag_seconds": round(max(lag, 0.0), 1)})
     worst_lag = max((s["lag_seconds"] for s in sessions), default=0.0)
     states = [s["state"] for s in sessions]

@@ -15,6 +15,7 @@ from ..listen import listening_socket
 from ..systemd import notify
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
+from .pages import SecurityHeaders, page_routes
 from .rest import rest_routes
 from .rpc import rpc_routes
 from .unavailable import store_unavailable
@@ -30,15 +31,17 @@ def build_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
-    own scheme and host); `key`, when set, is required to create shares."""
+    own scheme and host); `key`, when set, is required to create shares and to see the list
+    of sessions."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key),
         *rpc_routes(store, base_url=base_url, key=key),
+        *page_routes(store, key=key),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimit, max_body=max_body)],
+        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)],
         exception_handlers={StoreUnavailable: store_unavailable},
     )
 
@@ -69,6 +72,7 @@ async def serve(config: Any) -> int:
             url=f"http://{host}:{port}",
             store=redact(store_name),
             shares=len(shares),
+            pages=f"http://{host}:{port}/",
             listing=f"http://{host}:{port}/api/share",
         )
         for share in shares:

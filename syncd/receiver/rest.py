@@ -118,7 +118,6 @@ def rest_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -
         return JSONResponse({"shares": await store.list_shares()})
 
     return [
-        Route("/", listing, methods=["GET"]),
         Route("/api/share", listing, methods=["GET"]),
         Route("/api/share", create, methods=["POST"]),
         Route("/api/share/{share_id}/sync", sync, methods=["POST"]),
