@@ -3,8 +3,8 @@
     python scripts/opencode_fixtures.py [--releases 1.15.13,1.3.2] [--install-dir DIR]
 
 For each release: `npm install opencode-ai@<release>` into a scratch directory (kept there, so a
-second run installs nothing), two sessions driven headless against tests/fake_llm.py in a git
-project (three `opencode run`s: each writes a file with the `write` tool and streams its reply;
+second run installs nothing), two sessions driven headless against tests/support/fake_llm.py in a
+git project (three `opencode run`s: each writes a file with the `write` tool and streams its reply;
 the second session is continued once), then:
 - opencode.db, checkpointed into one file (releases before 1.2 have none);
 - storage/, where the release writes JSON (per-session diffs from 1.2; the whole store before);
@@ -43,8 +43,8 @@ from starlette.routing import Route
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fake_llm import FakeLlm, Turn, running_fake_llm
-from tests.opencode_driver import Opencode, opencode_config
+from tests.support.fake_llm import FakeLlm, Turn, running_fake_llm
+from tests.support.opencode_driver import Opencode, opencode_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "opencode"
