@@ -3,7 +3,8 @@
 Two ways to see a change, chosen per session:
 - the journal (`event_sequence` / `event`): a session whose `seq` moved is read from its
   cursor on, and its events name the entities that changed;
-- the tables alone, for a database without a journal: rows whose `time_updated` reached the
+- the tables alone, for a database without a journal (or a session the journal does not
+  know yet): rows whose `time_updated`, or a diff file whose modification time, reached the
   session's watermark.
 A session seen for the first time, or whose journal has a gap, is captured whole. A session
 that vanished from the `session` table was deleted (no deletion event survives).
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..model import Cursor
+from . import storage
 from .opencode_db import OpencodeDb
 
 ItemKey = tuple[str, str]  # (kind, id); kind is session | message | part
@@ -60,8 +62,10 @@ class ChangeDetector:
 
     async def scan(self, cursors: dict[str, Cursor], *, deep: bool = False) -> Scan:
         """The session list, the journal heads and the shares, in one snapshot: two rows per
-        session, whatever the number of messages and parts."""
+        session, whatever the number of messages and parts. Raises SchemaError when the
+        database cannot be read as it is now."""
         db = self._db
+        await db.readable()
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -73,7 +77,9 @@ class ChangeDetector:
                     row[0]: row[1]
                     for row in await db.rows("SELECT aggregate_id, seq FROM event_sequence")
                 }
-            shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
+            shared: set[str] = set()
+            if db.schema.has_shares:
+                shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
         now = int(time.time() * 1000)
         candidates = []
         for session_id, (time_updated, has_share_url) in sessions.items():
@@ -158,7 +164,11 @@ class ChangeDetector:
         # (the session list was read earlier: a rename since then must not fall below the
         # watermark its newer rows set).
         rows = await self._db.rows("SELECT time_updated FROM session WHERE id = ?", (session_id,))
-        stamps: dict[ItemKey, int] = {("session", session_id): rows[0][0] if rows else time_updated}
+        session_stamp = rows[0][0] if rows else time_updated
+        # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
+        # stamp tells whether the session must be read again for it.
+        diff_stamp = storage.diff_stamp(self._db.storage, session_id)
+        stamps: dict[ItemKey, int] = {("session", session_id): max(session_stamp, diff_stamp or 0)}
         for kind in ("message", "part"):
             rows = await self._db.rows(
                 f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,38 +20,61 @@ import aiosqlite
 
 from ..errors import UserError
 from ..model import Share
+from .storage import storage_dir
 
-# Columns syncd reads; a database without them is a schema syncd does not know.
+# What every opencode that keeps sessions in SQLite (1.2 onwards) has, and syncd cannot do
+# without. Other `session` columns are read when the release has them: the fields they make
+# are left out otherwise, as that release's own share leaves them out (docs/opencode-releases.md).
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "session": (
-        "id", "project_id", "workspace_id", "parent_id", "slug", "directory", "path", "title",
-        "version", "share_url", "summary_additions", "summary_deletions", "summary_files",
-        "summary_diffs", "metadata", "cost", "tokens_input", "tokens_output", "tokens_reasoning",
-        "tokens_cache_read", "tokens_cache_write", "revert", "permission", "agent", "model",
-        "time_created", "time_updated", "time_compacting", "time_archived",
+        "id", "project_id", "slug", "directory", "title", "version", "time_created",
+        "time_updated",
     ),
     "message": ("id", "session_id", "time_created", "time_updated", "data"),
     "part": ("id", "message_id", "session_id", "time_created", "time_updated", "data"),
-    "session_share": ("session_id", "id", "secret", "url"),
 }  # fmt: skip
-# The journal is optional: some opencode versions write it only behind a flag.
+# Optional: opencode's own shares (every SQLite release so far), and the journal, which some
+# releases create and leave empty (1.14, 1.15) or write only behind a flag.
+SHARE_COLUMNS: dict[str, tuple[str, ...]] = {"session_share": ("session_id", "id", "secret", "url")}
 JOURNAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "event": ("aggregate_id", "seq", "type", "data"),
     "event_sequence": ("aggregate_id", "seq"),
 }
 
+
+class SchemaError(UserError):
+    """The database is not one syncd can read (a newer opencode, or one still being created)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the database holds, as far as syncd reads it."""
+
+    version: int  # PRAGMA schema_version: moves whenever opencode migrates
+    missing: tuple[str, ...]  # required tables and columns it lacks; () when readable
+    has_journal: bool
+    has_shares: bool
+
+
 Row = dict[str, Any]
 
 
 class OpencodeDb:
-    """One long-lived read-only connection to opencode.db."""
+    """One long-lived read-only connection to opencode.db. Its schema is read when opened
+    and again whenever opencode migrates it (`refresh_schema`): an unreadable one does not
+    stop the connection, only the reads (`readable` raises SchemaError naming what is missing)."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, has_journal: bool) -> None:
+    def __init__(self, path: Path, conn: aiosqlite.Connection, schema: Schema) -> None:
         self.path = path
+        self.storage = storage_dir(path)  # opencode's JSON files beside the database
         self._conn = conn
-        self.has_journal = has_journal
+        self.schema = schema
         # Session workers share the connection; their snapshots take turns.
         self._snapshot_lock = asyncio.Lock()
+
+    @property
+    def has_journal(self) -> bool:
+        return self.schema.has_journal
 
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> OpencodeDb:
@@ -65,18 +89,29 @@ class OpencodeDb:
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             conn.row_factory = aiosqlite.Row
             conn.text_factory = _text
-            columns = await _columns(conn)
+            schema = await _read_schema(conn)
         except aiosqlite.Error as exc:
             raise UserError(f"cannot read opencode database {path}: {exc}") from exc
-        missing = _missing(columns, REQUIRED_COLUMNS)
-        if missing:
-            await conn.close()
-            raise UserError(
-                f"opencode database {path} has an unknown schema: missing {missing} "
-                "(syncd reads the schema of opencode 1.18.x; upgrade syncd or opencode)"
+        return cls(path, conn, schema)
+
+    async def refresh_schema(self) -> Schema:
+        """The schema as it is now, read again only when opencode has migrated it."""
+        async with self._snapshot_lock:
+            version = int((await self.one("PRAGMA schema_version"))[0])
+            if version != self.schema.version:
+                self.schema = await _read_schema(self._conn)
+        return self.schema
+
+    async def readable(self) -> None:
+        """Raises SchemaError, naming everything missing, unless syncd can read the database
+        as it is now."""
+        schema = await self.refresh_schema()
+        if schema.missing:
+            raise SchemaError(
+                f"opencode database {self.path} has a schema syncd cannot read: missing "
+                f"{', '.join(schema.missing)} (a newer opencode? upgrade syncd); syncd keeps "
+                "checking and delivers once it can read it"
             )
-        has_journal = not _missing(columns, JOURNAL_COLUMNS)
-        return cls(path, conn, has_journal)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -106,6 +141,8 @@ class OpencodeDb:
 
     async def share_of(self, session_id: str) -> Share | None:
         """The share opencode itself made of `session_id` (its `session_share` row), if any."""
+        if not self.schema.has_shares:
+            return None
         rows = await self.rows(
             "SELECT id, secret, url FROM session_share WHERE session_id = ?", (session_id,)
         )
@@ -134,22 +171,34 @@ def _text(raw: bytes) -> str | bytes:
         return raw
 
 
-async def _columns(conn: aiosqlite.Connection) -> dict[str, set[str]]:
-    async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
-        tables = [row[0] for row in await cursor.fetchall()]
-    columns: dict[str, set[str]] = {}
-    for table in tables:
-        async with conn.execute(f"PRAGMA table_info(`{table}`)") as cursor:
-            columns[table] = {row[1] for row in await cursor.fetchall()}
-    return columns
+async def _read_schema(conn: aiosqlite.Connection) -> Schema:
+    # One transaction: the version read belongs to the tables read with it.
+    await conn.execute("BEGIN")
+    try:
+        async with conn.execute("PRAGMA schema_version") as cursor:
+            version = int((await cursor.fetchone() or (0,))[0])
+        async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
+            tables = [row[0] for row in await cursor.fetchall()]
+        columns: dict[str, set[str]] = {}
+        for table in tables:
+            async with conn.execute(f"PRAGMA table_info(`{table}`)") as cursor:
+                columns[table] = {row[1] for row in await cursor.fetchall()}
+    finally:
+        await conn.execute("COMMIT")
+    return Schema(
+        version=version,
+        missing=_missing(columns, REQUIRED_COLUMNS),
+        has_journal=not _missing(columns, JOURNAL_COLUMNS),
+        has_shares=not _missing(columns, SHARE_COLUMNS),
+    )
 
 
-def _missing(columns: dict[str, set[str]], wanted: dict[str, tuple[str, ...]]) -> str:
-    """The first missing table or column, named the way a user can look it up, or ""."""
+def _missing(columns: dict[str, set[str]], wanted: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """Every missing table and column, named the way a user can look them up."""
+    missing: list[str] = []
     for table, names in wanted.items():
         if table not in columns:
-            return f"table {table}"
-        for name in names:
-            if name not in columns[table]:
-                return f"column {table}.{name}"
-    return ""
+            missing.append(f"table {table}")
+            continue
+        missing.extend(f"column {table}.{name}" for name in names if name not in columns[table])
+    return tuple(missing)
