@@ -112,13 +112,15 @@ class Metrics:
 
 class Health:
     """Unhealthy after `max_failures` consecutive failed calls within `period` seconds; the
-    next successful call makes it healthy again."""
+    next successful call makes it healthy again. Unhealthy as well while the source cannot be
+    read (`blocked`: why), until it can."""
 
     def __init__(self, max_failures: int, period: float) -> None:
         self.max_failures = max_failures
         self.period = period
         self._failures: deque[float] = deque()
         self.last_error: str | None = None
+        self.blocked: str | None = None
 
     def success(self) -> None:
         self._failures.clear()
@@ -136,4 +138,4 @@ class Health:
 
     @property
     def healthy(self) -> bool:
-        return self.consecutive_failures() < self.max_failures
+        return self.blocked is None and self.consecutive_failures() < self.max_failures

@@ -10,7 +10,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,14 +20,12 @@ from ..errors import UserError
 from ..metrics_endpoint import serving_metrics
 from ..pipeline.deliver import RetryPolicy
 from ..pipeline.pipeline import Pipeline, capture_and_drain, follow
-from ..source.opencode_db import OpencodeDb
 from ..state.lock import StateLock, StateLocked
 from . import Subcommands, config_flags
 
 log = structlog.get_logger("syncd")
 STOP_FLUSH_SECONDS = 20.0
 WAIT_FOR_DB_SECONDS = 2.0
-SCHEMA_SETTLE_SECONDS = 30.0
 STATUS_EVERY_SECONDS = 5.0  # STATUS= line and pending gauges, when no watchdog asks for more
 
 
@@ -132,31 +129,12 @@ async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
     watchdog = "\nWATCHDOG=1" if interval else ""
     period = min(WAIT_FOR_DB_SECONDS, interval / 2) if interval else WAIT_FOR_DB_SECONDS
     systemd.notify(f"READY=1\nSTATUS=waiting for the opencode database at {config.db}")
-    # A database that just appeared may still be migrating (opencode creates the file, then
-    # its tables): it gets SCHEMA_SETTLE_SECONDS to become one syncd can read.
-    settled_by: float | None = None
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        if config.db.is_file():
-            problem = await _unreadable(config.db)
-            if problem is None:
-                return
-            settled_by = settled_by or loop.time() + SCHEMA_SETTLE_SECONDS
-            if loop.time() > settled_by:
-                raise problem
+    # Once the file is there, a schema still being created (or one syncd cannot read) holds
+    # only the capture: the daemon reads it again at every wake-up (pipeline.follow).
+    while not stop.is_set() and not config.db.is_file():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), period)
         systemd.notify(f"STATUS=waiting for the opencode database at {config.db}{watchdog}")
-
-
-async def _unreadable(path: Path) -> UserError | None:
-    """Why the database at `path` cannot be read yet, or None when it can."""
-    try:
-        db = await OpencodeDb.open(path)
-    except UserError as problem:
-        return problem
-    await db.close()
-    return None
 
 
 async def _reloader(
@@ -191,6 +169,8 @@ async def _watchdog(pipeline: Pipeline) -> None:
                 f"STATUS={items} item(s) pending, oldest {lag:.0f}s; "
                 f"{pipeline.window.busy} session(s) in flight"
             )
+            if pipeline.metrics.health.blocked:
+                status += f"; waiting: {pipeline.metrics.health.blocked}"
         except Exception as error:  # the ping matters more than the status line
             status = f"STATUS=cannot read the state: {error}"
         systemd.notify(status + ("\nWATCHDOG=1" if interval else ""))

@@ -20,7 +20,7 @@ from ..log import configure_logging
 from ..metrics import Metrics
 from ..source.changes import ChangeDetector
 from ..source.models import ModelCatalogue
-from ..source.opencode_db import OpencodeDb
+from ..source.opencode_db import OpencodeDb, SchemaError
 from ..source.wakeups import Wakeup, wakeups
 from ..state.store import StateStore
 from ..transports import make_transport, target_of
@@ -210,18 +210,34 @@ class Pipeline:
 
 
 async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
-    """Capture changes as the database moves, until `stop`."""
+    """Capture changes as the database moves, until `stop`. A database syncd cannot read (a
+    newer opencode, one being migrated) holds the capture, not the daemon: it stays up and
+    unhealthy, and reads again at every wake-up until it can."""
     config = pipeline.config
     # Read before the capture: a commit landing during it then still differs at its wake-up.
     last_version = await pipeline.db.data_version()
-    await pipeline.capture(deep=True)
+    await _capture_unless_unreadable(pipeline, deep=True)
     async for wakeup in wakeups(config.db, config.poll_interval, stop):
         pipeline.metrics.record_wakeup(wakeup.value)
         version = await pipeline.db.data_version()
         if wakeup is Wakeup.FILE and version == last_version:
             continue  # a file event without a commit (a checkpoint, our own read)
         last_version = version
-        await pipeline.capture(deep=wakeup is Wakeup.DEEP)
+        await _capture_unless_unreadable(pipeline, deep=wakeup is Wakeup.DEEP)
+
+
+async def _capture_unless_unreadable(pipeline: Pipeline, *, deep: bool) -> None:
+    health = pipeline.metrics.health
+    try:
+        await pipeline.capture(deep=deep or health.blocked is not None)
+    except SchemaError as problem:
+        if health.blocked != str(problem):
+            log.error("cannot read the opencode database; waiting", error=str(problem))
+        health.blocked = str(problem)
+        return
+    if health.blocked is not None:
+        log.info("the opencode database is readable again; delivering")
+        health.blocked = None
 
 
 async def capture_and_drain(pipeline: Pipeline, *, deep: bool = False) -> None:

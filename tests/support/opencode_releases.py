@@ -1,0 +1,111 @@
+"""The opencode release fixtures (tests/fixtures/opencode/<release>/, made by
+scripts/opencode_fixtures.py): a release's home installed for a test, and the check that a
+remote copy is what that release's own share sent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from syncd.archive.sqlite import SqliteArchive
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
+RELEASES = sorted(
+    (path.name for path in FIXTURES.iterdir() if (path / "share-sync.json").is_file()),
+    key=lambda name: tuple(int(part) for part in name.split(".")),
+)
+SQLITE_RELEASES = [name for name in RELEASES if (FIXTURES / name / "opencode.db").is_file()]
+
+
+def install_home(release: str, home: Path) -> Path:
+    """The release's opencode data directory under `home`, as opencode left it; returns the
+    database path (which need not exist: the JSON era has none)."""
+    data = home / ".local" / "share" / "opencode"
+    data.mkdir(parents=True)
+    for path in (FIXTURES / release).iterdir():
+        if path.name == "share-sync.json":
+            continue
+        if path.is_dir():
+            shutil.copytree(path, data / path.name)
+        else:
+            shutil.copy(path, data / path.name)
+    return data / "opencode.db"
+
+
+def own_share(release: str) -> dict[str, list[dict[str, Any]]]:
+    """session id -> the SyncData items the release's own share sent (the last per key)."""
+    return json.loads((FIXTURES / release / "share-sync.json").read_text())
+
+
+def expected_copy(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a complete remote copy holds, from the release's own share."""
+    copy: dict[str, Any] = {"messages": {}, "parts": {}, "diffs": []}
+    for item in items:
+        data = item["data"]
+        if item["type"] == "session":
+            copy["session"] = data
+        elif item["type"] in ("message", "part"):
+            copy[f"{item['type']}s"][data["id"]] = data
+        elif item["type"] == "session_diff":
+            copy["diffs"] = data
+    return copy
+
+
+def unshared(session: dict[str, Any], shared_by_opencode: bool) -> dict[str, Any]:
+    """The session without what sharing through opencode changed in it (releases from 1.14
+    record the share url, and so a new update time): syncd, which does not share through
+    opencode, cannot and must not send those."""
+    if not shared_by_opencode:
+        return session
+    time = {key: value for key, value in session["time"].items() if key != "updated"}
+    return {**{key: value for key, value in session.items() if key != "share"}, "time": time}
+
+
+async def archived_copies(archive: Path) -> dict[str, dict[str, Any]]:
+    """session id -> its copy in the embedded archive ({session, messages, parts, diffs})."""
+    if not archive.is_file():
+        return {}
+    store = await SqliteArchive.open(archive)
+    try:
+        copies = {}
+        for share in await store.list_shares():
+            merged = await store.read_share(share["id"])
+            copies[share["session_id"]] = {
+                "session": merged["session"],
+                "messages": {m["id"]: m for m in merged["messages"]},
+                "parts": {p["id"]: p for p in merged["parts"]},
+                "diffs": merged["diffs"],
+            }
+        return copies
+    finally:
+        await store.close()
+
+
+def mismatches(release: str, got: dict[str, dict[str, Any]], storage: Path) -> list[str]:
+    """How `got` differs from every session of the release's fixture, field by field as its
+    own share sent it, diffs included; [] when complete."""
+    shared = own_share(release)
+    problems = (
+        [f"sessions {sorted(set(got) ^ set(shared))} differ"] if set(got) != set(shared) else []
+    )
+    for session_id, items in shared.items():
+        want, copy = expected_copy(items), got.get(session_id)
+        if copy is None:
+            continue
+        shared_by_opencode = "share" in want["session"]
+        if unshared(copy["session"], shared_by_opencode) != unshared(
+            want["session"], shared_by_opencode
+        ):
+            problems.append(f"{session_id}: session {copy['session']} != {want['session']}")
+        problems.extend(
+            f"{session_id}: {kind} differ"
+            for kind in ("messages", "parts", "diffs")
+            if copy[kind] != want[kind]
+        )
+        # Each fixture session wrote files: a release that keeps diffs per session (up to
+        # 1.15) must have had them delivered.
+        if (storage / "session_diff" / f"{session_id}.json").exists() and not copy["diffs"]:
+            problems.append(f"{session_id}: no diffs delivered")
+    return problems
