@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import socket
 import sqlite3
@@ -52,16 +51,6 @@ RELEASES = ("1.18.33", "1.17.19", "1.15.13", "1.14.41", "1.3.2", "1.2.27", "1.1.
 # Where the scrubbed fixture says each temporary directory was.
 STABLE_HOME = "/home/user"
 SHARE_URL = "https://share.example"
-# A fixed commit date makes the project's first commit, whose hash is opencode's project id,
-# the same on every regeneration.
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "user",
-    "GIT_AUTHOR_EMAIL": "user@example.com",
-    "GIT_COMMITTER_NAME": "user",
-    "GIT_COMMITTER_EMAIL": "user@example.com",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
 # (prompt's file, continue the previous session?)
 RUNS = (("f0.txt", False), ("f1.txt", False), ("f2.txt", True))
 
@@ -86,7 +75,7 @@ def produce(release: str, binary: Path, cache_dir: Path, out: Path) -> None:
         # missing from the session's diffs.
         llm.tool_call_delay = 1.0
         opencode = Opencode(Path(tmp), llm.url, cache_dir=cache_dir, binary=binary)
-        _git_project(opencode.project_dir)
+        opencode.init_git_project()
         drive(opencode, llm)
         scrub = _scrubber(opencode)
         target = out / release
@@ -106,17 +95,6 @@ def drive(opencode: Opencode, llm: FakeLlm) -> None:
     for file_name, resume in RUNS:
         llm.turn = Turn(file_name=file_name)
         opencode.run(f"please write the file {file_name}", *(["--continue"] if resume else []))
-
-
-def _git_project(project: Path) -> None:
-    env = {**os.environ, **GIT_ENV}
-    (project / "README.md").write_text("A project opencode edits.\n")
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["add", "README.md"],
-        ["commit", "-q", "-m", "init"],
-    ):
-        subprocess.run(["git", *args], cwd=project, env=env, check=True, timeout=30)
 
 
 Scrub = Callable[[str], str]

@@ -1,16 +1,103 @@
-"""`syncd run` while opencode changes under it: a schema it cannot read (the daemon stays up
-and unhealthy, then delivers once it can read it)."""
+"""`syncd run` while opencode changes under it: an older release upgraded in place to 1.18.33
+(the real releases, driven headless), and a schema syncd cannot read (the daemon stays up and
+unhealthy, then delivers once it can read it)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.env import eventually, free_port, isolated_env
+from tests.support.expected import database_snapshot, receiver_differences
+from tests.support.fake_llm import FakeLlm, Turn
+from tests.support.opencode_driver import (
+    OLD_RELEASE,
+    Opencode,
+    old_opencode_binary,
+    opencode_binary,
+)
 from tests.support.opencode_releases import archived_copies, install_home, mismatches
 from tests.support.syncd_process import syncd_process
+
+
+async def run_opencode(opencode: Opencode, fake_llm: FakeLlm, n: int, *args: str) -> None:
+    """One headless run writing f{n}.txt, off the event loop."""
+    fake_llm.turn = Turn(
+        file_name=f"f{n}.txt", reply=" ".join(f"run{n}-word{i}" for i in range(40))
+    )
+    await asyncio.to_thread(opencode.run, f"please write the file f{n}.txt", *args)
+
+
+def differences(opencode: Opencode, copies: dict[str, dict[str, Any]]) -> list[str]:
+    """How the archive differs from opencode's database (sessions, messages, parts field by
+    field) and from its diff files (a session's diffs kept in storage/ by releases <= 1.15)."""
+    expected = database_snapshot(opencode.db_path)
+    found = (
+        [f"sessions {sorted(set(expected) ^ set(copies))}"] if set(expected) != set(copies) else []
+    )
+    for session_id, want in expected.items():
+        copy = copies.get(session_id)
+        if copy is None:
+            continue
+        share = {**copy, "messages": list(copy["messages"].values()),
+                 "parts": list(copy["parts"].values())}  # fmt: skip
+        found += receiver_differences(want, share)
+        diff_file = (
+            opencode.data_dir / "opencode" / "storage" / "session_diff" / f"{session_id}.json"
+        )
+        if diff_file.exists() and copy["diffs"] != json.loads(diff_file.read_text()):
+            found.append(f"{session_id}: diffs differ from {diff_file.name}")
+    return found
+
+
+@pytest.mark.e2e
+async def test_an_older_release_upgraded_in_place_under_a_running_daemon(
+    tmp_path: Path, fake_llm: FakeLlm, opencode_cache: Path
+) -> None:
+    fake_llm.tool_call_delay = 1.0  # the write lands after opencode's step snapshot: a diff
+    opencode = Opencode(
+        tmp_path / "opencode", fake_llm.url, cache_dir=opencode_cache, binary=old_opencode_binary()
+    )
+    opencode.init_git_project()
+    opencode.init_db()
+    archive = tmp_path / "archive.db"
+    config_file = tmp_path / "syncd.toml"
+    config_file.write_text("poll_interval = 1.0\nwindow = 0.2\n")
+    args = ["run", "--config", str(config_file), "--db", str(opencode.db_path),
+            "--state", str(tmp_path / "state.db"), "--archive", str(archive)]  # fmt: skip
+    async with syncd_process(args, isolated_env(tmp_path), tmp_path / "syncd.log") as syncd:
+
+        async def complete() -> bool:
+            return not differences(opencode, await archived_copies(archive))
+
+        # opencode 1.3.2: no journal, no path/agent/model/cost/tokens, diffs in files.
+        await run_opencode(opencode, fake_llm, 0)
+        await eventually(complete, f"opencode {OLD_RELEASE}'s sessions delivered", syncd.log)
+        old = await archived_copies(archive)
+        assert len(old) == 1 and all(copy["diffs"] for copy in old.values())
+        assert all("tokens" not in copy["session"] for copy in old.values())
+
+        # The same home, upgraded in place: 1.18.33 migrates the database (columns and journal
+        # tables added) under the running daemon, continues the older session, starts one.
+        opencode.binary = opencode_binary()
+        await run_opencode(opencode, fake_llm, 2, "--continue")
+        await run_opencode(opencode, fake_llm, 3)
+        await eventually(complete, "every session delivered after the upgrade", syncd.log)
+        assert await syncd.terminate() == 0
+    copies = await archived_copies(archive)
+    assert differences(opencode, copies) == []
+    versions = sorted(copy["session"]["version"] for copy in copies.values())
+    assert versions == sorted([OLD_RELEASE, "1.18.33"])
+    newest = next(c for c in copies.values() if c["session"]["version"] == "1.18.33")
+    assert "tokens" in newest["session"] and newest["session"]["agent"] == "build"
+    continued = [c for c in copies.values() if len(c["messages"]) > 3]
+    assert len(continued) == 1 and continued[0]["session"]["version"] == OLD_RELEASE
 
 
 async def test_an_unreadable_schema_holds_delivery_not_the_daemon(tmp_path: Path) -> None:

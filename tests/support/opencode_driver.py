@@ -20,7 +20,21 @@ _CANDIDATES = (
     NODE_DIR / "node_modules" / "opencode-linux-x64" / "bin" / "opencode",
     NODE_DIR / "node_modules" / ".bin" / "opencode",
 )
+# An older release (tests/node/package.json installs it as the npm alias `opencode-old`), for
+# homes upgraded in place: no journal, diffs in files, the session table of 1.2-1.3.
+OLD_RELEASE = "1.3.2"
+_OLD_BINARY = NODE_DIR / "node_modules/opencode-old/node_modules/opencode-linux-x64/bin/opencode"
 RUN_TIMEOUT = 180.0
+# A fixed commit date makes a project's first commit, whose hash is opencode's project id, the
+# same on every run.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "user",
+    "GIT_AUTHOR_EMAIL": "user@example.com",
+    "GIT_COMMITTER_NAME": "user",
+    "GIT_COMMITTER_EMAIL": "user@example.com",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
 
 
 def opencode_binary() -> Path:
@@ -28,6 +42,14 @@ def opencode_binary() -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"opencode is not installed: run `npm ci --prefix {NODE_DIR}`")
+
+
+def old_opencode_binary() -> Path:
+    if _OLD_BINARY.exists():
+        return _OLD_BINARY
+    raise FileNotFoundError(
+        f"opencode {OLD_RELEASE} is not installed: run `npm ci --prefix {NODE_DIR}`"
+    )
 
 
 class Opencode:
@@ -100,6 +122,18 @@ class Opencode:
             timeout=timeout,
             check=False,
         )
+
+    def init_git_project(self) -> None:
+        """Make the project a git repository with one commit: opencode records file diffs
+        only for a git project."""
+        env = {**os.environ, **GIT_ENV}
+        (self.project_dir / "README.md").write_text("A project opencode edits.\n")
+        for args in (
+            ["init", "-q", "-b", "main"],
+            ["add", "README.md"],
+            ["commit", "-q", "-m", "init"],
+        ):
+            subprocess.run(["git", *args], cwd=self.project_dir, env=env, check=True, timeout=30)
 
     def init_db(self) -> Path:
         """Create and migrate an empty database (what `opencode session list` does first)."""
