@@ -1,6 +1,6 @@
 """`syncd run` while opencode changes under it: an older release upgraded in place to 1.18.33
-(the real releases, driven headless), and a schema syncd cannot read (the daemon stays up and
-unhealthy, then delivers once it can read it)."""
+(the real releases, driven headless), a schema syncd cannot read (the daemon stays up and
+unhealthy, then delivers once it can read it), a diff file written after its row."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from tests.support.env import eventually, free_port, isolated_env
 from tests.support.expected import database_snapshot, receiver_differences
 from tests.support.fake_llm import FakeLlm, Turn
+from tests.support.fake_opencode import FakeOpencode
 from tests.support.opencode_driver import (
     OLD_RELEASE,
     Opencode,
@@ -141,3 +142,34 @@ async def test_an_unreadable_schema_holds_delivery_not_the_daemon(tmp_path: Path
         await eventually(healthy_and_complete, "every session delivered", syncd.log)
         assert await syncd.terminate() == 0
     future.close()
+
+
+async def test_a_diff_file_written_after_its_row_is_delivered_on_its_file_event(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """opencode <= 1.15 writes a session's diff file after its row: the file's event alone
+    gets it delivered, long before the safety poll."""
+    data = tmp_path / "home" / ".local" / "share" / "opencode"
+    data.mkdir(parents=True)
+    writer = FakeOpencode(data / "opencode.db", fixtures_dir, journal=False)
+    session_id = writer.session()
+    archive = tmp_path / "archive.db"
+    config_file = tmp_path / "syncd.toml"
+    config_file.write_text("poll_interval = 600.0\nwindow = 0.1\n")  # no poll in this test
+    args = ["run", "--config", str(config_file), "--db", str(writer.path),
+            "--state", str(tmp_path / "state.db"), "--archive", str(archive)]  # fmt: skip
+    diffs = [{"file": "f0.txt", "patch": "+x\n", "additions": 1, "deletions": 0,
+              "status": "added"}]  # fmt: skip
+    async with syncd_process(args, isolated_env(tmp_path), tmp_path / "syncd.log") as syncd:
+
+        async def delivered(want: list[dict[str, Any]]) -> bool:
+            copy = (await archived_copies(archive)).get(session_id)
+            return copy is not None and copy["diffs"] == want
+
+        await eventually(lambda: delivered([]), "the session delivered", syncd.log)
+        # The storage folder appears only now, as in a fresh opencode home.
+        (data / "storage" / "session_diff").mkdir(parents=True)
+        (data / "storage" / "session_diff" / f"{session_id}.json").write_text(json.dumps(diffs))
+        await eventually(lambda: delivered(diffs), "the diff delivered", syncd.log)
+        assert await syncd.terminate() == 0
+    writer.close()
