@@ -1,6 +1,7 @@
 """Regenerate tests/fixtures/opencode/<release>/ from real opencode releases.
 
     python scripts/opencode_fixtures.py [--releases 1.15.13,1.3.2] [--install-dir DIR]
+    python scripts/opencode_fixtures.py --readme   # only rewrite README.md's table of releases
 
 For each release: `npm install opencode-ai@<release>` into a scratch directory (kept there, so a
 second run installs nothing), two sessions driven headless against tests/support/fake_llm.py in a
@@ -44,6 +45,7 @@ if __package__ in (None, ""):
 
 from tests.support.fake_llm import FakeLlm, Turn, running_fake_llm
 from tests.support.opencode_driver import Opencode, opencode_config
+from tests.support.opencode_releases import with_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "opencode"
@@ -319,11 +321,19 @@ def main() -> None:
         help="where the npm packages are installed (outside the repository)",
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--readme", action="store_true", help="only rewrite README.md's table from the fixtures"
+    )
     args = parser.parse_args()
+    if args.readme:
+        readme = ROOT / "README.md"
+        readme.write_text(with_table(readme.read_text()))
+        return
     cache_dir = args.install_dir / "cache"  # opencode's provider package, fetched once
     cache_dir.mkdir(parents=True, exist_ok=True)
     for release in args.releases.split(","):
         produce(release, install(release, args.install_dir), cache_dir, args.out)
+    print("then: python scripts/opencode_fixtures.py --readme")
 
 
 if __name__ == "__main__":

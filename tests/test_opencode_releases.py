@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.opencode_releases import (
+    READ_RELEASES,
     RELEASES,
     SQLITE_RELEASES,
     archived_copies,
+    compatibility_table,
     install_home,
     mismatches,
+    readme_table,
 )
+
+README = Path(__file__).parent.parent / "README.md"
 
 
 def sync(tmp_path: Path, db: Path) -> subprocess.CompletedProcess[str]:
@@ -37,10 +42,16 @@ def test_fixtures_cover_the_range() -> None:
     assert len(SQLITE_RELEASES) >= 6
 
 
-@pytest.mark.parametrize("release", SQLITE_RELEASES)
+@pytest.mark.parametrize("release", READ_RELEASES)
 async def test_sync_delivers_a_complete_copy(release: str, tmp_path: Path) -> None:
     db = install_home(release, tmp_path / "home")
     run = sync(tmp_path, db)
     assert run.returncode == 0, run.stderr
     got = await archived_copies(tmp_path / "archive.db")
     assert mismatches(release, got, db.parent / "storage") == []
+
+
+def test_the_readme_table_is_what_the_fixtures_show() -> None:
+    """README.md's table of releases, from the fixtures and from what the sync test above
+    proves; `python scripts/opencode_fixtures.py --readme` rewrites it."""
+    assert readme_table(README.read_text()) == compatibility_table()

@@ -4,8 +4,10 @@ remote copy is what that release's own share sent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ RELEASES = sorted(
     key=lambda name: tuple(int(part) for part in name.split(".")),
 )
 SQLITE_RELEASES = [name for name in RELEASES if (FIXTURES / name / "opencode.db").is_file()]
+# The releases syncd reads: tests/test_opencode_releases.py syncs each, and the README's table
+# says "complete" for them.
+READ_RELEASES = SQLITE_RELEASES
 
 
 def install_home(release: str, home: Path) -> Path:
@@ -109,3 +114,66 @@ def mismatches(release: str, got: dict[str, dict[str, Any]], storage: Path) -> l
         if (storage / "session_diff" / f"{session_id}.json").exists() and not copy["diffs"]:
             problems.append(f"{session_id}: no diffs delivered")
     return problems
+
+
+# Session columns of the newest release, by the field they make: a release without some of
+# them leaves those fields out (docs/opencode-releases.md).
+OPTIONAL_SESSION_FIELDS = {
+    "workspace_id": "workspaceID", "path": "path", "agent": "agent", "model": "model",
+    "cost": "cost", "tokens_input": "tokens", "metadata": "metadata",
+}  # fmt: skip
+README_START = "<!-- opencode releases: tests/test_opencode_releases.py checks this table -->"
+README_END = "<!-- end of opencode releases -->"
+
+
+def compatibility_table() -> str:
+    """The README's table of opencode releases, read off the fixtures: where each keeps its
+    sessions, its journal, the session fields it lacks, where its diffs are, and whether
+    `syncd sync` delivers it completely."""
+    lines = [
+        "| opencode | sessions in | journal (syncd reads changes from) | session fields it lacks "
+        "| file diffs from | `syncd sync` |",
+        "|---|---|---|---|---|---|",
+    ]
+    for release in RELEASES:
+        home = FIXTURES / release
+        if (home / "storage" / "session_diff").is_dir():
+            diffs = "`storage/session_diff/<session>.json`"
+        else:
+            diffs = "user messages (`summary.diffs`); the session's diff is empty"
+        result = "complete" if release in READ_RELEASES else "not read yet"
+        db = home / "opencode.db"
+        if not db.is_file():
+            lines.append(
+                f"| {release} | JSON files under `storage/` | none (file times) | - | {diffs} "
+                f"| {result} |"
+            )
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(session)")}
+            events = None
+            if "event" in tables:
+                events = conn.execute("SELECT count(*) FROM event").fetchone()[0]
+        journal = {None: "none (table times)", 0: "tables left empty (table times)"}.get(
+            events, "written (journal)"
+        )
+        lacks = [
+            field for column, field in OPTIONAL_SESSION_FIELDS.items() if column not in columns
+        ]
+        lines.append(
+            f"| {release} | SQLite | {journal} | {', '.join(lacks) or '-'} | {diffs} | {result} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def readme_table(readme: str) -> str:
+    """The table between the README's markers."""
+    start = readme.index(README_START) + len(README_START)
+    return readme[start : readme.index(README_END)].strip("\n") + "\n"
+
+
+def with_table(readme: str) -> str:
+    """The README with the table between its markers made what the fixtures show."""
+    start = readme.index(README_START) + len(README_START)
+    return f"{readme[:start]}\n{compatibility_table()}{readme[readme.index(README_END) :]}"
