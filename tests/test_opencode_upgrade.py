@@ -1,11 +1,13 @@
 """`syncd run` while opencode changes under it: an older release upgraded in place to 1.18.33
 (the real releases, driven headless), a schema syncd cannot read (the daemon stays up and
-unhealthy, then delivers once it can read it), a diff file written after its row."""
+unhealthy, then delivers once it can read it), a diff file written after its row, the JSON
+era followed live."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,13 @@ from tests.support.opencode_driver import (
     old_opencode_binary,
     opencode_binary,
 )
-from tests.support.opencode_releases import archived_copies, install_home, mismatches
+from tests.support.opencode_releases import (
+    FIXTURES,
+    archived_copies,
+    install_home,
+    mismatches,
+    own_share,
+)
 from tests.support.syncd_process import syncd_process
 
 
@@ -173,3 +181,52 @@ async def test_a_diff_file_written_after_its_row_is_delivered_on_its_file_event(
         await eventually(lambda: delivered(diffs), "the diff delivered", syncd.log)
         assert await syncd.terminate() == 0
     writer.close()
+
+
+async def test_the_json_era_is_followed_live_until_opencode_creates_its_database(
+    tmp_path: Path,
+) -> None:
+    """opencode 1.1.65's JSON sessions under `syncd run` with no database: delivered without
+    waiting for one, a session written later delivered on its file events; then a database
+    appears (an upgrade importing them, as 1.2 to 1.15 do) and its sessions are delivered."""
+    home = tmp_path / "home"
+    db = install_home("1.1.65", home)
+    storage = db.parent / "storage"
+    later = sorted(own_share("1.1.65"))[-1]
+    held = tmp_path / "held"
+    for path in sorted(storage.rglob("*.json")):
+        # The later session's files (each names the session) wait outside the home.
+        if later in path.read_text() or later in path.name:
+            target = held / path.relative_to(storage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+    archive = tmp_path / "archive.db"
+    config_file = tmp_path / "syncd.toml"
+    config_file.write_text("poll_interval = 600.0\nwindow = 0.1\n")  # file events only
+    args = ["run", "--config", str(config_file), "--db", str(db),
+            "--state", str(tmp_path / "state.db"), "--archive", str(archive)]  # fmt: skip
+    async with syncd_process(args, isolated_env(tmp_path), tmp_path / "syncd.log") as syncd:
+
+        async def sessions() -> set[str]:
+            return set(await archived_copies(archive))
+
+        async def first_delivered() -> bool:
+            return await sessions() == set(own_share("1.1.65")) - {later}
+
+        await eventually(first_delivered, "the JSON sessions delivered", syncd.log)
+        for path in sorted(held.rglob("*.json")):
+            target = storage / path.relative_to(held)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+
+        async def complete() -> bool:
+            return not mismatches("1.1.65", await archived_copies(archive), storage)
+
+        await eventually(complete, "the later JSON session delivered", syncd.log)
+        shutil.copy(FIXTURES / "1.3.2" / "opencode.db", db)
+
+        async def with_database() -> bool:
+            return await sessions() >= set(own_share("1.3.2")) | set(own_share("1.1.65"))
+
+        await eventually(with_database, "the new database's sessions delivered", syncd.log)
+        assert await syncd.terminate() == 0

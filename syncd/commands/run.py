@@ -20,6 +20,8 @@ from ..errors import UserError
 from ..metrics_endpoint import serving_metrics
 from ..pipeline.deliver import RetryPolicy
 from ..pipeline.pipeline import Pipeline, capture_and_drain, follow
+from ..source import json_store
+from ..source.storage import storage_dir
 from ..state.lock import StateLock, StateLocked
 from . import Subcommands, config_flags
 
@@ -117,8 +119,18 @@ def _lock(config: Config) -> StateLock:
 
 
 async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
-    """A service installed before opencode's first run waits for its database."""
+    """A service installed before opencode's first run waits for its database (an opencode
+    that keeps its sessions as JSON files needs none)."""
     if config.db.is_file():
+        return
+    storage = storage_dir(config.db)
+    if json_store.has_sessions(storage):
+        log.info(
+            "no opencode database; delivering the JSON sessions under storage/ "
+            "(opencode <= 1.1) until opencode creates one",
+            db=str(config.db),
+            sessions=json_store.count_sessions(storage),
+        )
         return
     log.warning(
         "opencode database not found yet; waiting for opencode to create it", db=str(config.db)
@@ -131,7 +143,7 @@ async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
     systemd.notify(f"READY=1\nSTATUS=waiting for the opencode database at {config.db}")
     # Once the file is there, a schema still being created (or one syncd cannot read) holds
     # only the capture: the daemon reads it again at every wake-up (pipeline.follow).
-    while not stop.is_set() and not config.db.is_file():
+    while not (stop.is_set() or config.db.is_file() or json_store.has_sessions(storage)):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), period)
         systemd.notify(f"STATUS=waiting for the opencode database at {config.db}{watchdog}")

@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
+from ..source import json_store
+from ..source.storage import storage_dir
 from ..state.store import StateStore
 from ..transports.local import page_url
 from . import Subcommands
@@ -88,6 +90,19 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         "totals": totals,
         "sessions": sessions,
         "dead_letters": dead,
+        "opencode": opencode_source(config),
+    }
+
+
+def opencode_source(config: Config) -> dict[str, Any]:
+    """Where syncd reads opencode's sessions: its database, and the JSON session files under
+    its storage/ (opencode <= 1.1, or left behind by an upgrade)."""
+    storage = storage_dir(config.db)
+    return {
+        "db": str(config.db),
+        "db_exists": config.db.is_file(),
+        "json_session_files": json_store.count_sessions(storage),
+        "storage": str(storage),
     }
 
 
@@ -126,7 +141,20 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     )
     head: list[RenderableType] = [table, ""] if report["sessions"] else []
     problems = [Text(f"  - {problem}") for problem in report["problems"]]
-    emit(out, *head, summary, *problems)
+    emit(out, *head, summary, *problems, *source_lines(report["opencode"]))
+
+
+def source_lines(source: dict[str, Any]) -> list[Text]:
+    lines = [] if source["db_exists"] else [Text(f"no opencode database at {source['db']}")]
+    if source["json_session_files"]:
+        lines.append(
+            Text(
+                f"{source['json_session_files']} JSON session file(s) under {source['storage']} "
+                "(opencode <= 1.1, or left by an upgrade): delivered too, unless the "
+                "database has the same session"
+            )
+        )
+    return lines
 
 
 def emit(out: TextIO, *renderables: RenderableType) -> None:

@@ -222,6 +222,8 @@ async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
         version = await pipeline.db.data_version()
         if wakeup is Wakeup.FILE and version == last_version:
             continue  # a file event without a commit (a checkpoint, our own read)
+        if wakeup in (Wakeup.STORAGE, Wakeup.DEEP):
+            pipeline.db.json_stale = True  # the JSON sessions are read again
         last_version = version
         await _capture_unless_unreadable(pipeline, deep=wakeup is Wakeup.DEEP)
 

@@ -20,6 +20,7 @@ import aiosqlite
 
 from ..errors import UserError
 from ..model import Share
+from . import json_store
 from .storage import storage_dir
 
 # What every opencode that keeps sessions in SQLite (1.2 onwards) has, and syncd cannot do
@@ -54,21 +55,29 @@ class Schema:
     missing: tuple[str, ...]  # required tables and columns it lacks; () when readable
     has_journal: bool
     has_shares: bool
+    json_sessions: int = 0  # sessions read from JSON files that the database does not have
 
 
+NO_SCHEMA = Schema(version=-1, missing=(), has_journal=False, has_shares=False)
 Row = dict[str, Any]
 
 
 class OpencodeDb:
-    """One long-lived read-only connection to opencode.db. Its schema is read when opened
-    and again whenever opencode migrates it (`refresh_schema`): an unreadable one does not
-    stop the connection, only the reads (`readable` raises SchemaError naming what is missing)."""
+    """One long-lived read-only connection to opencode.db, and the JSON sessions under its
+    `storage/` (json_store). Its schema is read when opened and again whenever opencode
+    migrates it (`refresh_schema`): an unreadable one does not stop the connection, only the
+    reads (`readable` raises SchemaError naming what is missing). Without a database file,
+    the JSON sessions are read alone, until opencode creates its database."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, schema: Schema) -> None:
+    def __init__(self, path: Path, conn: aiosqlite.Connection, busy_timeout_ms: int) -> None:
         self.path = path
         self.storage = storage_dir(path)  # opencode's JSON files beside the database
         self._conn = conn
-        self.schema = schema
+        self._busy_timeout_ms = busy_timeout_ms
+        self._attached = path.is_file()  # False: no database file yet, JSON sessions alone
+        self.schema = NO_SCHEMA
+        # The JSON files must be read again before the next look (json_store.refresh).
+        self.json_stale = True
         # Session workers share the connection; their snapshots take turns.
         self._snapshot_lock = asyncio.Lock()
 
@@ -78,28 +87,39 @@ class OpencodeDb:
 
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> OpencodeDb:
-        if not path.is_file():
+        storage = storage_dir(path)
+        if not path.is_file() and not json_store.has_sessions(storage):
             raise UserError(
-                f"opencode database not found at {path}: run opencode once, "
-                "or point syncd at it with --db (`opencode db path` prints it)"
+                f"opencode database not found at {path}, and no JSON sessions under {storage}: "
+                "run opencode once, or point syncd at its database with --db "
+                "(`opencode db path` prints it)"
             )
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        db = cls(path, await _connect(path, busy_timeout_ms), busy_timeout_ms)
         try:
-            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            conn.row_factory = aiosqlite.Row
-            conn.text_factory = _text
-            schema = await _read_schema(conn)
-        except aiosqlite.Error as exc:
-            raise UserError(f"cannot read opencode database {path}: {exc}") from exc
-        return cls(path, conn, schema)
+            await db.refresh_schema()
+        except BaseException:
+            await db.close()
+            raise
+        return db
 
     async def refresh_schema(self) -> Schema:
-        """The schema as it is now, read again only when opencode has migrated it."""
+        """The schema as it is now, read again when opencode has migrated it or the JSON
+        sessions have moved."""
         async with self._snapshot_lock:
-            version = int((await self.one("PRAGMA schema_version"))[0])
-            if version != self.schema.version:
-                self.schema = await _read_schema(self._conn)
+            try:
+                if not self._attached and self.path.is_file():  # opencode created it now
+                    await self._conn.close()
+                    self._conn = await _connect(self.path, self._busy_timeout_ms)
+                    self._attached, self.schema, self.json_stale = True, NO_SCHEMA, True
+                version = int((await self.one("PRAGMA main.schema_version"))[0])
+                json_moved = self.json_stale and self.storage.is_dir()
+                if json_moved:
+                    await json_store.refresh(self._conn, self.storage)
+                self.json_stale = False
+                if version != self.schema.version or json_moved:
+                    self.schema = await _read_schema(self._conn, version)
+            except aiosqlite.Error as exc:
+                raise UserError(f"cannot read opencode database {self.path}: {exc}") from exc
         return self.schema
 
     async def readable(self) -> None:
@@ -117,7 +137,10 @@ class OpencodeDb:
         await self._conn.close()
 
     async def data_version(self) -> int:
-        """Changes whenever another connection commits: the cheap "did anything change?"."""
+        """Changes whenever another connection commits: the cheap "did anything change?".
+        Without a database file yet, it changes when the file appears."""
+        if not self._attached:
+            return -2 if self.path.is_file() else -1
         return int((await self.one("PRAGMA data_version"))[0])
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row:
@@ -171,26 +194,68 @@ def _text(raw: bytes) -> str | bytes:
         return raw
 
 
-async def _read_schema(conn: aiosqlite.Connection) -> Schema:
+async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """A read-only connection to the database, or, while it does not exist, to an empty
+    in-memory one (the JSON sessions' TEMP tables need a connection)."""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" if path.is_file() else ":memory:"
+    try:
+        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.row_factory = aiosqlite.Row
+        conn.text_factory = _text
+        await json_store.create_tables(conn)
+    except aiosqlite.Error as exc:
+        raise UserError(f"cannot read opencode database {path}: {exc}") from exc
+    return conn
+
+
+async def _read_schema(conn: aiosqlite.Connection, version: int) -> Schema:
+    """The database's tables and columns (`main`: TEMP views may shadow them), and the TEMP
+    views over them and the JSON sessions, made to match."""
     # One transaction: the version read belongs to the tables read with it.
     await conn.execute("BEGIN")
     try:
-        async with conn.execute("PRAGMA schema_version") as cursor:
-            version = int((await cursor.fetchone() or (0,))[0])
-        async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
+        async with conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table'"
+        ) as cursor:
             tables = [row[0] for row in await cursor.fetchall()]
         columns: dict[str, set[str]] = {}
         for table in tables:
-            async with conn.execute(f"PRAGMA table_info(`{table}`)") as cursor:
+            async with conn.execute(f"PRAGMA main.table_info(`{table}`)") as cursor:
                 columns[table] = {row[1] for row in await cursor.fetchall()}
+        json_sessions = await _count(
+            conn,
+            "SELECT count(*) FROM json_session AS j WHERE NOT EXISTS "
+            "(SELECT 1 FROM main.session AS s WHERE s.id = j.id)"
+            if "session" in columns
+            else "SELECT count(*) FROM json_session",
+        )
     finally:
         await conn.execute("COMMIT")
+    sessions_tables = [kind for kind in json_store.TABLES if kind in columns]
+    if not sessions_tables and json_sessions:
+        views = json_store.view_statements(None)  # no database yet: the JSON sessions alone
+        missing: tuple[str, ...] = ()
+    else:
+        missing = _missing(columns, REQUIRED_COLUMNS)
+        together = json_sessions and not missing
+        views = json_store.view_statements(columns) if together else []
+        json_sessions = json_sessions if together else 0
+    for statement in json_store.drop_view_statements() + views:
+        await conn.execute(statement)
     return Schema(
         version=version,
-        missing=_missing(columns, REQUIRED_COLUMNS),
+        missing=missing,
         has_journal=not _missing(columns, JOURNAL_COLUMNS),
         has_shares=not _missing(columns, SHARE_COLUMNS),
+        json_sessions=json_sessions,
     )
+
+
+async def _count(conn: aiosqlite.Connection, sql: str) -> int:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _missing(columns: dict[str, set[str]], wanted: dict[str, tuple[str, ...]]) -> tuple[str, ...]:

@@ -40,9 +40,10 @@ def session_item(row: Mapping[str, Any]) -> SyncItem:
             }
         ),
     }
-    if "cost" in column:  # 1.15 and later
+    # 1.15 and later (never NULL there; NULL for a JSON-era session read beside them).
+    if column.get("cost") is not None:
         info["cost"] = _number(column["cost"])
-    if "tokens_input" in column:
+    if column.get("tokens_input") is not None:
         info["tokens"] = {
             "input": column["tokens_input"],
             "output": column.get("tokens_output"),

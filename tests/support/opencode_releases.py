@@ -21,7 +21,7 @@ RELEASES = sorted(
 SQLITE_RELEASES = [name for name in RELEASES if (FIXTURES / name / "opencode.db").is_file()]
 # The releases syncd reads: tests/test_opencode_releases.py syncs each, and the README's table
 # says "complete" for them.
-READ_RELEASES = SQLITE_RELEASES
+READ_RELEASES = RELEASES
 
 
 def install_home(release: str, home: Path) -> Path:
