@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.archive_check import archived_copies
 from tests.support.opencode_releases import (
     FIXTURES,
     READ_RELEASES,
     RELEASES,
     SQLITE_RELEASES,
-    archived_copies,
     compatibility_table,
     install_home,
     mismatches,

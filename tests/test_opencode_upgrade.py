@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.archive_check import archived_copies
 from tests.support.env import eventually, free_port, isolated_env
 from tests.support.expected import database_snapshot, receiver_differences
 from tests.support.fake_llm import FakeLlm, Turn
@@ -27,7 +28,6 @@ from tests.support.opencode_driver import (
 )
 from tests.support.opencode_releases import (
     FIXTURES,
-    archived_copies,
     install_home,
     mismatches,
     own_share,

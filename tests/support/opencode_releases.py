@@ -11,8 +11,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from syncd.archive.sqlite import SqliteArchive
-
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "opencode"
 RELEASES = sorted(
     (path.name for path in FIXTURES.iterdir() if (path / "share-sync.json").is_file()),
@@ -66,26 +64,6 @@ def unshared(session: dict[str, Any], shared_by_opencode: bool) -> dict[str, Any
         return session
     time = {key: value for key, value in session["time"].items() if key != "updated"}
     return {**{key: value for key, value in session.items() if key != "share"}, "time": time}
-
-
-async def archived_copies(archive: Path) -> dict[str, dict[str, Any]]:
-    """session id -> its copy in the embedded archive ({session, messages, parts, diffs})."""
-    if not archive.is_file():
-        return {}
-    store = await SqliteArchive.open(archive)
-    try:
-        copies = {}
-        for share in await store.list_shares():
-            merged = await store.read_share(share["id"])
-            copies[share["session_id"]] = {
-                "session": merged["session"],
-                "messages": {m["id"]: m for m in merged["messages"]},
-                "parts": {p["id"]: p for p in merged["parts"]},
-                "diffs": merged["diffs"],
-            }
-        return copies
-    finally:
-        await store.close()
 
 
 def mismatches(release: str, got: dict[str, dict[str, Any]], storage: Path) -> list[str]:
