@@ -14,6 +14,7 @@ from syncd.commands import (
     common_flags,
     config_flags,
     dead_letters,
+    install_service,
     open,
     run,
     serve,
@@ -23,15 +24,19 @@ from syncd.commands import (
 from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
+from syncd.service import system_service_config
 
-COMMANDS = (run, sync, status, open, dead_letters, serve)
+COMMANDS = (run, sync, status, open, dead_letters, serve, install_service)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         configure_logging()
-        config = load_config(config_flags(args))
+        flags = config_flags(args)
+        # Root reading state it does not have reads the system service's (`sudo syncd status`).
+        service = system_service_config(flags) if args.reads_state else None
+        config = service or load_config(flags)
         configure_logging(config)
         code = asyncio.run(args.command(config, args))
         sys.stdout.flush()  # here, so that a closed pipe is handled below
@@ -54,6 +59,7 @@ def _parser() -> Parser:
         description="Keeps a remote copy of every opencode session complete and current.",
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    parser.set_defaults(reads_state=False)
     commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
     common = common_flags()
     for command in COMMANDS:

@@ -101,7 +101,7 @@ def serve_url(host: str, port: int) -> str:
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ) -> Config:
     """Build the Config from every layer. `flags` holds Config field names (None = not given)
     plus `config`, an explicit TOML file. Raises UserError on any bad input."""
-    dirs = _XdgDirs(env)
+    dirs = XdgDirs(env)
     defaults: dict[str, Any] = {
         "db": dirs.data / "opencode" / "opencode.db",
         "state": dirs.state / "syncd" / "state.db",
@@ -157,7 +157,7 @@ def opencode_settings(config_dir: Path, env: Mapping[str, str] = os.environ) -> 
     return merged
 
 
-class _XdgDirs:
+class XdgDirs:
     def __init__(self, env: Mapping[str, str]) -> None:
         home = Path(env["HOME"]) if env.get("HOME") else Path.home()
 
@@ -191,7 +191,7 @@ def _opencode_layer(
     return layer, "capnweb-batch" if rpc else "http"
 
 
-def _toml_path(flags: Mapping[str, object], dirs: _XdgDirs) -> tuple[Path | None, bool]:
+def _toml_path(flags: Mapping[str, object], dirs: XdgDirs) -> tuple[Path | None, bool]:
     if flags.get("config"):
         return Path(str(flags["config"])).expanduser(), True
     default = dirs.config / "syncd" / "config.toml"
@@ -202,7 +202,7 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
         if required:
             raise UserError(f"config file {path} does not exist: check --config") from None
@@ -217,7 +217,7 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
             f"{path}: unknown key {unknown[0]!r}; accepted keys: {', '.join(sorted(_KEYS))}"
         )
     secret = "key" in data or _holds_password(data.get("store"))
-    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if secret and readable_by_others(info, os.geteuid(), os.getegid()):
         log.warning(
             "config file holding a key or a database password is readable by other users; "
             "run chmod 600 on it (or chmod 640 with the service's group)",
@@ -231,6 +231,16 @@ def _holds_password(store: Any) -> bool:
         return False
     parts = urlsplit(store)
     return bool(parts.password) or "password=" in parts.query
+
+
+def readable_by_others(info: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether users other than the reader can read the file. The group may when it is the
+    reader's own group and someone else (root) owns the file: /etc/syncd/config.toml is
+    root:syncd 0640, which the system service reads through its group."""
+    if info.st_mode & stat.S_IRWXO:
+        return True
+    shared_with_us = info.st_uid != uid and info.st_gid == gid
+    return bool(info.st_mode & stat.S_IRWXG) and not shared_with_us
 
 
 def _relative_to(base: Path, name: str, value: Any) -> Any:

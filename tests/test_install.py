@@ -23,14 +23,16 @@ from typing import Any
 
 import pytest
 
-from syncd.serve.store import ShareStore
-from tests.expected import database_snapshot, receiver_differences
+from syncd.archive.sqlite import SqliteArchive
+from syncd.service import system_service
+from tests.support.expected import database_snapshot, receiver_differences
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-# A new login's PATH on Debian (/etc/profile), before anything of the user's.
+# A new login's PATH on Debian (/etc/profile), before anything of the user's; root's.
 STOCK_PATH = "/usr/local/bin:/usr/bin:/bin"
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOBODY = 65534
 INSTALL_TIMEOUT = 600.0  # a cold pip (no cache) on a slow network; normally 20 to 30 s
 STOP_TIMEOUT = 30.0
@@ -94,6 +96,7 @@ class Workspace:
     home: Path
     repo: Path
     python: str
+    downloads: Path
 
     @property
     def switch_user(self) -> bool:
@@ -103,7 +106,7 @@ class Workspace:
     def link(self) -> Path:
         return self.home / ".local/bin/syncd"
 
-    def env(self, path: str | None = None) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         # The machine's own settings (CA bundles, proxies, registries) stay; whatever names a
         # home, an active environment, a test run or syncd's and opencode's settings goes.
         dropped = ("HOME", "XDG_", "VIRTUAL_ENV", "PYTHON", "PYTEST_", "SYNCD_", "OPENCODE_")
@@ -112,8 +115,12 @@ class Workspace:
         # wherever this machine has it.
         node = shutil.which("npm")
         extra = [str(Path(node).parent)] if node else []
-        env["PATH"] = path or ":".join([str(self.home / ".local/bin"), STOCK_PATH, *extra])
+        env["PATH"] = ":".join([str(self.home / ".local/bin"), STOCK_PATH, *extra])
         env["HOME"] = str(self.home)
+        # One download cache for this module's new users: what is tested is the install, not
+        # how fast the network fetches the same wheels and packages a second time.
+        env["PIP_CACHE_DIR"] = str(self.downloads / "pip")
+        env["npm_config_cache"] = str(self.downloads / "npm")
         return env
 
     def user_options(self) -> dict[str, Any]:
@@ -142,22 +149,36 @@ class Workspace:
         return self.run([str(python), "-c", "import syncd"], env=env, cwd=self.home).returncode == 0
 
 
+@pytest.fixture(scope="module")
+def downloads() -> Iterator[Path]:
+    with open_to_new_user("syncd-downloads-") as root:
+        yield root
+
+
 @pytest.fixture
-def workspace(machine_python: str) -> Iterator[Workspace]:
-    with new_user_workspace(machine_python) as space:
+def workspace(machine_python: str, downloads: Path) -> Iterator[Workspace]:
+    with new_user_workspace(machine_python, downloads) as space:
         yield space
 
 
 @contextlib.contextmanager
-def new_user_workspace(python: str) -> Iterator[Workspace]:
-    # Not under pytest's tmp_path: as root that is 0700, closed to the user the commands run as.
-    root = Path(tempfile.mkdtemp(prefix="syncd-new-user-"))
-    try:
-        root.chmod(0o755)
-        space = Workspace(root, root / "home", root / "repo", python)
+def new_user_workspace(python: str, downloads: Path) -> Iterator[Workspace]:
+    with open_to_new_user("syncd-new-user-") as root:
+        space = Workspace(root, root / "home", root / "repo", python, downloads)
         space.home.mkdir()
         plain_copy(space.repo)
         yield space
+
+
+@contextlib.contextmanager
+def open_to_new_user(prefix: str) -> Iterator[Path]:
+    # Not under pytest's tmp_path: as root that is 0700, closed to the user the commands run as.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        root.chmod(0o755)
+        if os.geteuid() == 0:
+            os.chown(root, NOBODY, NOBODY)
+        yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -171,15 +192,15 @@ class Quickstart:
 
 
 @pytest.fixture(scope="module")
-def quickstart(machine_python: str, shared_dir: Path) -> Iterator[Quickstart]:
+def quickstart(machine_python: str, fixtures_dir: Path, downloads: Path) -> Iterator[Quickstart]:
     """The README's first block, as written, for a user whose opencode holds the sample
     sessions; stopped with Ctrl-C (SIGINT to the foreground job) once `syncd status` says
     every session is delivered."""
     install_and_run = quickstart_blocks()[0]
-    with new_user_workspace(machine_python) as space:
+    with new_user_workspace(machine_python, downloads) as space:
         opencode = space.home / ".local/share/opencode"
         opencode.mkdir(parents=True)
-        shutil.copy(shared_dir / "opencode/sample-1.18.33.db", opencode / "opencode.db")
+        shutil.copy(fixtures_dir / "opencode/sample-1.18.33.db", opencode / "opencode.db")
         (opencode / "opencode.db").chmod(0o644)
         space.give_to_user()
         expected = set(database_snapshot(opencode / "opencode.db"))
@@ -226,7 +247,7 @@ async def test_quickstart_archives_every_sample_session(quickstart: Quickstart) 
     assert quickstart.exit_code == 0, quickstart.output  # Ctrl-C is a clean stop
     archive = quickstart.space.home / ".local/state/syncd/archive.db"
     snapshot = await asyncio.to_thread(database_snapshot, quickstart.sample)
-    store = await ShareStore.open(archive)
+    store = await SqliteArchive.open(archive)
     try:
         shares = {share["session_id"]: share["id"] for share in await store.list_shares()}
         assert set(shares) == set(snapshot)
@@ -252,11 +273,22 @@ def test_quickstart_installs_into_its_own_venv(quickstart: Quickstart) -> None:
     assert f"installed in {venv}; the command is {space.link}" in quickstart.output
 
 
-def test_user_unit_verifies_against_the_user_install(quickstart: Quickstart) -> None:
+def test_user_service_installs_as_shipped_and_verifies(quickstart: Quickstart) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (Debian: apt install systemd; .ci/run does)")
     space = quickstart.space
-    unit = space.repo / "systemd/syncd.service"
+    result = space.run([str(space.link), "install-service"])
+    assert result.returncode == 0, result.stderr
+    unit = space.home / ".config/systemd/user/syncd.service"
+    assert result.stdout.splitlines() == [
+        f"{unit} written (ExecStart=%h/.local/bin/syncd run)",
+        "start it:  systemctl --user daemon-reload && systemctl --user enable --now syncd",
+        "check it:  systemctl --user status syncd; journalctl --user -u syncd; syncd status",
+        "to keep it running without a login session: loginctl enable-linger "
+        + ("nobody" if space.switch_user else os.environ.get("USER", "")),
+    ]
+    # Paths unchanged: the install put syncd where the shipped unit looks.
+    assert unit.read_text() == (space.repo / "systemd/syncd.service").read_text()
     runtime = space.root / "runtime"  # a --user manager needs one
     runtime.mkdir(mode=0o700, exist_ok=True)
     space.give_to_user()
@@ -352,9 +384,13 @@ def test_system_install_needs_root(workspace: Workspace) -> None:
     )
 
 
-def test_system_install_matches_the_system_unit(machine_python: str, tmp_path: Path) -> None:
-    """`scripts/install` run by root, in a private mount namespace whose /opt, /usr/local and
-    /etc are throw-away overlays: the host keeps nothing of it."""
+def test_system_install_and_service_as_root(
+    machine_python: str, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """The README's system service steps run by root, in a private mount namespace whose /opt,
+    /usr/local, /etc and /var/lib are throw-away overlays (the host keeps nothing): the unit
+    verifies as shipped, the service's user can read its config and opencode's database, and
+    `syncd status` run by root shows the service's state."""
     if os.geteuid() != 0:
         pytest.skip("the system install needs root")
     if shutil.which("systemd-analyze") is None:
@@ -364,36 +400,76 @@ def test_system_install_matches_the_system_unit(machine_python: str, tmp_path: P
         pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
     repo = tmp_path / "repo"
     plain_copy(repo)
-    script = r"""
+    service_env = " ".join(f"{name}={value}" for name, value in system_service().env.items())
+    steps = system_service_steps()
+    script = rf"""
         set -euo pipefail
         layers=$1
         mount -t tmpfs tmpfs "$layers"
-        for dir in /opt /usr/local /etc; do
-          layer=$layers/${dir//\//_}
+        for dir in /opt /usr/local /etc /var/lib; do
+          layer=$layers/${{dir//\//_}}
           mkdir -p "$layer/upper" "$layer/work"
           mount -t overlay overlay \
             -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" "$dir"
         done
-        scripts/install
+        {steps}
         echo "link: $(readlink /usr/local/bin/syncd)"
-        echo "as nobody: $(setpriv --reuid=65534 --regid=65534 --clear-groups \
-          /usr/local/bin/syncd --version)"
-        systemd-analyze --system verify systemd/syncd-system.service
+        systemd-analyze --system verify /etc/systemd/system/syncd.service
+        cmp systemd/syncd-system.service /etc/systemd/system/syncd.service
+        echo "user: $(id -nG syncd)"
+        echo "config dir: $(stat -c '%U:%G %a' /etc/syncd)"
+        # opencode as its own service leaves its database so (group opencode, UMask=0007)
+        install -d -m 2770 -g opencode /var/lib/opencode
+        install -m 0660 -g opencode {fixtures_dir}/opencode/sample-1.18.33.db \
+          /var/lib/opencode/opencode.db
+        # What systemd does to start the unit: its StateDirectory=, user, groups, environment.
+        install -d -m 0700 -o syncd -g syncd /var/lib/syncd
+        setpriv --reuid=syncd --regid=syncd --groups=opencode \
+          env -i PATH={STOCK_PATH} {service_env} /usr/local/bin/syncd sync
+        HOME=$layers/root syncd status --json >"$layers/status" 2>"$layers/note"
+        echo "status: $(tr -d '\n' <"$layers/status")"
+        echo "note: $(cat "$layers/note")"
+        echo "not the service's: $(find /var/lib/syncd ! -user syncd)"
     """
     layers = tmp_path / "layers"
     layers.mkdir()
     host_had_syncd = Path("/usr/local/bin/syncd").exists()
-    dropped = ("VIRTUAL_ENV", "PYTHON", "PYTEST_")
+    dropped = ("VIRTUAL_ENV", "PYTHON", "PYTEST_", "XDG_", "SYNCD_")
     env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
-    env["PATH"] = STOCK_PATH
+    env["PATH"] = ROOT_PATH
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "-", layers],
         cwd=repo, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    out = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
     assert "installed in /opt/syncd; the command is /usr/local/bin/syncd" in result.stdout
-    assert "link: /opt/syncd/bin/syncd" in result.stdout
-    assert "as nobody: syncd " in result.stdout  # the service's user can run it
-    assert [line for line in result.stderr.splitlines() if "syncd-system.service" in line] == []
+    assert out["link"] == "/opt/syncd/bin/syncd"
+    assert "user syncd created (group syncd, also in: opencode)" in result.stdout
+    assert "/etc/syncd: root:syncd 0750" in result.stdout
+    assert "/etc/systemd/system/syncd.service written (ExecStart=/usr/local/bin/syncd run)" in (
+        result.stdout
+    )
+    assert "syncd-system.service" not in result.stderr and "syncd.service" not in result.stderr
+    assert sorted(out["user"].split()) == ["opencode", "syncd"]
+    assert out["config dir"] == "root:syncd 750"
+    status = json.loads(out["status"])
+    assert status["totals"]["sessions"] == status["totals"]["delivered"] == 5, status
+    assert out["note"] == (
+        "syncd: root has no state of its own; this is the system service's, "
+        "/var/lib/syncd/state.db (read as user syncd)"
+    )
+    assert out["not the service's"] == ""
     assert Path("/usr/local/bin/syncd").exists() == host_had_syncd
+
+
+def system_service_steps() -> str:
+    """The README's commands for the system service, but starting it (no systemd runs here)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Running under systemd\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    (system,) = [block for block in blocks if "--system" in block]
+    lines = [line for line in system.splitlines() if not line.startswith("systemctl")]
+    assert lines == ["scripts/install --system", "syncd install-service --system"], lines
+    return "\n".join(lines)

@@ -33,7 +33,7 @@ ENTITY_KINDS = ("session", "message", "part")
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     help = "list, show, retry or discard dead letters"
     letters = commands.add_parser("dead-letters", help=help, description=help)
-    letters.set_defaults(command=_command)
+    letters.set_defaults(command=_command, reads_state=True)
     # The common flags go on each action (`syncd dead-letters list --state FILE`): argparse
     # would let an action's defaults overwrite flags given before it.
     actions = letters.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -41,7 +41,9 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="exit 1 when an item has been pending longer than this (default 300)",
     )
-    sub.set_defaults(command=lambda config, args: show(config, args.json, args.max_lag))
+    sub.set_defaults(
+        command=lambda config, args: show(config, args.json, args.max_lag), reads_state=True
+    )
 
 
 def verdict(row: dict[str, Any]) -> str:
