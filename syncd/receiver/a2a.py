@@ -185,9 +185,12 @@ class _RequireKey:
         await self._app(scope, receive, send)
 
 
-def a2a_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -> list[BaseRoute]:
+def a2a_routes(
+    store: ArchiveStore, *, base_url: str | None, key: str | None, expected: bool = False
+) -> list[BaseRoute]:
     """The agent card, JSONRPC and HTTP+JSON routes. `base_url` prefixes the card's interface
-    urls and share urls; None takes the request's own scheme and host."""
+    urls and share urls; None takes the request's own scheme and host. Without the A2A SDK
+    there are none: a warning when A2A is `expected` (configured), a debug line otherwise."""
     try:
         from a2a.server.request_handlers import DefaultRequestHandler
         from a2a.server.routes import (
@@ -198,7 +201,8 @@ def a2a_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) ->
         )
         from a2a.server.tasks import InMemoryTaskStore
     except ImportError:
-        log.warning("A2A disabled: the A2A SDK is missing (pip install 'syncd[a2a]')")
+        say = log.warning if expected else log.debug
+        say("A2A disabled: the A2A SDK is missing (scripts/install --extras a2a)")
         return []
 
     def request_base(request: Request) -> str:

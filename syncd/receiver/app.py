@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -21,6 +25,7 @@ from .rpc import rpc_routes
 from .unavailable import store_unavailable
 
 log = structlog.get_logger("syncd.receiver")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def build_app(
@@ -29,13 +34,15 @@ def build_app(
     base_url: str | None = None,
     key: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    a2a_expected: bool = False,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
     own scheme and host); `key`, when set, is required to create shares and to see the list
-    of sessions."""
+    of sessions; `a2a_expected`: the config asks for A2A, so a missing A2A SDK is worth a
+    warning."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
-        *a2a_routes(store, base_url=base_url, key=key),
+        *a2a_routes(store, base_url=base_url, key=key, expected=a2a_expected),
         *rpc_routes(store, base_url=base_url, key=key),
         *page_routes(store, key=key),
     ]
@@ -44,6 +51,15 @@ def build_app(
         middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)],
         exception_handlers={StoreUnavailable: store_unavailable},
     )
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn would catch SIGINT/SIGTERM itself and raise it again once shut down, so the
+        # process died of it (exit 130, 143). serve() hands them to handle_exit instead: a
+        # clean stop exits 0, as `syncd run` does.
+        yield
 
 
 def _is_loopback(host: str) -> bool:
@@ -55,7 +71,28 @@ def _is_loopback(host: str) -> bool:
 
 async def serve(config: Any) -> int:
     """Run the receiver on config.serve_host:config.serve_port over config.store (default:
-    the archive file) until interrupted."""
+    the archive file) until SIGINT or SIGTERM; 0 once stopped."""
+    app_server: list[_Server] = []  # once there is one
+    stopping = asyncio.Event()
+
+    def stop(signum: int) -> None:
+        stopping.set()
+        for server in app_server:
+            server.handle_exit(signum, None)
+
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        await _serve(config, app_server, stopping)
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+    return 0
+
+
+async def _serve(config: Any, app_server: list[_Server], stopping: asyncio.Event) -> None:
     store_name = config.store or config.archive
     sock = listening_socket(config.serve_host, config.serve_port)
     try:
@@ -64,7 +101,7 @@ async def serve(config: Any) -> int:
         sock.close()
         raise
     try:
-        app = build_app(store, key=config.key)
+        app = build_app(store, key=config.key, a2a_expected=config.transport == "a2a")
         shares = await store.list_shares()
         host, port = sock.getsockname()[:2]
         log.info(
@@ -83,13 +120,13 @@ async def serve(config: Any) -> int:
                 "create shares; set key in the config file",
                 host=config.serve_host,
             )
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        )
+        server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        app_server.append(server)
+        if stopping.is_set():
+            return
         notify("READY=1")  # the archive is open and migrated, the socket bound
         await server.serve(sockets=[sock])
         notify("STOPPING=1")
     finally:
         sock.close()
         await store.close()
-    return 0

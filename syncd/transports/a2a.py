@@ -37,7 +37,9 @@ def require_sdk() -> None:
     try:
         import a2a.client  # noqa: F401
     except ImportError as exc:
-        raise UserError("transport 'a2a' needs the A2A SDK: pip install 'syncd[a2a]'") from exc
+        raise UserError(
+            "transport 'a2a' needs the A2A SDK: install syncd with scripts/install --extras a2a"
+        ) from exc
 
 
 # -- the transport --------------------------------------------------------------------------
