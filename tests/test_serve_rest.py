@@ -260,6 +260,7 @@ async def test_serve_runs_on_the_configured_address(tmp_path: Path, store_url: s
         serve_host="127.0.0.1",
         serve_port=port,
         key=None,
+        transport="local",
     )
     task = asyncio.create_task(serve(config))
     try:
@@ -290,6 +291,7 @@ async def test_serve_names_a_busy_port(tmp_path: Path) -> None:
             store_pool_size=2,
             serve_host="127.0.0.1",
             serve_port=taken.getsockname()[1],
+            transport="local",
             key=None,
         )
         with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1"):
