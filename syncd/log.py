@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
 
@@ -61,10 +61,21 @@ def configure_logging(config: Config | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         # Loggers are created at import time and reconfigured once the config is known.
         cache_logger_on_first_use=False,
     )
+
+
+class _CurrentStderr:
+    """sys.stderr as it is at each line: a live display (the backfill's bars) puts its own
+    there while shown, which prints the line above itself instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def mask_secrets(

@@ -72,7 +72,6 @@ class Metrics:
             registry=r,
         )
         self.health = Health(max_failures, period)
-        self.items_delivered = 0  # all transports together, for progress displays
 
     def observe_call(self, operation: str, seconds: float, *, ok: bool) -> None:
         self.latency.labels(self.transport, operation).observe(seconds)
@@ -84,7 +83,6 @@ class Metrics:
         self.health.failure(error)
 
     def record_delivered(self, items: int, size: int) -> None:
-        self.items_delivered += items
         self.items_sent.labels(self.transport).inc(items)
         self.batches_sent.labels(self.transport).inc()
         self.bytes_sent.labels(self.transport).inc(size)

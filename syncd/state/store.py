@@ -148,6 +148,11 @@ class StateStore:
         )
         return {row[0]: row[1] for row in rows}
 
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending items per session."""
+        rows = await self._rows("SELECT session_id, COUNT(*) FROM pending_item GROUP BY session_id")
+        return {row[0]: row[1] for row in rows}
+
     async def pending_totals(self) -> tuple[int, int | None]:
         """Pending items in all, and the capture time (ms) of the oldest (None: none)."""
         rows = await self._rows("SELECT COUNT(*), MIN(time_created) FROM pending_item")
