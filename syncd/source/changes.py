@@ -207,14 +207,18 @@ class ChangeDetector:
                 ):
                     if session_id in whole:
                         counts[session_id] += rows
-            for session_id, head, _ in scan.candidates:
+            for session_id, head, time_updated in scan.candidates:
                 if session_id not in whole:
-                    counts[session_id] = await self._count_newer(
-                        session_id, head, cursors[session_id]
+                    newer = await self._count_newer(
+                        session_id, head, time_updated, cursors[session_id]
                     )
+                    if newer:
+                        counts[session_id] = newer
         return counts
 
-    async def _count_newer(self, session_id: str, head: int | None, cursor: Cursor) -> int:
+    async def _count_newer(
+        self, session_id: str, head: int | None, time_updated: int, cursor: Cursor
+    ) -> int:
         if head is not None:
             # The entities _keys_from_events would name (an entity updated twice counts once).
             row = await self._db.one(
@@ -225,7 +229,7 @@ class ChangeDetector:
             )
             return int(row[0])
         watermark = cursor.time_updated if cursor.time_updated is not None else -1
-        newer = 1  # the session itself
+        newer = int(time_updated > watermark)  # the session itself
         for kind in ("message", "part"):
             row = await self._db.one(
                 f"SELECT COUNT(*) FROM {kind} WHERE session_id = ? AND time_updated > ?",
