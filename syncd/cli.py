@@ -24,7 +24,7 @@ from syncd.commands import (
 from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
-from syncd.service import system_service_config
+from syncd.service import config_for_state_reader
 
 COMMANDS = (run, sync, status, open, dead_letters, serve, install_service)
 
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging()
         flags = config_flags(args)
         # Root reading state it does not have reads the system service's (`sudo syncd status`).
-        service = system_service_config(flags) if args.reads_state else None
-        config = service or load_config(flags)
+        config = config_for_state_reader(flags) if args.reads_state else load_config(flags)
         configure_logging(config)
         code = asyncio.run(args.command(config, args))
         sys.stdout.flush()  # here, so that a closed pipe is handled below

@@ -85,16 +85,14 @@ def system_service() -> SystemService:
     )
 
 
-def system_service_config(flags: Mapping[str, object]) -> Config | None:
-    """For a command that reads syncd's state (`status`, `dead-letters`) run by root, which has
-    no state of its own (and no --state or --config): the system service's config and state,
+def config_for_state_reader(flags: Mapping[str, object]) -> Config:
+    """The config of a command that reads syncd's state (`status`, `dead-letters`). Run by
+    root, which has no state of its own (and no --state or --config): the system service's,
     this process switched to the service's user and groups first, so that no file root would
-    create there (a database's -shm) locks the service out. None when this does not apply."""
-    if os.geteuid() != 0 or flags.get("state") or flags.get("config"):
-        return None
+    create there (a database's -shm) locks the service out."""
     own = load_config(flags)
-    if own.state.exists():
-        return None
+    if os.geteuid() != 0 or flags.get("state") or flags.get("config") or own.state.exists():
+        return own
     service = system_service()
     state = load_config(flags, env=service.env).state
     if not state.exists():
