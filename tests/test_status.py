@@ -208,9 +208,9 @@ async def test_one_session_by_part_of_its_id_and_letters_by_range(
     code, out, _ = await cli(capsys, "status", sid[-8:], "--json", *flags(config))
     assert [s["session_id"] for s in json.loads(out)["sessions"]] == [sid]
     code, _, err = await cli(capsys, "status", "ses_", *flags(config))
-    assert code == 2 and "2 sessions match 'ses_'" in err
+    assert code == 2 and "2 sessions start with 'ses_'" in err
     code, _, err = await cli(capsys, "status", "nothing-like-it", *flags(config))
-    assert code == 2 and "no session matches 'nothing-like-it'" in err
+    assert code == 2 and "no session 'nothing-like-it' in the state" in err
     code, out, _ = await cli(capsys, "dead-letters", "discard", "1-3", *flags(config))
     assert code == 0 and "3 dead letter(s) discarded" in out
     with pytest.raises(SystemExit, match="2"):  # a usage mistake, as argparse ends them

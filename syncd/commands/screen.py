@@ -7,12 +7,14 @@ import contextlib
 import io
 import time
 from collections.abc import Iterable, Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from ..errors import UserError
 
 SHORT_ID = 8  # characters of an opencode id's random tail: what share urls use too
 
@@ -40,7 +42,7 @@ def table_for(console: Console, *headers: str) -> Table:
         box=box.SIMPLE_HEAD if terminal else None,
         show_edge=False,
         pad_edge=False,
-        collapse_padding=True,  # two spaces between columns, not three: room for the last
+        collapse_padding=terminal,  # two spaces between columns, not three: room for the last
         header_style="bold" if terminal else "",
     )
 
@@ -91,3 +93,23 @@ def short_ids(ids: Iterable[str]) -> dict[str, str]:
         ids -= set(short)
         length += 1
     return short
+
+
+def find_session(rows: list[dict[str, Any]], wanted: str) -> dict[str, Any]:
+    """The state's row (`session_report`) for what the user typed: a session id, its share id,
+    the start of the id, or its end (the short id a terminal shows); a UserError saying what
+    to do when there is none or several."""
+    exact = [row for row in rows if row["session_id"] == wanted]
+    by_share = [row for row in rows if (row["share_url"] or "").endswith(f"/share/{wanted}")]
+    by_start = [row for row in rows if row["session_id"].startswith(wanted)]
+    by_end = [row for row in rows if row["session_id"].endswith(wanted)]
+    for found in (exact, by_share, by_start, by_end):
+        if len(found) == 1:
+            return found[0]
+    if by_start or by_end:
+        how = "start" if by_start else "end"
+        raise UserError(
+            f"{len(by_start or by_end)} sessions {how} with {wanted!r}: give more of the id "
+            "(`syncd status` lists them)"
+        )
+    raise UserError(f"no session {wanted!r} in the state: `syncd status` lists the sessions")

@@ -20,13 +20,22 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
-from ..errors import UserError
 from ..source import json_store
 from ..source.storage import storage_dir
 from ..state.store import StateStore
 from ..transports.local import page_url
 from . import Subcommands
-from .screen import ago, clipped, duration, fitted, screen, short_ids, table_for, timestamp
+from .screen import (
+    ago,
+    clipped,
+    duration,
+    find_session,
+    fitted,
+    screen,
+    short_ids,
+    table_for,
+    timestamp,
+)
 
 LAG_LIMIT_SECONDS = 300.0
 STATE_STYLES = {"dead-lettered": "red", "retrying": "yellow", "pending": "cyan"}
@@ -36,7 +45,7 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     help = "show what is synced, pending and failed"
     sub = commands.add_parser("status", parents=[common], help=help, description=help)
     sub.add_argument(
-        "session", nargs="?", metavar="SESSION", help="one session in detail (its id or a part)"
+        "session", nargs="?", metavar="SESSION", help="one session in detail (as `syncd open`)"
     )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_argument(
@@ -77,7 +86,7 @@ async def collect(
     finally:
         await state.close()
     if session is not None:
-        session_id = find_session(session, [row["session_id"] for row in rows])
+        session_id = find_session(rows, session)["session_id"]
         rows = [row for row in rows if row["session_id"] == session_id]
         dead = [letter for letter in dead if letter["session_id"] == session_id]
     now = time.time()
@@ -123,20 +132,6 @@ def opencode_source(config: Config) -> dict[str, Any]:
         "json_session_files": json_store.count_sessions(storage),
         "storage": str(storage),
     }
-
-
-def find_session(text: str, session_ids: list[str]) -> str:
-    """The one session id equal to `text`, or else the one containing it."""
-    if text in session_ids:
-        return text
-    matches = [session_id for session_id in session_ids if text in session_id]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise UserError(f"no session matches {text!r}: `syncd status` lists them")
-    raise UserError(
-        f"{len(matches)} sessions match {text!r} ({', '.join(matches[:3])}...): give more of the id"
-    )
 
 
 async def show(
