@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -285,7 +286,7 @@ def test_user_service_installs_as_shipped_and_verifies(quickstart: Quickstart) -
         "start it:  systemctl --user daemon-reload && systemctl --user enable --now syncd",
         "check it:  systemctl --user status syncd; journalctl --user -u syncd; syncd status",
         "to keep it running without a login session: loginctl enable-linger "
-        + ("nobody" if space.switch_user else os.environ.get("USER", "")),
+        + pwd.getpwuid(NOBODY if space.switch_user else os.getuid()).pw_name,
     ]
     # Paths unchanged: the install put syncd where the shipped unit looks.
     assert unit.read_text() == (space.repo / "systemd/syncd.service").read_text()

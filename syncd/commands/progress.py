@@ -145,14 +145,11 @@ async def follow_backfill(
     state: StateStore,
     plan: BackfillPlan,
     out: TextIO | None = None,
-    *,
-    console: Console | None = None,
 ) -> AsyncIterator[BackfillCount]:
-    """Show progress while the block captures and delivers (`console`: for tests)."""
+    """Show progress while the block captures and delivers."""
     out = out or sys.stderr
     count = BackfillCount(plan)
-    terminal = console is not None or out.isatty()
-    display = BackfillDisplay(console or Console(file=out), count) if terminal else None
+    display = BackfillDisplay(Console(file=out), count) if out.isatty() else None
 
     async def refresh() -> None:
         # Cursors first: a capture committed in between then counts twice for a moment,
