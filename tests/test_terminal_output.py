@@ -80,6 +80,8 @@ REPORT: dict[str, Any] = {
     "sessions": SESSIONS,
     "dead_letters": [],
     "time": NOW,
+    "opencode": {"db": "/home/u/.local/share/opencode/opencode.db", "db_exists": True,
+                 "json_session_files": 0, "storage": "/home/u/.local/share/opencode/storage"},
 }  # fmt: skip
 
 

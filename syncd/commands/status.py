@@ -119,6 +119,7 @@ async def collect(
         "sessions": sessions,
         "dead_letters": dead,
         "opencode": opencode_source(config),
+        "time": now,
     }
 
 
