@@ -206,22 +206,6 @@ class PostgresArchive(ArchiveStore):
                 break
         return Share(id=share_id, secret=secret, url=url)
 
-    async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        check_session_id(session_id)
-        async with self._transaction() as conn:
-            # One lookup-or-create per session at a time across replicas: two replicas asked
-            # for a new session's share at once hand out the same share.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (session_id,))
-            row = await self._fetchone(
-                conn,
-                "SELECT id, secret, url FROM share WHERE session_id = %s "
-                "ORDER BY time_created DESC, created DESC LIMIT 1",
-                (session_id,),
-            )
-            if row is not None:
-                return Share(id=row[0], secret=row[1], url=row[2])
-            return await self._create(conn, session_id, base_url)
-
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as conn:
             await self._lock_share(conn, share_id, secret)
