@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import structlog
@@ -11,13 +10,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ..archive import ArchiveStore, StoreUnavailable, open_archive, redact
+from ..errors import UserError
 from ..listen import listening_socket
 from ..systemd import notify
+from ..urls import is_loopback_host
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
 from .pages import SecurityHeaders, page_routes
 from .rest import rest_routes
 from .rpc import rpc_routes
+from .slow_clients import deadline_protocol
 from .unavailable import store_unavailable
 
 log = structlog.get_logger("syncd.receiver")
@@ -46,17 +48,17 @@ def build_app(
     )
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 async def serve(config: Any) -> int:
     """Run the receiver on config.serve_host:config.serve_port over config.store (default:
     the archive file) until interrupted."""
     store_name = config.store or config.archive
+    public = not is_loopback_host(config.serve_host)
+    if public and config.key is None and not config.serve_public:
+        raise UserError(
+            f"not listening on {config.serve_host} without a key: anyone who reaches it could "
+            "create shares and list every archived session; set key in the config file, or "
+            "serve_public = true (--public) to allow it on a trusted network"
+        )
     sock = listening_socket(config.serve_host, config.serve_port)
     try:
         store = await open_archive(store_name, pool_size=config.store_pool_size)
@@ -77,14 +79,21 @@ async def serve(config: Any) -> int:
         )
         for share in shares:
             log.info("archived share", **share)
-        if not _is_loopback(config.serve_host) and config.key is None:
+        if public and config.key is None:
             log.warning(
-                "listening beyond loopback without a key: anyone who can reach this port can "
-                "create shares; set key in the config file",
+                "listening beyond loopback without a key (serve_public): anyone who can reach "
+                "this port can create shares and list every archived session",
                 host=config.serve_host,
             )
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                http=deadline_protocol(config.serve_header_timeout, config.serve_body_timeout),
+                limit_concurrency=config.serve_max_connections,
+            )
         )
         notify("READY=1")  # the archive is open and migrated, the socket bound
         await server.serve(sockets=[sock])
