@@ -23,7 +23,7 @@ import structlog
 
 from syncd import jsonc
 from syncd.errors import UserError
-from syncd.urls import origin_of
+from syncd.urls import cleartext_beyond_loopback, origin_of
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
 Sessions = Literal["all", "shared"]
@@ -85,6 +85,17 @@ class Config:
     def origin(self) -> str | None:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
         return None if self.url is None else origin_of(self.url)
+
+    def cleartext_warning(self) -> str | None:
+        """Why credentials would cross the network readable (shown at start and in `status`),
+        or None. Every remote transport sends share secrets, and the key when there is one."""
+        if self.url is None or not cleartext_beyond_loopback(self.url):
+            return None
+        carried = "the key and share secrets" if self.key else "share secrets"
+        return (
+            f"url {self.url} is plain http:// to another machine: {carried} cross the network "
+            "unencrypted; use https://"
+        )
 
     @property
     def serve_url(self) -> str:

@@ -18,19 +18,14 @@ PRIVATE_DIRECTORY_MODE = 0o700
 
 def private_directory(directory: Path) -> None:
     """Create `directory` (0700; missing parents get the usual mode), or accept an existing
-    one only when no other user can write to it. UserError (one line) otherwise."""
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=PRIVATE_DIRECTORY_MODE)
-        info = directory.stat()
-    except OSError as exc:
-        raise UserError(
-            f"cannot create the directory {directory}: {exc.strerror or exc}; "
-            "choose another place for syncd's files (state, archive in the config)"
-        ) from exc
+    one only when no other user can write to it: UserError (one line) otherwise. OSError when
+    it cannot be made, for the caller to word."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=PRIVATE_DIRECTORY_MODE)
+    info = directory.stat()
     if not stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{directory} is not a directory: point state/archive elsewhere")
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
     if info.st_uid not in (os.geteuid(), 0):
         raise UserError(
             f"{directory} belongs to another user (uid {info.st_uid}), who could replace "

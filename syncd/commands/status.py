@@ -78,6 +78,7 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         "dead_letters": len(dead),
         "max_lag_seconds": worst_lag,
     }
+    warnings = [warning] if (warning := config.cleartext_warning()) else []
     problems = []
     if dead:
         problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
@@ -86,6 +87,7 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     return {
         "healthy": not problems,
         "problems": problems,
+        "warnings": warnings,
         "max_lag_seconds": max_lag,
         "totals": totals,
         "sessions": sessions,
@@ -141,7 +143,8 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     )
     head: list[RenderableType] = [table, ""] if report["sessions"] else []
     problems = [Text(f"  - {problem}") for problem in report["problems"]]
-    emit(out, *head, summary, *problems, *source_lines(report["opencode"]))
+    warnings = [Text(f"warning: {warning}", style="yellow") for warning in report["warnings"]]
+    emit(out, *head, summary, *problems, *warnings, *source_lines(report["opencode"]))
 
 
 def source_lines(source: dict[str, Any]) -> list[Text]:
