@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from ..archive import ArchiveStore, StoreUnavailable, open_archive, redact
+from ..config import Config
 from ..errors import UserError
 from ..listen import listening_socket
 from ..systemd import notify
@@ -48,7 +47,7 @@ def build_app(
     )
 
 
-async def serve(config: Any) -> int:
+async def serve(config: Config) -> int:
     """Run the receiver on config.serve_host:config.serve_port over config.store (default:
     the archive file) until interrupted."""
     store_name = config.store or config.archive
