@@ -14,11 +14,9 @@ import json
 import os
 import sqlite3
 import stat
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,73 +32,19 @@ from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.http import HttpTransport
 from syncd.wire.keys import KEY_HEADER
 from tests.support.env import free_port, isolated_env
-from tests.support.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import one_session_db
 from tests.support.receiver import running_receiver
-from tests.support.syncd_process import SyncdProcess, syncd_process
+from tests.support.served import Served, SlowClient, serving
+from tests.support.syncd_process import run_syncd
 
 KEY = "k-attack-suite-key-3f9c2e71"
 TOKEN = "tok-3b8f0c2d9e7a6b5c4d3e2f1a"
 REST_VICTIM = "ses_restvictim0000000000000001"
 A2A_VICTIM = "ses_a2avictim00000000000000001"
-STARTUP_SECONDS = 30.0
 A2A_VERSION = {"A2A-Version": "1.0"}
 
 
-# -- a running `syncd serve` -------------------------------------------------------------------
-
-
-@dataclass
-class Served:
-    url: str
-    archive: Path
-    process: SyncdProcess
-    key: str | None
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    def headers(self) -> dict[str, str]:
-        return {KEY_HEADER: self.key} if self.key else {}
-
-
-def toml_value(value: object) -> str:
-    return json.dumps(value)  # strings, numbers and booleans are spelled alike in TOML
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    tmp_path: Path, key: str | None = None, **settings: object
-) -> AsyncIterator[Served]:
-    """`syncd serve` as a subprocess on a free loopback port, answering."""
-    home = tmp_path / "serve"
-    home.mkdir(mode=0o700)
-    config = home / "serve.toml"
-    if key is not None:
-        settings["key"] = key
-    config.write_text("".join(f"{name} = {toml_value(v)}\n" for name, v in settings.items()))
-    config.chmod(0o600)
-    port = free_port()
-    archive = home / "archive.db"
-    args = ["serve", "--config", str(config), "--archive", str(archive), "--port", str(port)]
-    async with syncd_process(args, isolated_env(tmp_path), home / "serve.log") as process:
-        served = Served(f"http://127.0.0.1:{port}", archive, process, key)
-        await until_answering(served)
-        yield served
-
-
-async def until_answering(served: Served) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    async with httpx.AsyncClient() as client:
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                await client.get(f"{served.url}/.well-known/agent-card.json")
-                return
-            assert served.process.process and served.process.process.returncode is None, (
-                served.process.log()
-            )
-            assert time.monotonic() < deadline, f"serve did not answer\n{served.process.log()}"
-            await asyncio.sleep(0.05)
+# -- attacks on a running `syncd serve` ------------------------------------------------------
 
 
 def snapshot(archive: Path) -> list[tuple[Any, ...]]:
@@ -313,15 +257,10 @@ async def test_listing_and_tasks_need_the_key(tmp_path: Path) -> None:
 
 
 async def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
-        "--archive", str(tmp_path / "archive.db"), env=isolated_env(tmp_path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    text = output.decode()
-    assert process.returncode == 2, text
+    code, text = await run_syncd("serve", "--host", "0.0.0.0", "--port", str(free_port()),
+                                 "--archive", str(tmp_path / "archive.db"),
+                                 env=isolated_env(tmp_path))  # fmt: skip
+    assert code == 2, text
     assert text.count("\n") == 1 and "without a key" in text and "serve_public" in text
     assert not (tmp_path / "archive.db").exists()
 
@@ -437,16 +376,6 @@ class Echo:
         await answer(scope, receive, send)
 
 
-async def run_syncd(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
 def state_text(state: Path) -> str:
     """Every value of every row of syncd's state, but the share secrets it must hold."""
     with contextlib.closing(sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)) as conn:
@@ -466,17 +395,14 @@ def state_text(state: Path) -> str:
 async def test_an_echoing_receiver_never_gets_its_echo_shown(
     tmp_path: Path, fixtures_dir: Path, transport: str, passes: int
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
-    sid = writer.session()
-    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
-    writer.close()
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     config = tmp_path / "syncd.toml"
     config.write_text(f'key = "{KEY}"\n')
     config.chmod(0o600)
     state = tmp_path / "state" / "state.db"
     async with running_receiver(tmp_path / "receiver", key=KEY) as receiver:
         receiver._app = Echo(receiver._app, passes)
-        common = ["--db", str(writer.path), "--state", str(state), "--url", receiver.url,
+        common = ["--db", str(db), "--state", str(state), "--url", receiver.url,
                   "--transport", transport, "--sessions", "all",
                   "--config", str(config)]  # fmt: skip
         env = isolated_env(tmp_path)
@@ -505,18 +431,10 @@ def share_secret(archive: Path, share_id: str) -> str:
 # -- syncd's own files -----------------------------------------------------------------------
 
 
-def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
-    sid = writer.session()
-    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
-    writer.close()
-    return writer.path
-
-
 async def test_state_and_archive_directories_are_created_private(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     state = tmp_path / "new" / "state-dir" / "state.db"
     archive = tmp_path / "new" / "archive-dir" / "archive.db"
     old = os.umask(0o022)  # a usual umask: directories are world-readable unless syncd says
@@ -537,7 +455,7 @@ async def test_state_and_archive_directories_are_created_private(
 async def test_a_linked_file_is_refused_and_its_target_untouched(
     tmp_path: Path, fixtures_dir: Path, linked: str
 ) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     home = tmp_path / "syncd"
     home.mkdir(mode=0o700)
     victim = tmp_path / "victim.txt"
@@ -558,7 +476,7 @@ async def test_a_linked_file_is_refused_and_its_target_untouched(
 async def test_a_directory_others_can_write_is_refused(
     tmp_path: Path, fixtures_dir: Path, mode: int
 ) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(mode)
@@ -573,41 +491,6 @@ async def test_a_directory_others_can_write_is_refused(
 
 HEAD_TIMEOUT = 3.0
 BODY_TIMEOUT = 3.0
-
-
-@dataclass
-class SlowClient:
-    """A connection that sends its request a few bytes at a time, for ever."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    opened: float
-    trickle: asyncio.Task[None]
-    closed_after: float | None = None
-
-    @classmethod
-    async def open(cls, port: int, start: bytes, drip: bytes) -> SlowClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(start)
-
-        async def trickle() -> None:
-            with contextlib.suppress(OSError):
-                while True:
-                    await asyncio.sleep(0.2)
-                    writer.write(drip)
-                    await writer.drain()
-
-        return cls(reader, writer, time.monotonic(), asyncio.create_task(trickle()))
-
-    async def until_closed(self, bound: float) -> float:
-        """Seconds from opening until the server closed the connection (at most `bound`)."""
-        with contextlib.suppress(ConnectionError):
-            while await asyncio.wait_for(self.reader.read(4096), bound):
-                pass
-        self.closed_after = time.monotonic() - self.opened
-        self.trickle.cancel()
-        self.writer.close()
-        return self.closed_after
 
 
 async def test_slow_clients_are_dropped_while_others_are_served(tmp_path: Path) -> None:

@@ -75,9 +75,11 @@ def agent_card(base_url: str, key_required: bool) -> AgentCard:
     card = AgentCard(
         name="syncd receiver",
         description=(
-            "Archive of opencode sessions. Send one message per batch: contextId is the "
-            "session id, each part one SyncData item (a data part, whole numbers read as "
-            "integers, or an application/json text part); a messageId is applied once."
+            "Archive of opencode sessions. contextId is the session id. Create a share with "
+            "metadata syncd.operation = create (answered: shareId, secret, shareUrl); then "
+            "send one message per batch with metadata syncd.shareId and syncd.secret, each "
+            "part one SyncData item (a data part, whole numbers read as integers, or an "
+            "application/json text part); a messageId is applied once."
         ),
         version=__version__,
         supported_interfaces=[
