@@ -82,6 +82,9 @@ LIMITS = """\
 - Without opencode's journal (table mode), a row rewritten with an older `time_updated` (a
   clock stepped back) is not seen until the clock passes the watermark
   (`tests/test_hostile_rows.py`, marked xfail). With the journal it is delivered.
+- `syncd serve` bounds how long a request takes to arrive, not how long its answer takes to be
+  read: a client that reads a large answer slowly holds its connection, and a place under
+  `serve_max_connections`, until it has read it.
 """
 
 
