@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -22,10 +23,15 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from syncd.config import load_config
+from syncd.log import configure_logging
 from syncd.model import Batch, Share
+from syncd.state.store import StateStore
+from syncd.transports import make_transport
 from syncd.transports.a2a import A2aTransport
 from syncd.transports.base import RetryableError, SecretRefusedError, Transport
 from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
@@ -343,6 +349,32 @@ async def test_no_transport_follows_a_redirect_to_another_origin(name: str) -> N
         assert capture.server is not None
         capture.server.close()
     assert capture.received == []
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [("http://192.0.2.7:4788", True), ("https://192.0.2.7", False), ("http://127.0.0.1:9", False)],
+)
+async def test_plain_http_beyond_loopback_is_warned_at_start_and_in_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, warned: bool
+) -> None:
+    config = load_config(
+        {"url": url, "transport": "http", "state": str(tmp_path / "state.db")},
+        {"HOME": str(tmp_path), "OPENCODE_SHARE_RPC_KEY": KEY},
+    )
+    configure_logging(dataclasses.replace(config, log_format="json"))
+    try:
+        await make_transport(config).aclose()  # what `run`, `sync` and a reload do first
+    finally:
+        structlog.reset_defaults()
+    await (await StateStore.open(config.state)).close()
+    flags = ["--url", url, "--transport", "http", "--state", str(config.state)]
+    code, status = await run_syncd("status", *flags, env=isolated_env(tmp_path))
+    started = capsys.readouterr().err
+    for output in (started, status):
+        assert ("plain http:// to another machine" in output) is warned, output
+        assert KEY not in output
+    assert code == 0, status  # a warning, not a failure
 
 
 # -- a receiver echoing the key and the secrets -----------------------------------------------
