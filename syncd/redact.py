@@ -3,7 +3,8 @@ reasons, `status`, /health, logs, error messages), whatever a receiver echoes ba
 
 Masked: the secrets a caller names (a call's share secret), every secret registered for the
 process (the key), and credentials recognisable by their form whose value syncd never knew:
-an Authorization scheme's token, the value of a field or header named like a credential, a JWT.
+an Authorization scheme's token, the value of a field or header named like a credential (a
+url's `password=` included), a password in a url's user info, a JWT.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _FORMS = (
         r"""["']?\s*[:=]\s*["']?)(?!\*\*\*)[^\s"',;&}\]]+""",
         re.IGNORECASE,
     ),
+    # A password in a url's user info: `postgresql://user:password@host`.
+    re.compile(r"(?P<label>\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+(?=@)", re.IGNORECASE),
     # A JSON Web Token: header.payload.signature, the header always starting `{"` in base64.
     re.compile(r"(?P<label>)\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
 )

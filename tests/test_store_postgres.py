@@ -13,10 +13,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from syncd.archive import StoreUnavailable, open_archive, redact
+from syncd.archive import StoreUnavailable, open_archive
 from syncd.archive.postgres import MIGRATIONS, PostgresArchive
 from syncd.errors import UserError
 from syncd.model import Batch
+from syncd.redact import scrub
 from syncd.transports.a2a import A2aTransport
 from syncd.transports.base import RetryableError
 from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
@@ -208,9 +209,9 @@ async def test_senders_are_told_to_retry_while_the_database_is_down(
 
 async def test_the_password_never_shows(postgres: PostgresCluster, postgres_url: str) -> None:
     password = postgres.password
-    assert password not in redact(postgres_url)
-    assert redact(postgres_url).startswith("postgresql://syncd:***@127.0.0.1:")
-    assert redact(f"postgresql://syncd@h/db?password={password}&sslmode=require") == (
+    assert password not in scrub(postgres_url)
+    assert scrub(postgres_url).startswith("postgresql://syncd:***@127.0.0.1:")
+    assert scrub(f"postgresql://syncd@h/db?password={password}&sslmode=require") == (
         "postgresql://syncd@h/db?password=***&sslmode=require"
     )
     wrong = postgres_url.replace(password, password[::-1])

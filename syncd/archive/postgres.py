@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..errors import UserError
 from ..migrate import migration_folders
 from ..model import Share, SyncItem
-from . import redact
+from ..redact import scrub
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
@@ -107,7 +107,7 @@ class PostgresArchive(ArchiveStore):
         self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"PostgresArchive({redact(self.url)})"
+        return f"PostgresArchive({scrub(self.url)})"
 
     @classmethod
     async def open(
@@ -123,7 +123,7 @@ class PostgresArchive(ArchiveStore):
             listening = await _listening_connection(conninfo)
         except psycopg.Error as exc:
             raise UserError(
-                f"cannot open the store {redact(url)}: {_one_line(exc)}; check the URL, "
+                f"cannot open the store {scrub(url)}: {_one_line(exc)}; check the URL, "
                 "the server and the role's rights"
             ) from exc
         pool: psycopg_pool.AsyncConnectionPool[Conn] = psycopg_pool.AsyncConnectionPool(
@@ -376,7 +376,7 @@ class PostgresArchive(ArchiveStore):
             try:
                 if conn is None:
                     conn = await _listening_connection(conninfo)
-                    log.info("listening for changes again", store=redact(self.url))
+                    log.info("listening for changes again", store=scrub(self.url))
                     outage = False
                     self.waiters.wake()
                 async with conn:
@@ -386,7 +386,7 @@ class PostgresArchive(ArchiveStore):
                 if not outage:
                     log.warning(
                         "lost the store's change notifications; reconnecting",
-                        store=redact(self.url),
+                        store=scrub(self.url),
                         error=_one_line(exc),
                     )
                     outage = True

@@ -7,10 +7,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from ..archive import ArchiveStore, StoreUnavailable, open_archive, redact
+from ..archive import ArchiveStore, StoreUnavailable, open_archive
 from ..config import Config
 from ..errors import UserError
 from ..listen import listening_socket
+from ..redact import scrub
 from ..systemd import notify
 from ..urls import is_loopback_host
 from .a2a import a2a_routes
@@ -71,7 +72,7 @@ async def serve(config: Config) -> int:
         log.info(
             "serving",
             url=f"http://{host}:{port}",
-            store=redact(store_name),
+            store=scrub(str(store_name)),
             shares=len(shares),
             pages=f"http://{host}:{port}/",
             listing=f"http://{host}:{port}/api/share",
