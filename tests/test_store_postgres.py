@@ -106,21 +106,6 @@ async def test_a_batch_retried_through_two_replicas_at_once_applies_once(
         assert [seq for seq, _ in feed] == list(range(1, 11))
 
 
-async def test_a_new_sessions_share_asked_for_through_two_replicas_is_one_share(
-    postgres_url: str,
-) -> None:
-    async with replicas(postgres_url, 2) as (a, b):
-        asked = await asyncio.gather(
-            *(
-                store.share_for_session(f"ses_{n:026}", "http://x")
-                for n in range(8)
-                for store in (a, b)
-            )
-        )
-        assert len({share.id for share in asked}) == 8
-        assert len(await a.list_shares()) == 8
-
-
 async def test_a_change_through_one_replica_wakes_a_page_waiting_on_another(
     postgres_url: str,
 ) -> None:
