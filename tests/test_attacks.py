@@ -238,11 +238,11 @@ async def test_no_one_captures_another_senders_session(tmp_path: Path, key: str)
 
 async def test_listing_and_tasks_need_the_key(tmp_path: Path) -> None:
     async with serving(tmp_path, key=KEY) as served, httpx.AsyncClient() as client:
-        await victims(served)
-        # A failed task exists to be listed: a batch without credentials, sent with the key.
-        failed = await a2a_jsonrpc(
-            client, served, "SendMessage", {"message": a2a_message(A2A_VICTIM, {})}, True
-        )
+        _, a2a_share = await victims(served)
+        # A failed task to be listed: the victim's own batch, refused for a bad item.
+        right = {"syncd.shareId": a2a_share.id, "syncd.secret": a2a_share.secret}
+        bad = a2a_message(A2A_VICTIM, right, [{"type": "part", "data": {"id": "prt_1"}}])
+        failed = await a2a_jsonrpc(client, served, "SendMessage", {"message": bad}, True)
         task_id = failed.json()["result"]["task"]["id"]
         for headers in ({}, {KEY_HEADER: "wrong-key"}):
             for path in ("/", "/api/share", "/a2a/rest/tasks", f"/a2a/rest/tasks/{task_id}"):
@@ -251,15 +251,21 @@ async def test_listing_and_tasks_need_the_key(tmp_path: Path) -> None:
                 assert A2A_VICTIM not in answer.text and REST_VICTIM not in answer.text
             for method, params in (("ListTasks", {}), ("GetTask", {"id": task_id})):
                 body = {"jsonrpc": "2.0", "id": "1", "method": method, "params": params}
-                answer = await client.post(f"{served.url}/a2a/jsonrpc", json=body, headers=headers)
+                answer = await client.post(
+                    f"{served.url}/a2a/jsonrpc", json=body, headers={**A2A_VERSION, **headers}
+                )
                 assert answer.status_code == 401 and A2A_VICTIM not in answer.text, method
         # With the key, the same requests are answered.
         listed = await client.get(f"{served.url}/api/share", headers=served.headers())
         assert {s["session_id"] for s in listed.json()["shares"]} == {REST_VICTIM, A2A_VICTIM}
-        tasks = await client.get(
-            f"{served.url}/a2a/rest/tasks", headers={**A2A_VERSION, **served.headers()}
-        )
-        assert tasks.status_code == 200 and A2A_VICTIM in tasks.text
+        # ...and show the victim's failed task, but never the secret its message carried.
+        for path in ("/a2a/rest/tasks", f"/a2a/rest/tasks/{task_id}"):
+            answer = await client.get(
+                f"{served.url}{path}?historyLength=100&includeArtifacts=true",
+                headers={**A2A_VERSION, **served.headers()},
+            )
+            assert answer.status_code == 200 and A2A_VICTIM in answer.text, path
+            assert a2a_share.secret not in answer.text
 
 
 async def test_serve_refuses_a_public_address_without_a_key(tmp_path: Path) -> None:
