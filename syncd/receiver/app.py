@@ -33,8 +33,8 @@ def build_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
-    own scheme and host); `key`, when set, is required to create shares and to see the list
-    of sessions."""
+    own scheme and host); `key`, when set, is required to create shares, to see the list of
+    sessions and for every A2A call."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key),
