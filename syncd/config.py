@@ -23,7 +23,7 @@ import structlog
 
 from syncd import jsonc
 from syncd.errors import UserError
-from syncd.urls import origin_of
+from syncd.urls import cleartext_beyond_loopback, origin_of
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
 Sessions = Literal["all", "shared"]
@@ -69,6 +69,10 @@ class Config:
     # `syncd serve`'s archive: a path, sqlite:///path or postgresql://...; None: `archive`.
     store: str | None = field(default=None, repr=False)
     store_pool_size: int = 10
+    serve_public: bool = False  # listen beyond loopback without a key, on purpose
+    serve_header_timeout: float = 10.0
+    serve_body_timeout: float = 60.0
+    serve_max_connections: int = 256
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
@@ -81,6 +85,17 @@ class Config:
     def origin(self) -> str | None:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
         return None if self.url is None else origin_of(self.url)
+
+    def cleartext_warning(self) -> str | None:
+        """Why credentials would cross the network readable (shown at start and in `status`),
+        or None. Every remote transport sends share secrets, and the key when there is one."""
+        if self.url is None or not cleartext_beyond_loopback(self.url):
+            return None
+        carried = "the key and share secrets" if self.key else "share secrets"
+        return (
+            f"url {self.url} is plain http:// to another machine: {carried} cross the network "
+            "unencrypted; use https://"
+        )
 
     @property
     def serve_url(self) -> str:
@@ -362,6 +377,12 @@ def _positive_float(value: Any) -> float:
     return float(value)
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid("a whole number >= 1")
@@ -407,6 +428,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "serve_port": _port,
     "store": _store,
     "store_pool_size": _positive_int,
+    "serve_public": _bool,
+    "serve_header_timeout": _positive_float,
+    "serve_body_timeout": _positive_float,
+    "serve_max_connections": _positive_int,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
     "metrics_address": _address,

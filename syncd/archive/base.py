@@ -333,10 +333,6 @@ class ArchiveStore(ABC):
         opencode's server, or a random one when another share holds that id already."""
 
     @abstractmethod
-    async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        """The newest share of `session_id`, created when there is none."""
-
-    @abstractmethod
     async def delete_share(self, share_id: str, secret: str) -> None: ...
 
     @abstractmethod

@@ -51,4 +51,5 @@ def config_flags(args: argparse.Namespace) -> dict[str, object]:
     flags["serve_host"] = getattr(args, "host", None)
     flags["serve_port"] = getattr(args, "port", None)
     flags["store"] = getattr(args, "store", None)
+    flags["serve_public"] = getattr(args, "public", None)
     return flags

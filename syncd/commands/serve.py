@@ -24,6 +24,12 @@ def register(commands: Subcommands, _common: argparse.ArgumentParser) -> None:
         help="archive: a path, sqlite:///path or postgresql://user@host:port/db "
         "(default: --archive); keep passwords out of the command line (config file, PGPASSFILE)",
     )
+    sub.add_argument(
+        "--public",
+        action="store_const",
+        const=True,
+        help="listen beyond loopback even without a key (anyone reaching it can write and list)",
+    )
     sub.set_defaults(command=_command)
 
 

@@ -106,6 +106,7 @@ async def collect(
         "dead_letters": len(dead),
         "max_lag_seconds": worst_lag,
     }
+    warnings = [warning] if (warning := config.cleartext_warning()) else []
     problems = []
     if dead:
         problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
@@ -114,6 +115,7 @@ async def collect(
     return {
         "healthy": not problems,
         "problems": problems,
+        "warnings": warnings,
         "max_lag_seconds": max_lag,
         "totals": totals,
         "sessions": sessions,
@@ -165,6 +167,7 @@ def render(
             *head,
             _summary(report),
             *_problems(report),
+            *_warnings(report),
             *source_lines(report["opencode"]),
         ):
             shown.print(renderable)
@@ -230,6 +233,10 @@ def source_lines(source: dict[str, Any]) -> list[Text]:
             )
         )
     return lines
+
+
+def _warnings(report: dict[str, Any]) -> list[Text]:
+    return [Text(f"warning: {warning}", style="yellow") for warning in report["warnings"]]
 
 
 def _problems(report: dict[str, Any]) -> list[Text]:

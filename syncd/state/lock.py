@@ -1,7 +1,8 @@
 """One daemon per state database: an advisory lock beside it, holding the owner's pid.
 
 The kernel drops a `flock` when its process dies, `kill -9` included, so a stale lock file
-never blocks a restart.
+never blocks a restart. The lock file is syncd's own (`syncd.files`): never a link, in a
+directory no other user can write, so rewriting the pid in it touches nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+from ..files import open_own_file, private_directory
 
 
 class StateLocked(Exception):
@@ -24,8 +27,8 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        private_directory(self.path.parent)
+        fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,6 +20,7 @@ import aiosqlite
 
 from ..errors import UserError
 from ..model import Cursor, PendingItem, Share
+from ..redact import scrub
 from ..sqlite import open_private, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -196,6 +197,7 @@ class StateStore:
         letters = list(letters)
         stamp = now_ms()
         async with self._write() as db:
+            reason = await self._scrubbed(db, session_id, reason)
             await db.executemany(
                 "INSERT INTO dead_letter (session_id, kind, item_id, payload, reason, "
                 "time_created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -251,12 +253,20 @@ class StateStore:
 
     async def record_error(self, session_id: str, message: str) -> None:
         async with self._write() as db:
+            message = await self._scrubbed(db, session_id, message)
             await db.execute(
                 "INSERT INTO session_cursor (session_id, last_error, attempts) VALUES (?, ?, 1) "
                 "ON CONFLICT (session_id) DO UPDATE SET last_error = excluded.last_error, "
                 "attempts = attempts + 1",
                 (session_id, message),
             )
+
+    @staticmethod
+    async def _scrubbed(db: aiosqlite.Connection, session_id: str, text: str) -> str:
+        """`text` fit to store: a receiver may echo the share secrets of the session."""
+        async with db.execute("SELECT secret FROM share WHERE session_id = ?", (session_id,)) as c:
+            secrets = [row[0] for row in await c.fetchall()]
+        return scrub(text, secrets)
 
     @staticmethod
     async def _remove(db: aiosqlite.Connection, items: Iterable[PendingItem]) -> None:

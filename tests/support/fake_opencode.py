@@ -175,5 +175,14 @@ class _Transaction:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def one_session_db(path: Path, fixtures_dir: Path) -> Path:
+    """A database at `path` holding one session with one user message."""
+    writer = FakeOpencode(path, fixtures_dir)
+    sid = writer.session()
+    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
+    writer.close()
+    return writer.path
+
+
 def _now() -> int:
     return int(time.time() * 1000)

@@ -14,11 +14,12 @@ import httpx
 
 from syncd import __version__
 
+from ...redact import scrub
 from ...wire.capnweb.codec import CodecError, JsError, dumps
 from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer
 from ...wire.keys import KEY_HEADER
 from ..base import RetryableError
-from ..outcome import response_refusal, scrub, unreachable
+from ..outcome import response_refusal, unreachable
 from ..tls import verify_setting
 from .share import CapnwebTransport
 
