@@ -262,7 +262,7 @@ def test_unknown_binding_is_a_user_error() -> None:
 
 def test_missing_sdk_is_a_one_line_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "a2a.client", None)  # import a2a.client -> ImportError
-    with pytest.raises(UserError, match=r"pip install 'syncd\[a2a\]'") as raised:
+    with pytest.raises(UserError, match=r"scripts/install --extras a2a") as raised:
         A2aTransport("http://127.0.0.1:9")
     assert "\n" not in str(raised.value)
 

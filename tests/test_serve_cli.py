@@ -61,7 +61,7 @@ def test_help_lists_only_the_receivers_own_flags() -> None:
     )  # fmt: skip
     assert result.returncode == 0
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", result.stdout))
-    assert flags == {"--help", "--config", "--archive", "--host", "--port", "--store"}
+    assert flags == {"--help", "--config", "--archive", "--host", "--port", "--store", "--public"}
 
 
 @pytest.mark.parametrize("a2a_configured", [False, True])

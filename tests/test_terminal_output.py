@@ -73,6 +73,7 @@ REPORT: dict[str, Any] = {
     "healthy": False,
     "problems": ["57 dead letter(s): see `syncd dead-letters list`",
                  "oldest pending item is 320s old (limit 300s)"],
+    "warnings": [],
     "max_lag_seconds": 300.0,
     "totals": {"sessions": 3, "delivered": 1, "pending": 0, "retrying": 1,
                "dead_lettered_sessions": 1, "pending_items": 12, "dead_letters": 57,
