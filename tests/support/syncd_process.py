@@ -11,7 +11,10 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-STOP_TIMEOUT = 20.0
+from syncd.commands.run import STOP_FLUSH_SECONDS
+
+# syncd flushes for up to STOP_FLUSH_SECONDS after SIGTERM, then closes what it holds.
+STOP_TIMEOUT = STOP_FLUSH_SECONDS + 10.0
 
 
 async def run_syncd(
