@@ -111,14 +111,16 @@ class Metrics:
 
 
 class Health:
-    """Unhealthy after `max_failures` consecutive failed calls within `period` seconds; the
-    next successful call makes it healthy again."""
+    """Unhealthy after `max_failures` consecutive failed calls within `period` seconds (the
+    next successful call makes it healthy again), and while a condition lasts (the receiver
+    refusing the key, the opencode database unreadable: `conditions`, by name)."""
 
     def __init__(self, max_failures: int, period: float) -> None:
         self.max_failures = max_failures
         self.period = period
         self._failures: deque[float] = deque()
         self.last_error: str | None = None
+        self.conditions: dict[str, str] = {}
 
     def success(self) -> None:
         self._failures.clear()
@@ -136,4 +138,4 @@ class Health:
 
     @property
     def healthy(self) -> bool:
-        return self.consecutive_failures() < self.max_failures
+        return not self.conditions and self.consecutive_failures() < self.max_failures

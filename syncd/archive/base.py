@@ -16,11 +16,12 @@ order, with no gaps across restarts or processes.
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from .. import jsontext
 from ..model import Share, SyncItem
 
 SYNC_KINDS = ("session", "message", "part", "session_diff", "model")
@@ -28,6 +29,9 @@ SYNC_KINDS = ("session", "message", "part", "session_diff", "model")
 # newer batches arrive.
 DEDUP_KEYS_KEPT = 1000
 SHARE_ID_LENGTH = 8
+# A share id must name the share in a url path as it is: a session id whose last characters
+# are not all of these gets a random share id instead.
+SHARE_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ShareNotFound(Exception):
@@ -50,16 +54,31 @@ def now_ms() -> int:
 
 def _json_text(value: Any, where: str) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise BadSyncData(f"{where}: data is not plain JSON ({exc})") from exc
+        jsontext.check_depth(value)
+        return jsontext.dumps(value)
+    except jsontext.JsonTextError as exc:
+        raise BadSyncData(f"{where}: data {exc}") from exc
+
+
+def require_text(value: Any, name: str) -> str:
+    """`value` as a non-empty string with a UTF-8 form (an id or a secret is stored and
+    compared as text); BadSyncData naming `name` otherwise."""
+    if not isinstance(value, str) or not value:
+        raise BadSyncData(f"{name} must be a non-empty string")
+    if not jsontext.is_text(value):
+        raise BadSyncData(f"{name} holds a lone surrogate, which is not text")
+    return value
+
+
+def share_id_for(session_id: str) -> str | None:
+    """The share id opencode's server derives from a session id (its last 8 characters), or
+    None when those cannot name a share in a url."""
+    share_id = session_id[-SHARE_ID_LENGTH:]
+    return share_id if SHARE_ID_CHARACTERS.fullmatch(share_id) else None
 
 
 def _require_str(data: dict[str, Any], field: str, where: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value:
-        raise BadSyncData(f"{where}: data.{field} must be a non-empty string")
-    return value
+    return require_text(data.get(field), f"{where}: data.{field}")
 
 
 def item_key(index: int, item: Any) -> tuple[str, str, str]:
@@ -98,7 +117,8 @@ class ArchiveStore(ABC):
     @abstractmethod
     async def create_share(self, session_id: str, base_url: str) -> Share:
         """A new share of `session_id`. Its id is the session id's last 8 characters, as on
-        opencode's server, or a random one when another share holds that id already."""
+        opencode's server (`share_id_for`), or a random one when another share holds that id
+        already or those characters cannot name a share in a url."""
 
     @abstractmethod
     async def share_for_session(self, session_id: str, base_url: str) -> Share:

@@ -27,6 +27,8 @@ from .base import (
     ShareNotFound,
     item_key,
     now_ms,
+    require_text,
+    share_id_for,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -67,18 +69,18 @@ class SqliteArchive(ArchiveStore):
         row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
         if row is None:
             raise ShareNotFound()
-        if not isinstance(secret, str) or not hmac.compare_digest(row[0].encode(), secret.encode()):
+        given = secret.encode("utf-8", "surrogatepass") if isinstance(secret, str) else None
+        if given is None or not hmac.compare_digest(row[0].encode(), given):
             raise InvalidSecret()
 
     # -- shares ----------------------------------------------------------------------------
 
     async def create_share(self, session_id: str, base_url: str) -> Share:
-        if not isinstance(session_id, str) or not session_id:
-            raise BadSyncData("sessionID must be a non-empty string")
+        require_text(session_id, "sessionID")
         secret = str(uuid.uuid4())
         stamp = now_ms()
         async with self._transaction() as db:
-            share_id = session_id[-SHARE_ID_LENGTH:]
+            share_id = share_id_for(session_id) or secrets.token_hex(SHARE_ID_LENGTH // 2)
             while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
                 share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
             url = f"{base_url}/share/{share_id}"
@@ -121,6 +123,8 @@ class SqliteArchive(ArchiveStore):
         if not isinstance(data, list):
             raise BadSyncData("data must be an array of SyncData items")
         merged = [item_key(index, item) for index, item in enumerate(data)]
+        if dedup_key is not None:
+            require_text(dedup_key, "the batch key")
         stamp = now_ms()
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)

@@ -3,12 +3,22 @@
 `Pipeline` holds one daemon's resources and moves a change down the line: the source's
 detector finds it, the state records it as pending, the session's window gathers it, and the
 delivery sends it through the transport. `follow` drives it from the database's wake-ups.
+
+The source follows the file at `db`, not the file first opened: a database deleted, recreated,
+renamed over or truncated is reopened and captured afresh (every session whole; the cursors of
+sessions it no longer has are dropped). While the database cannot be read the daemon keeps
+running, unhealthy with the reason, and tries again at every wake-up.
+
+Sessions that vanish from opencode one by one are deleted remotely when `on_delete = "delete"`;
+when most known sessions vanish at once (a database replaced, recreated or emptied), their
+remote copies are held back until `syncd deletions confirm` (or kept: `discard`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import fields, replace
 
@@ -16,6 +26,7 @@ import structlog
 
 from ..archive import ArchiveStore, open_archive
 from ..config import Config, opencode_settings
+from ..errors import UserError
 from ..log import configure_logging
 from ..metrics import Metrics
 from ..source.changes import ChangeDetector
@@ -25,10 +36,17 @@ from ..source.wakeups import Wakeup, wakeups
 from ..state.store import StateStore
 from ..transports import make_transport, target_of
 from ..transports.base import Transport
+from .conditions import DELETIONS, SOURCE, SOURCE_REPLACED, Conditions
 from .deliver import RetryPolicy, SessionDelivery
 from .window import Window
 
 log = structlog.get_logger("syncd")
+# Sessions vanishing together in one look that hold their remote deletion back: more than
+# this many, and more than half of the sessions syncd knows.
+MASS_DELETION_MIN = 3
+WAIT_FOR_DIRECTORY = 2.0
+# Where the state tells which receiver and transport the daemon owning it delivers to.
+DELIVERING_META = "delivering"
 
 # What SIGHUP can change in a running daemon: the rest takes a restart (the files, the
 # watcher's poll, the endpoint's address, opencode's directories).
@@ -62,6 +80,7 @@ class Pipeline:
         self.transport = transport
         self.metrics = metrics
         self.policy = policy
+        self.conditions = Conditions(state, metrics.health)
         self.detector = ChangeDetector(db, only_shared=config.sessions == "shared")
         self.delivery = SessionDelivery(
             db=db,
@@ -79,17 +98,29 @@ class Pipeline:
             max_items=config.batch_max_items,
             max_bytes=config.batch_max_bytes,
             metrics=metrics,
+            conditions=self.conditions,
         )
         self.window = Window(config.window, self.deliver)
         # One capture at a time: the watcher's and a reload's would otherwise interleave.
         self._capturing = asyncio.Lock()
+        self._last_version: int | None = None  # PRAGMA data_version at the last capture
 
     @classmethod
-    async def open(cls, config: Config, policy: RetryPolicy) -> Pipeline:
+    async def open(cls, config: Config, policy: RetryPolicy, *, daemon: bool = False) -> Pipeline:
+        """Open every resource. `daemon`: a database that cannot be read yet is waited for
+        (`look` opens it when it can) instead of refused; the state records what the daemon
+        delivers to (`sync` checks its flags against it)."""
         state = await StateStore.open(config.state, target_of(config))
         db = archive = transport = None
         try:
-            db = await OpencodeDb.open(config.db)
+            db = OpencodeDb(config.db)
+            unreadable = None
+            try:
+                await db.reopen()
+            except UserError as error:
+                if not daemon:
+                    raise
+                unreadable = error
             if config.transport == "local":
                 archive = await open_archive(config.archive)
             transport = make_transport(config, archive)
@@ -98,7 +129,7 @@ class Pipeline:
                 max_failures=config.health_max_failures,
                 period=config.health_period,
             )
-            return cls(
+            pipeline = cls(
                 config,
                 db=db,
                 state=state,
@@ -107,6 +138,12 @@ class Pipeline:
                 metrics=metrics,
                 policy=policy,
             )
+            await pipeline.conditions.load()
+            if unreadable is not None:
+                await pipeline._source_unreadable(unreadable)
+            if daemon:
+                await pipeline._record_delivering()
+            return pipeline
         except BaseException:
             for resource in (transport, archive, db, state):
                 if resource is not None:
@@ -118,14 +155,58 @@ class Pipeline:
             if resource is not None:
                 await close_quietly(resource)
 
-    async def capture(self, *, deep: bool = False) -> int:
-        """Record what changed since the cursors and open the windows of those sessions."""
-        async with self._capturing:
-            return await self._capture(deep=deep)
+    async def look(self, *, deep: bool = False, file_event: bool = False) -> None:
+        """One look at opencode's database (at start, a wake-up, a poll): reopen it when the
+        file was replaced (or could not be read), capture what changed, and keep going,
+        unhealthy with the reason, while it cannot be read. `file_event`: a commit is
+        confirmed by PRAGMA data_version before anything is read."""
+        db = self.db
+        try:
+            opened = db.identity is not None
+            moved = db.moved() if opened else None
+            if moved == "deleted":
+                await self.conditions.set(
+                    SOURCE,
+                    f"the opencode database {db.path} is gone (deleted or moved away); waiting "
+                    "for it to come back (what is pending is still sent)",
+                )
+                return
+            if not opened or moved is not None or SOURCE in self.conditions.current:
+                await db.reopen()
+                self._last_version = None
+            if moved is not None:
+                await self.conditions.note(
+                    SOURCE_REPLACED,
+                    f"the opencode database {db.path} was {moved} while syncd ran: reopened, "
+                    "every session in it captured again",
+                )
+            # Read before the capture: a commit landing during it still differs next time.
+            version = await db.data_version()
+            if file_event and moved is None and version == self._last_version:
+                return  # a file event without a commit (a checkpoint, our own read)
+            await self.capture(deep=deep, fresh=moved is not None)
+            self._last_version = version
+        except UserError as error:  # the database cannot be read (OpencodeDb says why)
+            await self._source_unreadable(error)
+            return
+        await self.conditions.clear(SOURCE)
 
-    async def _capture(self, *, deep: bool) -> int:
+    async def _source_unreadable(self, error: Exception) -> None:
+        await self.conditions.set(
+            SOURCE,
+            f"waiting for the opencode database at {self.db.path}: {error} (tried again at "
+            "every change and safety poll)",
+        )
+
+    async def capture(self, *, deep: bool = False, fresh: bool = False) -> int:
+        """Record what changed since the cursors and open the windows of those sessions.
+        `fresh`: capture every session whole (the database was replaced)."""
+        async with self._capturing:
+            return await self._capture(deep=deep, fresh=fresh)
+
+    async def _capture(self, *, deep: bool, fresh: bool) -> int:
         cursors = await self.state.cursors()
-        scan = await self.detector.scan(cursors, deep=deep)
+        scan = await self.detector.scan(cursors, deep=deep, fresh=fresh)
         changed = 0
         async for change in self.detector.changes(scan, cursors):
             await self.state.capture(
@@ -137,12 +218,38 @@ class Pipeline:
             self.window.touch(change.session_id)  # deliver while the rest is captured
             changed += 1
         self.metrics.record_read(scan.rows_read)
-        for session_id in scan.deleted:
-            await self._deleted(session_id)
+        await self._vanished(scan.deleted, len(cursors))
         # Everything pending is scheduled, including what an earlier run left behind.
         for session_id in await self.state.pending_sessions():
             self.window.touch(session_id)
         return changed
+
+    async def _vanished(self, deleted: list[str], known: int) -> None:
+        """Sessions gone from opencode since the last look (`known`: sessions syncd tracked)."""
+        held = await self.state.held_deletions()
+        for session_id, confirmed in held.items():
+            if session_id not in deleted:  # back in opencode: it goes on as before
+                await self.state.release_held(session_id)
+            elif confirmed:
+                await self.delivery.delete(session_id)
+        deleted = [session_id for session_id in deleted if session_id not in held]
+        mass = len(deleted) > MASS_DELETION_MIN and 2 * len(deleted) > known
+        if mass and self.config.on_delete == "delete":
+            await self.state.hold_deletions(deleted)
+        else:
+            for session_id in deleted:
+                await self._deleted(session_id)
+        held_now = [c for c in (await self.state.held_deletions()).values() if not c]
+        if held_now:
+            await self.conditions.set(
+                DELETIONS,
+                f"{len(held_now)} session(s) vanished from opencode together with most others "
+                "(a database replaced or emptied?); their remote copies are kept until "
+                "`syncd deletions confirm` deletes them (or `syncd deletions discard` keeps "
+                "them)",
+            )
+        else:
+            await self.conditions.clear(DELETIONS)
 
     async def _deleted(self, session_id: str) -> None:
         if self.config.on_delete == "delete":
@@ -151,6 +258,10 @@ class Pipeline:
         else:
             log.info("session deleted in opencode; remote copy kept", session=session_id)
             await self.state.forget_session(session_id)
+
+    async def _record_delivering(self) -> None:
+        settings = {"transport": self.config.transport, "url": self.config.url}
+        await self.state.set_meta(DELIVERING_META, json.dumps(settings))
 
     async def refresh_pending(self) -> tuple[int, float]:
         """Pending items and the age in seconds of the oldest, into the gauges too."""
@@ -181,7 +292,9 @@ class Pipeline:
             # A new receiver has none of the sessions: bind_target makes capture send all.
             await self.state.bind_target(target)
             self.metrics.transport = config.transport
-        self.policy = replace(self.policy, backoff_max=config.backoff_max)
+        self.policy = replace(
+            self.policy, backoff_max=config.backoff_max, request_timeout=config.request_timeout
+        )
         self.delivery.reconfigure(
             policy=self.policy,
             concurrency=config.concurrency,
@@ -194,6 +307,8 @@ class Pipeline:
         if "sessions" in changed:
             self.detector.only_shared = config.sessions == "shared"
         self.config = config
+        if changed & TRANSPORT_KEYS:
+            await self._record_delivering()
         log.info("config reloaded", changed=sorted(changed & RELOADABLE_KEYS))
         await self.capture(deep=True)
 
@@ -210,16 +325,16 @@ class Pipeline:
 async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
     """Capture changes as the database moves, until `stop`."""
     config = pipeline.config
-    # Read before the capture: a commit landing during it then still differs at its wake-up.
-    last_version = await pipeline.db.data_version()
-    await pipeline.capture(deep=True)
+    await pipeline.look(deep=True)
+    # The watcher needs the database's directory; until opencode creates it, look every
+    # few seconds.
+    while not config.db.parent.is_dir() and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(config.poll_interval, WAIT_FOR_DIRECTORY))
+        await pipeline.look(deep=True)
     async for wakeup in wakeups(config.db, config.poll_interval, stop):
         pipeline.metrics.record_wakeup(wakeup.value)
-        version = await pipeline.db.data_version()
-        if wakeup is Wakeup.FILE and version == last_version:
-            continue  # a file event without a commit (a checkpoint, our own read)
-        last_version = version
-        await pipeline.capture(deep=wakeup is Wakeup.DEEP)
+        await pipeline.look(deep=wakeup is Wakeup.DEEP, file_event=wakeup is Wakeup.FILE)
 
 
 async def capture_and_drain(pipeline: Pipeline, *, deep: bool = False) -> None:

@@ -3,11 +3,10 @@ manifest (the pending items it acknowledges, and the items it carries)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
-from ..model import Batch, PendingItem, SyncItem
+from .. import jsontext
+from ..model import Batch, PendingItem, SyncItem, digest
 from ..source.loader import Loaded
 from ..source.syncdata import diff_item, model_item, user_model_ref
 
@@ -23,7 +22,37 @@ class PlannedBatch:
     # The pending items that leave the state when the receiver acknowledges the batch.
     acknowledges: list[PendingItem]
     diff_hash: str | None  # the session_diff this batch carries, if any
-    size: int  # bytes of the items' JSON
+    sizes: list[int]  # bytes of each item's JSON, parallel to batch.items
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def halves(self) -> list[PlannedBatch]:
+        """The batch in two, for a receiver that refused it whole: each half acknowledges the
+        pending items it carries; what the batch acknowledges without carrying it (the source
+        of a derived item) goes with the second half, which is sent last. [] for one item."""
+        count = len(self.batch.items)
+        if count < 2:
+            return []
+        cut = count // 2
+        first_carries = {pending for pending in self.carried[:cut] if pending is not None}
+        halves = []
+        for part in (slice(0, cut), slice(cut, count)):
+            items = self.batch.items[part]
+            first = part.start == 0
+            acknowledges = [p for p in self.acknowledges if (p in first_carries) == first]
+            carries_diff = any(item["type"] == "session_diff" for item in items)
+            halves.append(
+                PlannedBatch(
+                    Batch(self.batch.session_id, items),
+                    self.carried[part],
+                    acknowledges,
+                    self.diff_hash if carries_diff else None,
+                    self.sizes[part],
+                )
+            )
+        return halves
 
     def refused(self) -> list[tuple[PendingItem, SyncItem | None]]:
         """What a refusal dead-letters: every item carried, under its own pending item (a
@@ -39,8 +68,7 @@ class PlannedBatch:
 
 
 def diff_hash(diffs: list) -> str:
-    canonical = json.dumps(diffs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(diffs)
 
 
 def plan_batches(
@@ -79,24 +107,30 @@ def plan_batches(
     items: list[SyncItem] = []
     carried: list[PendingItem | None] = []
     acknowledges: list[PendingItem] = []
+    sizes: list[int] = []
     size = 0
     carries_diff = False
 
     def close() -> None:
-        nonlocal items, carried, acknowledges, size, carries_diff
+        nonlocal items, carried, acknowledges, sizes, size, carries_diff
         if items:
             digest = new_diff_hash if carries_diff else None
             planned.append(
-                PlannedBatch(Batch(session_id, items), carried, acknowledges, digest, size)
+                PlannedBatch(Batch(session_id, items), carried, acknowledges, digest, sizes)
             )
-        items, carried, acknowledges, size, carries_diff = [], [], [], 0, False
+        items, carried, acknowledges, sizes, size, carries_diff = [], [], [], [], 0, False
 
     for item, pending in entries:
-        item_size = len(json.dumps(item, ensure_ascii=False).encode())
+        try:
+            item_size = len(jsontext.encode(item))
+        except jsontext.JsonTextError:
+            # It travels alone, where the transport's refusal dead-letters it alone.
+            item_size = max_bytes + 1
         if items and (len(items) >= max_items or size + item_size > max_bytes):
             close()
         items.append(item)
         carried.append(pending)
+        sizes.append(item_size)
         size += item_size
         if pending is not None:
             (deferred if is_source(item) else acknowledges).append(pending)

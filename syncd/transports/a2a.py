@@ -20,9 +20,10 @@ from ..model import Batch, Created, Share
 from ..urls import origin_of
 from ..wire.a2a import DELETE_OPERATION, OPERATION_FIELD, item_part
 from ..wire.keys import KEY_HEADER
-from .base import RejectedError, RetryableError, Transport
-from .outcome import retry_after
-from .tls import verify_setting
+from ..wire.text import excerpt
+from .base import RejectedError, RetryableError, Transport, UnsendableError
+from .httpclient import http_client
+from .outcome import key_refused, retry_after
 
 if TYPE_CHECKING:
     from a2a.client import Client
@@ -65,10 +66,8 @@ class A2aTransport(Transport):
         self._base_url = base_url.rstrip("/")
         self._binding = BINDINGS[binding]
         self._has_key = bool(key)
-        self._http = httpx.AsyncClient(
-            headers={KEY_HEADER: key} if key else {},
-            timeout=timeout,
-            verify=verify_setting(verify),
+        self._http = http_client(
+            timeout=timeout, verify=verify, headers={KEY_HEADER: key} if key else {}
         )
         self._client: Client | None = None
         self._connecting = asyncio.Lock()
@@ -84,7 +83,11 @@ class A2aTransport(Transport):
         return Created(Share(id=session_id, secret="", url=url), synced=False)
 
     async def sync(self, share: Share, batch: Batch) -> None:
-        await self._send(share.id, batch.key, [item_part(item) for item in batch.items], {})
+        try:
+            parts = [item_part(item) for item in batch.items]
+        except ValueError as exc:
+            raise UnsendableError(f"A2A cannot carry this batch: an item {exc}") from None
+        await self._send(share.id, batch.key, parts, {})
 
     async def delete(self, share: Share) -> None:
         from a2a.helpers.proto_helpers import new_text_part
@@ -178,10 +181,8 @@ class A2aTransport(Transport):
     def _status_error(self, response: httpx.Response, message: str) -> Exception:
         status = response.status_code
         if status in (401, 403):
-            problem = "refused the key in" if self._has_key else "requires a key in"
-            return RejectedError(
-                f"A2A receiver {self._base_url} {problem} {KEY_HEADER} (HTTP {status}): "
-                "set the key syncd serve was started with"
+            return key_refused(
+                f"A2A receiver {self._base_url}", self._has_key, status, excerpt(message)
             )
         if status == 429 or status >= 500:
             return RetryableError(
