@@ -14,6 +14,7 @@ from syncd.commands import (
     common_flags,
     config_flags,
     dead_letters,
+    deletions,
     run,
     serve,
     status,
@@ -23,7 +24,7 @@ from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
 
-COMMANDS = (run, sync, status, dead_letters, serve)
+COMMANDS = (run, sync, status, dead_letters, deletions, serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

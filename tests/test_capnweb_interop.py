@@ -14,7 +14,6 @@ import pytest
 from syncd.model import Batch, Share
 from syncd.transports.base import (
     KeyRefusedError,
-    RejectedError,
     RetryableError,
     SecretRefusedError,
     ShareNotFoundError,
@@ -105,7 +104,7 @@ async def test_deep_nesting_round_trips_and_a_large_payload_goes_but_never_comes
     big = {"type": "part", "data": {"id": "prt_big", "text": "é" * (1024 * 1024)}}
     assert await call(transport, "types", big) == ["object"]
     # syncd reads no answer past MAX_ANSWER: an echo of 2 MB is refused, not buffered.
-    with pytest.raises(RetryableError, match="larger than|1009"):
+    with pytest.raises(RetryableError, match=r"larger than|1009"):
         await call(transport, "echo", big)
 
 

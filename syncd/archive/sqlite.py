@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import UserError
+from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
@@ -46,7 +46,9 @@ class SqliteArchive(ArchiveStore):
         """Open (creating, mode 0600: it holds share secrets) and migrate the archive."""
         try:
             conn = await open_private(path, MIGRATIONS)
-        except (OSError, aiosqlite.Error) as exc:
+        except OSError as exc:
+            raise UserError(f"cannot open the archive {path}: {os_problem(exc, path)}") from None
+        except aiosqlite.Error as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
         return cls(path, conn)
 

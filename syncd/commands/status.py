@@ -1,9 +1,12 @@
 """`syncd status`: per session, where its remote copy stands; dead letters; a health verdict.
 
 Reads the state database read-only (safe while the daemon runs: a WAL reader neither blocks
-it nor is blocked by it; and it works as well when no daemon runs). Exit code 0 when healthy,
-1 when anything is dead-lettered or the oldest pending item is older than `max_lag` seconds,
-so the command can serve as a health check.
+it nor is blocked by it; and it works as well when no daemon runs). Whether a daemon runs is
+what the state lock says: a session is "retrying" only while one does. Exit code 0 when
+healthy; 1 when anything is dead-lettered, the oldest pending item is older than `max_lag`
+seconds, opencode's database cannot be read, or the daemon reported a problem beyond one
+session (the receiver refusing the key, deletions held back), so the command can serve as a
+health check.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
+from ..errors import UserError
+from ..source.opencode_db import OpencodeDb
+from ..state.lock import StateLock
 from ..state.store import StateStore
 from . import Subcommands
 
@@ -41,10 +47,10 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     sub.set_defaults(command=lambda config, args: show(config, args.json, args.max_lag))
 
 
-def verdict(row: dict[str, Any]) -> str:
+def verdict(row: dict[str, Any], daemon_running: bool) -> str:
     if row["dead_letters"]:
         return "dead-lettered"
-    if row["pending"] and row["attempts"]:
+    if row["pending"] and row["attempts"] and daemon_running:
         return "retrying"
     if row["pending"]:
         return "pending"
@@ -56,13 +62,17 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     try:
         rows = await state.session_report()
         dead = await state.dead_letters()
+        conditions = await state.conditions()
     finally:
         await state.close()
+    holder = StateLock(config.state).holder()
+    running = holder is not None
     now = time.time()
     sessions = []
     for row in rows:
         lag = now - row["oldest_pending"] / 1000 if row["oldest_pending"] else 0.0
-        sessions.append({**row, "state": verdict(row), "lag_seconds": round(max(lag, 0.0), 1)})
+        state_name = verdict(row, running)
+        sessions.append({**row, "state": state_name, "lag_seconds": round(max(lag, 0.0), 1)})
     worst_lag = max((s["lag_seconds"] for s in sessions), default=0.0)
     states = [s["state"] for s in sessions]
     totals = {
@@ -74,6 +84,9 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         "max_lag_seconds": worst_lag,
     }
     problems = []
+    if unreadable := await _opencode_unreadable(config):
+        problems.append(unreadable)
+    problems += [c["message"] for c in conditions if c["problem"] and c["name"] != "source"]
     if dead:
         problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
     if worst_lag > max_lag:
@@ -81,11 +94,25 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     return {
         "healthy": not problems,
         "problems": problems,
+        "notices": [f"{timestamp(c['time_created'])}: {c['message']}" for c in conditions
+                    if not c["problem"]],
+        "daemon": {"running": running, "pid": holder or None},
         "max_lag_seconds": max_lag,
         "totals": totals,
         "sessions": sessions,
         "dead_letters": dead,
-    }
+    }  # fmt: skip
+
+
+async def _opencode_unreadable(config: Config) -> str | None:
+    """Why opencode's database cannot be read now, or None when it can (read by status itself,
+    so that it holds with or without a daemon)."""
+    try:
+        db = await OpencodeDb.open(config.db)
+    except UserError as error:
+        return str(error)
+    await db.close()
+    return None
 
 
 async def show(config: Config, as_json: bool = False, max_lag: float = LAG_LIMIT_SECONDS) -> int:
@@ -122,8 +149,11 @@ def render(report: dict[str, Any], out: TextIO) -> None:
         ("healthy", "green") if report["healthy"] else ("UNHEALTHY", "bold red"),
     )
     head: list[RenderableType] = [table, ""] if report["sessions"] else []
+    daemon = report["daemon"]
+    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    notes = [Text(f"  note: {notice}") for notice in report["notices"]]
     problems = [Text(f"  - {problem}") for problem in report["problems"]]
-    emit(out, *head, summary, *problems)
+    emit(out, *head, Text(f"daemon: {running}"), *notes, summary, *problems)
 
 
 def emit(out: TextIO, *renderables: RenderableType) -> None:

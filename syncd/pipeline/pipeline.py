@@ -224,6 +224,13 @@ class Pipeline:
             self.window.touch(session_id)
         return changed
 
+    async def settle_deletions(self) -> None:
+        """Act on the sessions gone from opencode now, held deletions confirmed since included
+        (`syncd deletions confirm` while no daemon runs)."""
+        cursors = await self.state.cursors()
+        scan = await self.detector.scan(cursors)
+        await self._vanished(scan.deleted, len(cursors))
+
     async def _vanished(self, deleted: list[str], known: int) -> None:
         """Sessions gone from opencode since the last look (`known`: sessions syncd tracked)."""
         held = await self.state.held_deletions()
@@ -260,8 +267,7 @@ class Pipeline:
             await self.state.forget_session(session_id)
 
     async def _record_delivering(self) -> None:
-        settings = {"transport": self.config.transport, "url": self.config.url}
-        await self.state.set_meta(DELIVERING_META, json.dumps(settings))
+        await self.state.set_meta(DELIVERING_META, json.dumps(delivering(self.config)))
 
     async def refresh_pending(self) -> tuple[int, float]:
         """Pending items and the age in seconds of the oldest, into the gauges too."""
@@ -320,6 +326,15 @@ class Pipeline:
         except Exception as error:  # one session's failure must not stop the others
             await self.state.record_error(session_id, str(error))
             log.error("delivery stopped; items stay pending", session=session_id, error=str(error))
+
+
+def delivering(config: Config) -> dict[str, str | None]:
+    """Where `config` delivers to, as the state records it for the daemon that owns it."""
+    return {
+        "transport": config.transport,
+        "url": config.url,
+        "archive": str(config.archive) if config.transport == "local" else None,
+    }
 
 
 async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:

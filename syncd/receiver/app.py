@@ -73,7 +73,14 @@ async def serve(config: Any) -> int:
                 host=config.serve_host,
             )
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                # One size limit for a request, whether it comes as a body or a message.
+                ws_max_size=DEFAULT_MAX_BODY,
+            )
         )
         await server.serve(sockets=[sock])
     finally:

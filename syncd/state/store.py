@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 
 from .. import jsontext
-from ..errors import UserError
+from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..sqlite import open_private, transaction
 
@@ -55,7 +55,12 @@ class StateStore:
             # newest commits as a whole (a capture with its cursor, or an ack: re-sent).
             conn = await open_private(path, MIGRATIONS, synchronous="NORMAL")
             conn.row_factory = aiosqlite.Row
-        except (OSError, aiosqlite.Error) as exc:
+        except OSError as exc:
+            raise UserError(
+                f"cannot open the state database {path}: {os_problem(exc, path)}; choose a writable "
+                "state location (--state, or state in the config file)"
+            ) from None
+        except aiosqlite.Error as exc:
             raise UserError(f"cannot open the state database {path}: {exc}") from exc
         store = cls(path, conn)
         if target is not None:
@@ -66,11 +71,18 @@ class StateStore:
     async def open_readonly(cls, path: Path) -> StateStore:
         """Open an existing state without ever writing to it (`syncd status`, safe while the
         daemon runs: a WAL reader neither blocks the writer nor is blocked by it)."""
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:
+            raise UserError(
+                f"cannot read the state database {path}: {os_problem(exc, path)}"
+            ) from None
+        if not exists:
             raise UserError(
                 f"no state database at {path}: syncd has not run with this state yet "
                 "(start `syncd run` or `syncd sync`, or pass --state)"
             )
+        conn = None
         try:
             conn = await aiosqlite.connect(
                 f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
@@ -79,6 +91,8 @@ class StateStore:
             conn.row_factory = aiosqlite.Row
             await conn.execute("SELECT 1 FROM pending_item LIMIT 1")
         except (OSError, aiosqlite.Error) as exc:
+            if conn is not None:  # its thread would keep the process alive
+                await conn.close()
             raise UserError(f"cannot read the state database {path}: {exc}") from exc
         return cls(path, conn)
 
