@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import __version__
+from .. import __version__, jsontext
 from ..archive import ArchiveStore, BadSyncData
 from ..wire.a2a import is_delete, part_item
+from .body_limit import replaying
 from .share_key import KEY_HEADER, key_problem
 
 if TYPE_CHECKING:
@@ -161,6 +162,27 @@ def _failed_task(context: RequestContext, reason: str) -> Task:
     return task
 
 
+class _ReadableJson:
+    """400 naming the problem for a body syncd cannot read as JSON (nested past MAX_DEPTH, an
+    integer past Python's digit limit, ...), before the SDK would fail on it internally."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            body = await Request(scope, receive).body()
+            try:
+                jsontext.loads(body)
+            except jsontext.JsonTextError as exc:
+                answer = {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                    "message": f"request body {exc}"}}  # fmt: skip
+                await JSONResponse(answer, status_code=400)(scope, receive, send)
+                return
+            receive = replaying(body, receive)
+        await self._app(scope, receive, send)
+
+
 class _RequireKey:
     """401 for A2A calls without the receiver's key (the card itself stays public)."""
 
@@ -233,6 +255,6 @@ def a2a_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) ->
                 *create_jsonrpc_routes(handler, JSONRPC_PATH, context_builder=builder),
                 Mount(REST_PATH, routes=create_rest_routes(handler, context_builder=builder)),
             ],
-            middleware=[Middleware(_RequireKey, key=key)],
+            middleware=[Middleware(_RequireKey, key=key), Middleware(_ReadableJson)],
         ),
     ]

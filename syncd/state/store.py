@@ -57,8 +57,8 @@ class StateStore:
             conn.row_factory = aiosqlite.Row
         except OSError as exc:
             raise UserError(
-                f"cannot open the state database {path}: {os_problem(exc, path)}; choose a writable "
-                "state location (--state, or state in the config file)"
+                f"cannot open the state database {path}: {os_problem(exc, path)}; choose a "
+                "writable state location (--state, or state in the config file)"
             ) from None
         except aiosqlite.Error as exc:
             raise UserError(f"cannot open the state database {path}: {exc}") from exc
