@@ -16,6 +16,9 @@ import json
 from typing import Any
 
 MAX_DEPTH = 500
+# Levels a request puts around the values it carries (body, batch, item, data): a receiver
+# parses bodies this much deeper than the values themselves may go.
+ENVELOPE_DEPTH = 8
 
 
 class JsonTextError(ValueError):
@@ -40,24 +43,25 @@ def encode(value: Any) -> bytes:
         return _dumps(value, ensure_ascii=True).encode("ascii")
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """The value `text` holds; JsonTextError naming why when it is not JSON syncd accepts:
     invalid JSON or UTF-8, NaN/Infinity, an integer too long for Python to convert, nesting
-    deeper than MAX_DEPTH."""
+    deeper than `max_depth`."""
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise JsonTextError(f"is nested deeper than {MAX_DEPTH} levels") from None
+        raise JsonTextError(f"is nested deeper than {max_depth} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integer digit limit
         if isinstance(exc, JsonTextError):
             raise
         raise JsonTextError(f"is not valid JSON ({exc})") from None
-    check_depth(value)
+    check_depth(value, max_depth)
     return value
 
 
-def check_depth(value: Any) -> None:
-    """JsonTextError when `value` is nested deeper than MAX_DEPTH (walked without recursion)."""
+def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """JsonTextError when `value` is nested deeper than `max_depth` (walked without
+    recursion)."""
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -67,8 +71,8 @@ def check_depth(value: Any) -> None:
             children = node
         else:
             continue
-        if depth > MAX_DEPTH:
-            raise JsonTextError(f"is nested deeper than {MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise JsonTextError(f"is nested deeper than {max_depth} levels")
         stack.extend((child, depth + 1) for child in children)
 
 

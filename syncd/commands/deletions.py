@@ -22,7 +22,6 @@ from ..pipeline.deliver import RetryPolicy
 from ..pipeline.pipeline import Pipeline
 from ..state.lock import StateLock, StateLocked
 from ..state.store import StateStore
-from ..transports.base import RetryableError
 from . import Subcommands
 from .status import emit, table_for
 
@@ -95,16 +94,19 @@ async def confirm(config: Config) -> int:
         pipeline = await Pipeline.open(config, policy)
         try:
             await pipeline.settle_deletions()
-        except RetryableError as error:
-            raise UserError(
-                f"{count} deletion(s) confirmed, but the receiver could not be reached: {error}; "
-                "they stay confirmed, and the daemon or the next `syncd sync` deletes them",
-                exit_code=1,
-            ) from None
+            await pipeline.window.drain()
+            left = await pipeline.state.held_deletions()
         finally:
             await pipeline.close()
     finally:
         lock.release()
+    if left:
+        raise UserError(
+            f"{count} deletion(s) confirmed, {len(left)} not done yet (see `syncd status` for the "
+            "receiver's error); they stay confirmed: the daemon or the next `syncd sync` "
+            "deletes them",
+            exit_code=1,
+        )
     print(f"{count} deletion(s) confirmed and done: the remote copies are deleted")
     return 0
 

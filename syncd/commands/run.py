@@ -2,10 +2,10 @@
 pending (within STOP_FLUSH_SECONDS) and exits 0; SIGHUP reloads the config in place. Under
 systemd it reports READY, STATUS and STOPPING and feeds the watchdog.
 
-What can heal never stops it: an opencode database that does not exist yet, cannot be read,
-is replaced or corrupted is waited for (unhealthy, the reason in the log, `syncd status`,
-/health and STATUS=), so that a service manager never restarts it in a loop. It exits 2 only
-for a mistake in its configuration (a --db that names a file which is no database at all)."""
+What can heal never stops it: an opencode database that does not exist yet, cannot be read
+(not a database, corrupted, an unknown schema), is replaced or truncated is waited for
+(unhealthy, the reason in the log, `syncd status`, /health and STATUS=), so that a service
+manager never restarts it in a loop."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from ..errors import UserError
 from ..metrics_endpoint import serving_metrics
 from ..pipeline.deliver import RetryPolicy
 from ..pipeline.pipeline import Pipeline, follow
-from ..source.opencode_db import is_sqlite
 from ..state.lock import StateLock, StateLocked
 from . import Subcommands, config_flags
 
@@ -52,11 +51,6 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    if config.db.is_file() and not is_sqlite(config.db):
-        raise UserError(
-            f"{config.db} is not an SQLite database: point --db (or db in the config file) at "
-            "opencode's database (`opencode db path` prints it)"
-        )
     lock = _lock(config)
     try:
         return await _serve_until(stop, hangup, config, reload_config)

@@ -45,6 +45,8 @@ log = structlog.get_logger("syncd")
 # this many, and more than half of the sessions syncd knows.
 MASS_DELETION_MIN = 3
 WAIT_FOR_DIRECTORY = 2.0
+# How long the database may stay unreadable while running before it counts as a problem.
+SOURCE_SETTLE_SECONDS = 10.0
 # Where the state tells which receiver and transport the daemon owning it delivers to.
 DELIVERING_META = "delivering"
 
@@ -104,6 +106,8 @@ class Pipeline:
         # One capture at a time: the watcher's and a reload's would otherwise interleave.
         self._capturing = asyncio.Lock()
         self._last_version: int | None = None  # PRAGMA data_version at the last capture
+        self._trouble_since: float | None = None  # since when the database cannot be read
+        self._deleting: set[str] = set()  # sessions whose remote copy goes at their turn
 
     @classmethod
     async def open(cls, config: Config, policy: RetryPolicy, *, daemon: bool = False) -> Pipeline:
@@ -140,7 +144,7 @@ class Pipeline:
             )
             await pipeline.conditions.load()
             if unreadable is not None:
-                await pipeline._source_unreadable(unreadable)
+                await pipeline._source_trouble(unreadable, settled=True)
             if daemon:
                 await pipeline._record_delivering()
             return pipeline
@@ -161,17 +165,12 @@ class Pipeline:
         unhealthy with the reason, while it cannot be read. `file_event`: a commit is
         confirmed by PRAGMA data_version before anything is read."""
         db = self.db
+        opened = db.identity is not None
         try:
-            opened = db.identity is not None
             moved = db.moved() if opened else None
             if moved == "deleted":
-                await self.conditions.set(
-                    SOURCE,
-                    f"the opencode database {db.path} is gone (deleted or moved away); waiting "
-                    "for it to come back (what is pending is still sent)",
-                )
-                return
-            if not opened or moved is not None or SOURCE in self.conditions.current:
+                raise UserError("it is gone (deleted or moved away); what is pending is still sent")
+            if not opened or moved is not None or self._trouble_since is not None:
                 await db.reopen()
                 self._last_version = None
             if moved is not None:
@@ -187,16 +186,28 @@ class Pipeline:
             await self.capture(deep=deep, fresh=moved is not None)
             self._last_version = version
         except UserError as error:  # the database cannot be read (OpencodeDb says why)
-            await self._source_unreadable(error)
+            await self._source_trouble(error, settled=not opened)
             return
+        self._trouble_since = None
         await self.conditions.clear(SOURCE)
 
-    async def _source_unreadable(self, error: Exception) -> None:
-        await self.conditions.set(
-            SOURCE,
-            f"waiting for the opencode database at {self.db.path}: {error} (tried again at "
-            "every change and safety poll)",
-        )
+    async def _source_trouble(self, error: Exception, *, settled: bool) -> None:
+        """The database cannot be read. Unhealthy at once when it never could (`settled`);
+        otherwise once the trouble outlasts a safety poll (at most SOURCE_SETTLE_SECONDS): a
+        database being replaced or recreated is briefly gone or half made, and that is no
+        problem to report."""
+        now = time.monotonic()
+        if self._trouble_since is None:
+            self._trouble_since = now
+        settle = min(self.config.poll_interval, SOURCE_SETTLE_SECONDS)
+        if settled or now - self._trouble_since >= settle:
+            await self.conditions.set(
+                SOURCE,
+                f"waiting for the opencode database at {self.db.path}: {error} (tried again "
+                "at every change and safety poll)",
+            )
+        else:
+            log.debug("opencode database not readable yet", db=str(self.db.path), error=str(error))
 
     async def capture(self, *, deep: bool = False, fresh: bool = False) -> int:
         """Record what changed since the cursors and open the windows of those sessions.
@@ -238,7 +249,7 @@ class Pipeline:
             if session_id not in deleted:  # back in opencode: it goes on as before
                 await self.state.release_held(session_id)
             elif confirmed:
-                await self.delivery.delete(session_id)
+                self._delete(session_id)
         deleted = [session_id for session_id in deleted if session_id not in held]
         mass = len(deleted) > MASS_DELETION_MIN and 2 * len(deleted) > known
         if mass and self.config.on_delete == "delete":
@@ -261,10 +272,16 @@ class Pipeline:
     async def _deleted(self, session_id: str) -> None:
         if self.config.on_delete == "delete":
             log.info("session deleted in opencode; deleting its remote copy", session=session_id)
-            await self.delivery.delete(session_id)
+            self._delete(session_id)
         else:
             log.info("session deleted in opencode; remote copy kept", session=session_id)
             await self.state.forget_session(session_id)
+
+    def _delete(self, session_id: str) -> None:
+        """Delete the remote copy in the session's own worker, retried there like a batch:
+        a receiver that is down holds up neither the capture nor the other sessions."""
+        self._deleting.add(session_id)
+        self.window.touch(session_id)
 
     async def _record_delivering(self) -> None:
         await self.state.set_meta(DELIVERING_META, json.dumps(delivering(self.config)))
@@ -320,7 +337,11 @@ class Pipeline:
 
     async def deliver(self, session_id: str) -> None:
         try:
-            await self.delivery.deliver(session_id)
+            if session_id in self._deleting:
+                await self.delivery.delete(session_id)
+                self._deleting.discard(session_id)
+            else:
+                await self.delivery.deliver(session_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one session's failure must not stop the others

@@ -173,7 +173,7 @@ class _ReadableJson:
         if scope["type"] == "http" and scope["method"] == "POST":
             body = await Request(scope, receive).body()
             try:
-                jsontext.loads(body)
+                jsontext.loads(body, jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
             except jsontext.JsonTextError as exc:
                 answer = {"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                     "message": f"request body {exc}"}}  # fmt: skip

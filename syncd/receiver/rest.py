@@ -35,7 +35,7 @@ class JsonText(JSONResponse):
 async def _json_object(request: Request, *fields: str) -> dict[str, Any]:
     """The body as a JSON object holding string `fields` (plus anything else)."""
     try:
-        body = jsontext.loads(await request.body())
+        body = jsontext.loads(await request.body(), jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
     except jsontext.JsonTextError as exc:
         raise BadRequest(f"request body {exc}") from exc
     if not isinstance(body, dict):

@@ -84,7 +84,7 @@ def part_item(part: Part) -> Any:
         return _whole_to_int(json_format.MessageToDict(part.data))
     if content == "text" and part.media_type == JSON_MEDIA_TYPE:
         try:
-            return jsontext.loads(part.text)
+            return jsontext.loads(part.text, jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
         except jsontext.JsonTextError as exc:
             raise ValueError(f"text part {exc}") from exc
     raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
