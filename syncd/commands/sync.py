@@ -29,6 +29,7 @@ from . import Subcommands
 from .progress import follow_backfill
 
 log = structlog.get_logger("syncd")
+DAEMON_STARTING_POLLS = 50
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -138,10 +139,15 @@ async def _require_daemons_receiver(config: Config, pid: str) -> None:
     state = await StateStore.open_readonly(config.state)
     try:
         recorded = await state.meta(DELIVERING_META)
+        for _ in range(DAEMON_STARTING_POLLS):
+            if recorded is not None:
+                break
+            await asyncio.sleep(0.1)  # a daemon that just took the lock records it next
+            recorded = await state.meta(DELIVERING_META)
     finally:
         await state.close()
     if recorded is None:
-        return  # a daemon from before syncd recorded it: nothing to compare
+        return  # not a daemon (another sync), or one from before syncd recorded it
     daemons = json.loads(recorded)
     asked = delivering(config)
     conflicts = [

@@ -108,6 +108,7 @@ class Pipeline:
         self._last_version: int | None = None  # PRAGMA data_version at the last capture
         self._trouble_since: float | None = None  # since when the database cannot be read
         self._deleting: set[str] = set()  # sessions whose remote copy goes at their turn
+        self.daemon = False  # `syncd run`'s: it records where it delivers in the state
 
     @classmethod
     async def open(cls, config: Config, policy: RetryPolicy, *, daemon: bool = False) -> Pipeline:
@@ -146,6 +147,7 @@ class Pipeline:
             if unreadable is not None:
                 await pipeline._source_trouble(unreadable, settled=True)
             if daemon:
+                pipeline.daemon = True
                 await pipeline._record_delivering()
             return pipeline
         except BaseException:
@@ -155,6 +157,9 @@ class Pipeline:
             raise
 
     async def close(self) -> None:
+        if self.daemon:  # no daemon delivers from this state any more
+            with contextlib.suppress(Exception):
+                await self.state.set_meta(DELIVERING_META, None)
         for resource in (self.transport, self.archive, self.db, self.state):
             if resource is not None:
                 await close_quietly(resource)
