@@ -131,6 +131,14 @@ def test_what_cannot_travel_is_refused_by_name(value: Any, problem: str) -> None
     assert problem in str(exc.value)
 
 
+@pytest.mark.parametrize("number", [2**60, -(2**60), 10**20, 2**53 + 2])
+def test_integers_opencode_writes_beyond_2_53_travel_as_the_numbers_they_are(number: int) -> None:
+    """JSON.stringify prints a large double as its digits; a JavaScript receiver parses those
+    digits back into the same double, so they go as a number, exactly."""
+    assert float(number) == number
+    assert wire(number) == number and type(wire(number)) is int
+
+
 def test_nesting_is_refused_beyond_the_reference_limit() -> None:
     deep: Any = []
     for _ in range(MAX_DEPTH):

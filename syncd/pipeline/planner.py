@@ -3,7 +3,7 @@ manifest (the pending items it acknowledges, and the items it carries)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import jsontext
 from ..model import Batch, PendingItem, SyncItem, digest
@@ -23,33 +23,45 @@ class PlannedBatch:
     acknowledges: list[PendingItem]
     diff_hash: str | None  # the session_diff this batch carries, if any
     sizes: list[int]  # bytes of each item's JSON, parallel to batch.items
+    # Of `acknowledges`, the items the derived ones come from: acknowledged only together
+    # with the last derived item (see plan_batches).
+    deferred: list[PendingItem] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return sum(self.sizes)
 
     def halves(self) -> list[PlannedBatch]:
-        """The batch in two, for a receiver that refused it whole: each half acknowledges the
-        pending items it carries; what the batch acknowledges without carrying it (the source
-        of a derived item) goes with the second half, which is sent last. [] for one item."""
+        """The batch in two, for a receiver that refused it whole (the first half goes first).
+        Each half acknowledges the pending items it carries; the deferred ones go with the half
+        that carries the last derived item, and what is neither carried nor deferred with the
+        second half. [] for one item."""
         count = len(self.batch.items)
         if count < 2:
             return []
         cut = count // 2
+        derived = [index for index, pending in enumerate(self.carried) if pending is None]
+        deferred_first = bool(derived) and derived[-1] < cut
         first_carries = {pending for pending in self.carried[:cut] if pending is not None}
+
+        def in_first(pending: PendingItem) -> bool:
+            if pending in self.deferred:
+                return deferred_first
+            return pending in first_carries
+
         halves = []
         for part in (slice(0, cut), slice(cut, count)):
-            items = self.batch.items[part]
             first = part.start == 0
-            acknowledges = [p for p in self.acknowledges if (p in first_carries) == first]
+            items = self.batch.items[part]
             carries_diff = any(item["type"] == "session_diff" for item in items)
             halves.append(
                 PlannedBatch(
                     Batch(self.batch.session_id, items),
                     self.carried[part],
-                    acknowledges,
+                    [p for p in self.acknowledges if in_first(p) == first],
                     self.diff_hash if carries_diff else None,
                     self.sizes[part],
+                    [p for p in self.deferred if deferred_first == first],
                 )
             )
         return halves
@@ -110,15 +122,16 @@ def plan_batches(
     sizes: list[int] = []
     size = 0
     carries_diff = False
+    released: list[PendingItem] = []  # the deferred items this batch acknowledges
 
     def close() -> None:
-        nonlocal items, carried, acknowledges, sizes, size, carries_diff
+        nonlocal items, carried, acknowledges, sizes, size, carries_diff, released
         if items:
             digest = new_diff_hash if carries_diff else None
-            planned.append(
-                PlannedBatch(Batch(session_id, items), carried, acknowledges, digest, sizes)
-            )
+            batch = Batch(session_id, items)
+            planned.append(PlannedBatch(batch, carried, acknowledges, digest, sizes, released))
         items, carried, acknowledges, sizes, size, carries_diff = [], [], [], [], 0, False
+        released = []
 
     for item, pending in entries:
         try:
@@ -139,5 +152,6 @@ def plan_batches(
         derived_left -= 1
         if derived_left == 0:
             acknowledges.extend(deferred)
+            released = list(deferred)
     close()
     return planned
