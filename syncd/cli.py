@@ -15,6 +15,7 @@ from syncd.commands import (
     config_flags,
     dead_letters,
     deletions,
+    open,
     run,
     serve,
     status,
@@ -24,7 +25,7 @@ from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
 
-COMMANDS = (run, sync, status, dead_letters, deletions, serve)
+COMMANDS = (run, sync, status, open, dead_letters, deletions, serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,9 @@ class Config:
     ca_bundle: Path | None = None
     serve_host: str = "127.0.0.1"
     serve_port: int = 4788
+    # `syncd serve`'s archive: a path, sqlite:///path or postgresql://...; None: `archive`.
+    store: str | None = field(default=None, repr=False)
+    store_pool_size: int = 10
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
@@ -78,6 +81,21 @@ class Config:
     def origin(self) -> str | None:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
         return None if self.url is None else origin_of(self.url)
+
+    @property
+    def serve_url(self) -> str:
+        """Where `syncd serve` (with these settings) answers, as a browser on this machine
+        opens it: the embedded archive's share pages live under it."""
+        return serve_url(self.serve_host, self.serve_port)
+
+
+def serve_url(host: str, port: int) -> str:
+    """http://host:port for a listening address; a wildcard address is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ) -> Config:
@@ -204,17 +222,27 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
         raise UserError(
             f"{path}: unknown key {unknown[0]!r}; accepted keys: {', '.join(sorted(_KEYS))}"
         )
-    if "key" in data and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    secret = "key" in data or _holds_password(data.get("store"))
+    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning(
-            "config file holding a key is readable by other users; run chmod 600 on it",
+            "config file holding a key or a database password is readable by other users; "
+            "run chmod 600 on it (or chmod 640 with the service's group)",
             path=str(path),
         )
     return {name: _relative_to(path.parent, name, value) for name, value in data.items()}
 
 
+def _holds_password(store: Any) -> bool:
+    if not isinstance(store, str) or "://" not in store:
+        return False
+    parts = urlsplit(store)
+    return bool(parts.password) or "password=" in parts.query
+
+
 def _relative_to(base: Path, name: str, value: Any) -> Any:
     # Relative paths in a config file mean "next to the config file", not "where syncd runs".
-    if name in _PATH_KEYS and isinstance(value, str) and value:
+    is_path = name in _PATH_KEYS or (name == "store" and "://" not in str(value))
+    if is_path and isinstance(value, str) and value:
         path = Path(value).expanduser()
         return str(path if path.is_absolute() else base / path)
     return value
@@ -257,7 +285,7 @@ def _validate(name: str, value: Any, source: str | None) -> Any:
         return parse(value)
     except _Invalid as e:
         where = f"{source}: " if source else ""
-        shown = "<hidden>" if name == "key" else repr(value)
+        shown = "<hidden>" if name in ("key", "store") else repr(value)
         raise UserError(f"{where}{name} = {shown} is not accepted: expected {e}") from None
 
 
@@ -295,6 +323,16 @@ def _url(value: Any) -> str:
     except ValueError:
         raise _Invalid("a url with a port between 1 and 65535") from None
     return value.rstrip("/")
+
+
+def _store(value: Any) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(
+            "a file path, sqlite:///path or postgresql://user:password@host:port/database"
+        )
+    return value if "://" in value else str(Path(value).expanduser())
 
 
 def _text(value: Any) -> str:
@@ -363,6 +401,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ca_bundle": _ca_bundle,
     "serve_host": _text,
     "serve_port": _port,
+    "store": _store,
+    "store_pool_size": _positive_int,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
     "metrics_address": _address,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 def origin_of(url: str) -> str | None:
@@ -10,3 +10,21 @@ def origin_of(url: str) -> str | None:
     without both."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two urls name the same host and port. The scheme is left out: opencode's share
+    server builds its share urls as https unless a proxy says otherwise, whatever the scheme
+    it was reached by."""
+    first, second = urlsplit(a), urlsplit(b)
+    if not first.hostname or not second.hostname:
+        return False
+    return (first.hostname.lower(), _port(first)) == (second.hostname.lower(), _port(second))
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return port if port not in ({"http": 80, "https": 443}.get(parts.scheme), None) else None

@@ -13,6 +13,9 @@ from tests.support import FIXTURES
 from tests.support.fake_llm import FakeLlm, running_fake_llm
 from tests.support.opencode_driver import Opencode
 
+# Fixtures of the real peers the tests start, which live with their helpers (tests/support/).
+pytest_plugins = ["tests.support.postgres", "tests.support.stores", "tests.support.browser"]
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

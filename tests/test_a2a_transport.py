@@ -54,9 +54,9 @@ async def items_of(receiver: Receiver, session_id: str) -> dict[str, Any]:
     return await receiver.store.read_share(share.id)
 
 
-async def test_lifecycle_reads_back_like_rest(tmp_path: Path, binding: str) -> None:
+async def test_lifecycle_reads_back_like_rest(tmp_path: Path, binding: str, store_url: str) -> None:
     sent = examples()
-    async with running_receiver(tmp_path) as receiver:
+    async with running_receiver(tmp_path, store=store_url) as receiver:
         transport = A2aTransport(receiver.url, binding=binding)
         try:
             created = await transport.create(SESSION, Batch(SESSION, sent))
@@ -79,7 +79,7 @@ async def test_lifecycle_reads_back_like_rest(tmp_path: Path, binding: str) -> N
     assert_same_json([sent[4]["data"]], document["parts"])
 
 
-async def test_numbers_keep_their_json_types(tmp_path: Path, binding: str) -> None:
+async def test_numbers_keep_their_json_types(tmp_path: Path, binding: str, store_url: str) -> None:
     session = copy.deepcopy(examples()[0])
     session["data"]["numbers"] = {
         "timestamp": 1795610943290,
@@ -94,7 +94,7 @@ async def test_numbers_keep_their_json_types(tmp_path: Path, binding: str) -> No
         "flags": [True, False, None],
     }
     message = examples()[3]
-    async with running_receiver(tmp_path) as receiver:
+    async with running_receiver(tmp_path, store=store_url) as receiver:
         transport = A2aTransport(receiver.url, binding=binding)
         try:
             share = (await transport.create(SESSION, None)).share
@@ -106,10 +106,10 @@ async def test_numbers_keep_their_json_types(tmp_path: Path, binding: str) -> No
     assert_same_json([message["data"]], document["messages"])
 
 
-async def test_retried_batch_is_applied_once(tmp_path: Path, binding: str) -> None:
+async def test_retried_batch_is_applied_once(tmp_path: Path, binding: str, store_url: str) -> None:
     first = Batch(SESSION, examples()[:2])
     second = Batch(SESSION, examples()[3:4])
-    async with running_receiver(tmp_path) as receiver:
+    async with running_receiver(tmp_path, store=store_url) as receiver:
         # Two transports: the daemon crashed after sending and sends the batch again.
         for _ in range(2):
             transport = A2aTransport(receiver.url, binding=binding)
@@ -130,10 +130,12 @@ async def test_retried_batch_is_applied_once(tmp_path: Path, binding: str) -> No
     assert count == 2
 
 
-async def test_invalid_batch_is_refused_and_nothing_applied(tmp_path: Path, binding: str) -> None:
+async def test_invalid_batch_is_refused_and_nothing_applied(
+    tmp_path: Path, binding: str, store_url: str
+) -> None:
     good = examples()[0]
     bad = {"type": "part", "data": {"id": "prt_1"}}  # no messageID
-    async with running_receiver(tmp_path) as receiver:
+    async with running_receiver(tmp_path, store=store_url) as receiver:
         transport = A2aTransport(receiver.url, binding=binding)
         try:
             share = (await transport.create(SESSION, None)).share

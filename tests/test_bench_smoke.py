@@ -98,3 +98,27 @@ def test_transport_comparison_command_runs_on_the_recorded_workload(
         for name in PER_TRANSPORT["lifecycle"]:
             assert is_number(measured["lifecycle"][name]), (transport, name)
         assert measured["latency"]["samples"] > 0 and measured["latency"]["missing"] == 0
+
+
+def test_ingest_benchmark_measures_every_store_and_concurrency() -> None:
+    """`python -m bench.ingest` (behind docs/team-receiver.md) at CI scale: SQLite and
+    PostgreSQL with one and two replicas, 1, 4 and 16 daemons, every batch acknowledged."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--quick", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads(run.stdout)["runs"]
+    setups = {(r["store"], r["replicas"], r["daemons"]) for r in runs}
+    assert setups == {
+        (store, replicas, daemons)
+        for store, replicas in (("sqlite", 1), ("postgres", 1), ("postgres", 2))
+        for daemons in (1, 4, 16)
+    }
+    for figures in runs:
+        assert figures["items"] > 0 and figures["batches"] > 0, figures
+        for name in ("items_per_s", "p50_ms", "p99_ms"):
+            assert is_number(figures[name]), (name, figures)

@@ -12,7 +12,7 @@ import pytest
 from syncd.errors import UserError
 from syncd.model import Cursor
 from syncd.source.changes import ChangeDetector
-from syncd.source.opencode_db import OpencodeDb
+from syncd.source.opencode_db import OpencodeDb, SchemaError
 from tests.support.fake_opencode import FakeOpencode
 
 
@@ -133,10 +133,20 @@ async def test_missing_database_and_unknown_schema_are_named(tmp_path: Path) -> 
         await OpencodeDb.open(tmp_path / "nope.db")
     odd = tmp_path / "odd.db"
     conn = sqlite3.connect(odd)
-    conn.execute("CREATE TABLE session (id TEXT)")
+    conn.execute("CREATE TABLE session (id TEXT, time_updated INTEGER)")
     conn.close()
-    with pytest.raises(UserError, match=r"unknown schema: missing column session\.project_id"):
-        await OpencodeDb.open(odd)
+    db = await OpencodeDb.open(odd)  # open: the schema may still be on its way
+    try:
+        missing = (
+            r"missing column session\.project_id, column session\.slug, .*"
+            r"column session\.time_created, table message, table part \(a newer opencode"
+        )
+        with pytest.raises(SchemaError, match=missing):
+            await db.readable()
+        with pytest.raises(SchemaError):
+            await ChangeDetector(db, only_shared=False).detect({})
+    finally:
+        await db.close()
 
 
 async def test_reading_never_writes_or_holds_a_transaction(sample_db: Path) -> None:

@@ -191,6 +191,21 @@ def test_key_in_readable_file_warns(env: dict[str, str], mode: int, warned: bool
         assert "k-secret-value" not in str(warnings)
 
 
+def test_store_is_a_path_next_to_the_config_or_a_url_and_its_password_is_secret(
+    env: dict[str, str],
+) -> None:
+    path = write_toml(env, 'store = "team/archive.db"\n')
+    assert load_config({}, env).store == str(path.parent / "team" / "archive.db")
+    url = "postgresql://syncd:pw-in-file@127.0.0.1:5432/syncd"
+    write_toml(env, f'store = "{url}"\nstore_pool_size = 4\n', 0o640)
+    with capture_logs() as logs:
+        config = load_config({}, env)
+    assert (config.store, config.store_pool_size) == (url, 4)
+    assert "pw-in-file" not in repr(config)
+    assert [e for e in logs if e["log_level"] == "warning" and "chmod 600" in e["event"]]
+    assert load_config({"store": "sqlite:///x.db"}, env).store == "sqlite:///x.db"
+
+
 def test_remote_transport_without_url_is_a_user_error(env: dict[str, str]) -> None:
     with pytest.raises(UserError, match="transport 'http' needs a receiver url"):
         load_config({"transport": "http"}, env)
@@ -208,7 +223,9 @@ def test_example_config_documents_every_key_at_its_default(env: dict[str, str]) 
     assert set(documented) == {f.name for f in fields(Config)}
     defaults = load_config({}, env)
     for name, value in documented.items():
-        if name in ("url", "key", "ca_bundle") or isinstance(getattr(defaults, name), Path):
+        if name in ("url", "key", "ca_bundle", "store") or isinstance(
+            getattr(defaults, name), Path
+        ):
             continue  # examples of values, or paths spelled with "~"
         assert getattr(defaults, name) == value, name
 

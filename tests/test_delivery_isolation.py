@@ -42,7 +42,7 @@ async def test_an_unexpected_exception_dead_letters_only_its_item(
     try:
         assert pipeline.archive is not None
         await pipeline.delivery.replace_transport(
-            Breaks(pipeline.archive), target_of(config), config.origin
+            Breaks(pipeline.archive, config.serve_url), target_of(config), config.origin
         )
         await capture_and_drain(pipeline, deep=True)
         [letter] = await pipeline.state.dead_letters()

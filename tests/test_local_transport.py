@@ -12,9 +12,10 @@ import pytest
 from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.model import Batch, Share, SyncItem
 from syncd.transports.base import RejectedError, SecretRefusedError, ShareNotFoundError
-from syncd.transports.local import LocalTransport
+from syncd.transports.local import LocalTransport, page_url
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
+SERVE_URL = "http://127.0.0.1:4788"
 
 
 @pytest.fixture
@@ -37,13 +38,14 @@ async def store(tmp_path: Path) -> AsyncIterator[ShareStore]:
 async def test_create_and_sync_land_in_the_archive(
     store: ShareStore, examples: dict[str, Any]
 ) -> None:
-    transport = LocalTransport(store)
+    transport = LocalTransport(store, SERVE_URL)
     assert transport.name == "local"
     assert examples["create-request"]["sessionID"] == SESSION_ID
     batch = Batch(SESSION_ID, items_of(examples))
     created = await transport.create(SESSION_ID, batch)
     assert created.synced is False
-    assert created.share.url == f"archive:/share/{created.share.id}"
+    # The share url is the page `syncd serve` shows this archive's share at.
+    assert created.share.url == f"{SERVE_URL}/share/{created.share.id}"
     await transport.sync(created.share, batch)
     doc = await store.read_share(created.share.id)
     assert doc["session"] == examples["session"]["data"]
@@ -52,7 +54,7 @@ async def test_create_and_sync_land_in_the_archive(
 
 
 async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:
-    transport = LocalTransport(store)
+    transport = LocalTransport(store, SERVE_URL)
     share = (await transport.create(SESSION_ID, None)).share
     first = Batch(SESSION_ID, [{"type": "message", "data": {"id": "m", "v": 1}}])
     newer = Batch(SESSION_ID, [{"type": "message", "data": {"id": "m", "v": 2}}])
@@ -64,12 +66,12 @@ async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:
 
 
 async def test_errors_in_transport_terms(store: ShareStore, examples: dict[str, Any]) -> None:
-    transport = LocalTransport(store)
+    transport = LocalTransport(store, SERVE_URL)
     share = (await transport.create(SESSION_ID, None)).share
     items = items_of(examples)
     batch = Batch(SESSION_ID, items)
     with pytest.raises(ShareNotFoundError, match="Share not found"):
-        await transport.sync(Share(id="missing", secret=share.secret, url="archive:"), batch)
+        await transport.sync(Share(id="missing", secret=share.secret, url=SERVE_URL), batch)
     with pytest.raises(SecretRefusedError, match="Invalid secret"):
         await transport.sync(Share(id=share.id, secret="wrong", url=share.url), batch)
     with pytest.raises(RejectedError, match=r"item 1 \(part\)"):
@@ -80,3 +82,10 @@ async def test_errors_in_transport_terms(store: ShareStore, examples: dict[str, 
         await transport.sync(share, batch)
     with pytest.raises(ShareNotFoundError):
         await transport.delete(share)
+
+
+def test_legacy_archive_urls_open_as_pages() -> None:
+    assert page_url("archive:/share/abcd1234", SERVE_URL) == f"{SERVE_URL}/share/abcd1234"
+    assert page_url("https://opncd.ai/share/abcd1234", SERVE_URL) == (
+        "https://opncd.ai/share/abcd1234"
+    )

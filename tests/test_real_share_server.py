@@ -168,8 +168,6 @@ def _create_directly(server: OpencodeShareServer, session_id: str) -> dict:
         f"{server.url}/api/share",
         data=json.dumps({"sessionID": session_id}).encode(),
         method="POST",
-        # The real server builds share urls with https unless a proxy says otherwise.
-        headers={"x-forwarded-proto": "http"},
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())

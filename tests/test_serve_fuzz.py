@@ -4,9 +4,7 @@ the key, the body limit and the address are in test_serve_rest.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.archive.sqlite import SqliteArchive as ShareStore
+from syncd.archive import ArchiveStore
 from syncd.config import load_config
 from syncd.receiver.app import build_app
 
@@ -42,34 +40,31 @@ bodies = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(target=st.sampled_from(["sync", "create", "delete"]), body=bodies)
-def test_any_body_gets_an_answer_and_changes_nothing_unless_200(target: str, body: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(_one_request(Path(tmp), target, body))
+async def test_any_body_gets_an_answer_and_changes_nothing_unless_200(
+    store: ArchiveStore, target: str, body: str
+) -> None:
+    share = await store.share_for_session("ses_fuzz", "http://receiver")
+    before = await _contents(store)
+    body = body.replace('"SECRET"', json.dumps(share.secret))
+    method, path = {"sync": ("POST", f"/api/share/{share.id}/sync"),
+                    "create": ("POST", "/api/share"),
+                    "delete": ("DELETE", f"/api/share/{share.id}")}[target]  # fmt: skip
+    transport = httpx.ASGITransport(app=build_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+        answer = await client.request(method, path, content=body.encode("utf-8", "replace"))
+    assert answer.status_code in (200, 400, 403, 404), answer.text
+    if answer.status_code != 200:
+        assert answer.json()["error"]
+        assert await _contents(store) == before
 
 
-async def _one_request(tmp: Path, target: str, body: str) -> None:
-    store = await ShareStore.open(tmp / "archive.db")
-    try:
-        share = await store.create_share("ses_fuzz", "http://receiver")
-        before = await _contents(store)
-        body = body.replace('"SECRET"', json.dumps(share.secret))
-        method, path = {"sync": ("POST", f"/api/share/{share.id}/sync"),
-                        "create": ("POST", "/api/share"),
-                        "delete": ("DELETE", f"/api/share/{share.id}")}[target]  # fmt: skip
-        transport = httpx.ASGITransport(app=build_app(store))
-        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
-            answer = await client.request(method, path, content=body.encode("utf-8", "replace"))
-        assert answer.status_code in (200, 400, 403, 404), answer.text
-        if answer.status_code != 200:
-            assert answer.json()["error"]
-            assert await _contents(store) == before
-    finally:
-        await store.close()
-
-
-async def _contents(store: ShareStore) -> list[Any]:
+async def _contents(store: ArchiveStore) -> list[Any]:
     shares = await store.list_shares()
     return [(s["id"], await store.read_items(s["id"])) for s in shares]
 
@@ -125,30 +120,26 @@ def hostile_requests(share_id: str, secret: str) -> list[tuple[str, str, str]]:
 
 
 async def test_hostile_inputs_on_every_route_get_an_answer_below_500_and_leave_shares_intact(
-    tmp_path: Path,
+    store: ArchiveStore,
 ) -> None:
-    store = await ShareStore.open(tmp_path / "archive.db")
-    try:
-        share = await store.create_share("ses_kept_intact", "http://receiver")
-        await store.sync(share.id, share.secret, [{"type": "session", "data": {"id": "s"}}])
-        before = await store.read_items(share.id)
-        transport = httpx.ASGITransport(app=build_app(store))
-        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
-            for method, path, body in hostile_requests(share.id, share.secret):
-                headers = A2A_HEADERS if path.startswith("/a2a") else {}
-                answer = await client.request(
-                    method, path, content=body.encode("utf-8", "surrogatepass"), headers=headers
-                )
-                assert answer.status_code < 500, (path, body[:80], answer.text[:300])
-                if answer.status_code >= 400:
-                    assert answer.text, (path, body[:80])  # a reason, not an empty 4xx
-            # What the share held is still there (accepted syncs may add to it), and every
-            # share, new ones included, reads back.
-            after = await store.read_items(share.id)
-            assert all(item in after for item in before)
-            for listed in (await client.get("/api/share")).json()["shares"]:
-                for suffix in ("", "/data"):
-                    read = await client.get(f"/api/share/{listed['id']}{suffix}")
-                    assert read.status_code == 200, (listed, read.text[:200])
-    finally:
-        await store.close()
+    share = await store.create_share("ses_kept_intact", "http://receiver")
+    await store.sync(share.id, share.secret, [{"type": "session", "data": {"id": "s"}}])
+    before = await store.read_items(share.id)
+    transport = httpx.ASGITransport(app=build_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+        for method, path, body in hostile_requests(share.id, share.secret):
+            headers = A2A_HEADERS if path.startswith("/a2a") else {}
+            answer = await client.request(
+                method, path, content=body.encode("utf-8", "surrogatepass"), headers=headers
+            )
+            assert answer.status_code < 500, (path, body[:80], answer.text[:300])
+            if answer.status_code >= 400:
+                assert answer.text, (path, body[:80])  # a reason, not an empty 4xx
+        # What the share held is still there (accepted syncs may add to it), and every
+        # share, new ones included, reads back.
+        after = await store.read_items(share.id)
+        assert all(item in after for item in before)
+        for listed in (await client.get("/api/share")).json()["shares"]:
+            for suffix in ("", "/data"):
+                read = await client.get(f"/api/share/{listed['id']}{suffix}")
+                assert read.status_code == 200, (listed, read.text[:200])

@@ -31,8 +31,11 @@ async def create(client: httpx.AsyncClient, **headers: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_receiver(tmp_path) as r, httpx.AsyncClient(base_url=r.url) as c:
+async def client(tmp_path: Path, store_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        running_receiver(tmp_path, store=store_url) as r,
+        httpx.AsyncClient(base_url=r.url) as c,
+    ):
         yield c
 
 
@@ -54,7 +57,9 @@ async def test_create_sync_read_delete(client: httpx.AsyncClient) -> None:
     listing = (await client.get("/api/share")).json()["shares"]
     assert [row["id"] for row in listing] == [share["id"]]
     assert "secret" not in json.dumps(listing)
-    assert (await client.get("/")).json()["shares"] == listing
+    front = await client.get("/")  # the page listing the sessions, the JSON stays above
+    assert front.headers["content-type"].startswith("text/html")
+    assert f'href="/share/{share["id"]}"' in front.text
     deleted = await client.request(
         "DELETE", f"/api/share/{share['id']}", json={"secret": share["secret"]}
     )
@@ -246,10 +251,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_serve_runs_on_the_configured_address(tmp_path: Path) -> None:
+async def test_serve_runs_on_the_configured_address(tmp_path: Path, store_url: str) -> None:
     port = free_port()
     config = SimpleNamespace(
-        archive=tmp_path / "archive.db", serve_host="127.0.0.1", serve_port=port, key=None
+        archive=tmp_path / "unused.db",
+        store=store_url,
+        store_pool_size=2,
+        serve_host="127.0.0.1",
+        serve_port=port,
+        key=None,
     )
     task = asyncio.create_task(serve(config))
     try:
@@ -265,7 +275,9 @@ async def test_serve_runs_on_the_configured_address(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert (tmp_path / "archive.db").stat().st_mode & 0o777 == 0o600
+    if "://" not in store_url:
+        assert (tmp_path / "archive.db").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "unused.db").exists()
 
 
 async def test_serve_names_a_busy_port(tmp_path: Path) -> None:
@@ -274,6 +286,8 @@ async def test_serve_names_a_busy_port(tmp_path: Path) -> None:
         taken.listen()
         config = SimpleNamespace(
             archive=tmp_path / "archive.db",
+            store=None,
+            store_pool_size=2,
             serve_host="127.0.0.1",
             serve_port=taken.getsockname()[1],
             key=None,

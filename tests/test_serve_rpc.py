@@ -32,8 +32,8 @@ TRANSPORTS = {"batch": CapnwebBatchTransport, "ws": CapnwebWsTransport}
 
 
 @pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
-    async with running_receiver(tmp_path, key=KEY) as running:
+async def receiver(tmp_path: Path, store_url: str) -> AsyncIterator[Receiver]:
+    async with running_receiver(tmp_path, key=KEY, store=store_url) as running:
         yield running
 
 

@@ -132,7 +132,7 @@ async def test_every_replacement_is_followed_and_nothing_crashes(
         health = await syncd.health_is(503)
         assert "opencode database" in health["conditions"]["source"]
         report = await collect(syncd.config)
-        assert not report["healthy"] and "unknown schema" in " ".join(report["problems"])
+        assert not report["healthy"] and "missing table session" in " ".join(report["problems"])
         syncd.alive()
         [after_truncation] = new_database(tmp_path / "back.db", fixtures_dir)
         rename_over(tmp_path / "back.db", db)
@@ -154,9 +154,9 @@ async def test_every_replacement_is_followed_and_nothing_crashes(
         await syncd.health_is(200)
         assert (await collect(syncd.config))["healthy"]
     replaced = [line for line in syncd.process.log().splitlines() if "while syncd ran" in line]
-    # One warning per replacement while running (the database the restarted daemon first
-    # opens is simply its database).
-    assert len(replaced) == 3, replaced
+    # One warning per replacement while running: recreated, renamed over, truncated, put
+    # back (the database the restarted daemon first opens is simply its database).
+    assert len(replaced) == 4, replaced
 
 
 async def test_a_recreated_database_deletes_no_remote_copy_without_the_command(

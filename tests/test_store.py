@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.archive import BadSyncData, InvalidSecret, ShareNotFound
+from syncd.archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
 from syncd.archive.sqlite import MIGRATIONS
 from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.migrate import MIGRATION_NAME, migrate
+from tests.support.stores import opened_store
 
 SESSION_ID = "ses_ded3f60c6ffeY2PHYjxlwlNfGw"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ShareStore]:
-    opened = await ShareStore.open(tmp_path / "archive.db")
-    yield opened
-    await opened.close()
 
 
 def message(id: str, **fields: Any) -> dict[str, Any]:
@@ -39,23 +32,25 @@ def part(id: str, message_id: str, **fields: Any) -> dict[str, Any]:
     return {"type": "part", "data": data}
 
 
-async def test_archive_file_is_private_and_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "archive.db"
-    first = await ShareStore.open(path)
-    share = await first.create_share(SESSION_ID, "http://x")
-    await first.sync(share.id, share.secret, [message("msg_1", role="user")])
-    await first.close()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    again = await ShareStore.open(path)
-    try:
+async def test_archive_survives_reopen(store_url: str) -> None:
+    async with opened_store(store_url) as first:
+        share = await first.create_share(SESSION_ID, "http://x")
+        await first.sync(share.id, share.secret, [message("msg_1", role="user")])
+    async with opened_store(store_url) as again:
         assert (await again.read_share(share.id))["messages"] == [
             message("msg_1", role="user")["data"]
         ]
-    finally:
-        await again.close()
+        assert await again.sync(share.id, share.secret, []) == 2
 
 
-async def test_create_names_share_like_opencode_and_never_reuses_an_id(store: ShareStore) -> None:
+async def test_archive_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "archive.db"
+    await (await ShareStore.open(path)).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+async def test_create_names_share_like_opencode_and_never_reuses_an_id(store: ArchiveStore) -> None:
     first = await store.create_share(SESSION_ID, "http://127.0.0.1:9")
     second = await store.create_share(SESSION_ID, "http://127.0.0.1:9")
     assert first.id == SESSION_ID[-8:]
@@ -67,14 +62,14 @@ async def test_create_names_share_like_opencode_and_never_reuses_an_id(store: Sh
     assert listed[first.id]["session_id"] == SESSION_ID
 
 
-async def test_share_for_session_gets_or_creates(store: ShareStore) -> None:
+async def test_share_for_session_gets_or_creates(store: ArchiveStore) -> None:
     made = await store.share_for_session(SESSION_ID, "http://a")
     again = await store.share_for_session(SESSION_ID, "http://a")
     assert again == made
     assert len(await store.list_shares()) == 1
 
 
-async def test_upserts_by_id_and_last_write_wins(store: ShareStore) -> None:
+async def test_upserts_by_id_and_last_write_wins(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     await store.sync(
         share.id,
@@ -106,7 +101,7 @@ async def test_upserts_by_id_and_last_write_wins(store: ShareStore) -> None:
     ]
 
 
-async def test_session_diff_and_models_replace_whole_arrays(store: ShareStore) -> None:
+async def test_session_diff_and_models_replace_whole_arrays(store: ArchiveStore) -> None:
     # opencode's server keys every session_diff item "session_diff" (and models "model"):
     # the newest array replaces the stored one; sending it twice shows it once.
     share = await store.create_share(SESSION_ID, "http://x")
@@ -127,7 +122,7 @@ async def test_session_diff_and_models_replace_whole_arrays(store: ShareStore) -
 
 
 async def test_real_sync_examples_read_back_unchanged(
-    store: ShareStore, fixtures_dir: Path
+    store: ArchiveStore, fixtures_dir: Path
 ) -> None:
     examples = json.loads((fixtures_dir / "opencode/share-sync-examples-1.18.33.json").read_text())
     items = [value for name, value in examples.items() if name != "create-request"]
@@ -140,7 +135,7 @@ async def test_real_sync_examples_read_back_unchanged(
     assert doc["session"] == examples["session"]["data"]
 
 
-async def test_bad_item_rejects_the_whole_batch(store: ShareStore) -> None:
+async def test_bad_item_rejects_the_whole_batch(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     await store.sync(share.id, share.secret, [message("msg_1", role="user")])
     before = await store.read_share(share.id)
@@ -167,7 +162,7 @@ async def test_bad_item_rejects_the_whole_batch(store: ShareStore) -> None:
     assert await store.sync(share.id, share.secret, []) == 2  # one sync counted before
 
 
-async def test_unknown_share_and_wrong_secret(store: ShareStore) -> None:
+async def test_unknown_share_and_wrong_secret(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     with pytest.raises(ShareNotFound, match=r"^Share not found$"):
         await store.sync("nope", share.secret, [])
@@ -180,7 +175,7 @@ async def test_unknown_share_and_wrong_secret(store: ShareStore) -> None:
     assert (await store.read_share(share.id))["messages"] == []
 
 
-async def test_delete_removes_share_and_content(store: ShareStore) -> None:
+async def test_delete_removes_share_and_content(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     await store.sync(share.id, share.secret, [message("msg_1")], dedup_key="k")
     await store.delete_share(share.id, share.secret)
@@ -195,7 +190,7 @@ async def test_delete_removes_share_and_content(store: ShareStore) -> None:
     assert (await store.read_share(again.id))["messages"] == []
 
 
-async def test_dedup_key_applies_a_batch_once(store: ShareStore) -> None:
+async def test_dedup_key_applies_a_batch_once(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     assert await store.sync(share.id, share.secret, [message("msg_1", v=1)], dedup_key="b1") == 1
     # A late duplicate of an old batch must not overwrite newer content.
@@ -206,7 +201,7 @@ async def test_dedup_key_applies_a_batch_once(store: ShareStore) -> None:
     assert await store.sync(other.id, other.secret, [message("msg_1")], dedup_key="b1") == 1
 
 
-async def test_concurrent_syncs_all_land(store: ShareStore) -> None:
+async def test_concurrent_syncs_all_land(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     counts = await asyncio.gather(
         *(store.sync(share.id, share.secret, [message(f"msg_{i:03}")]) for i in range(40))
@@ -230,7 +225,7 @@ json_values = st.recursive(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(value=json_values)
-async def test_json_types_survive_exactly(store: ShareStore, value: Any) -> None:
+async def test_json_types_survive_exactly(store: ArchiveStore, value: Any) -> None:
     share = await store.share_for_session(SESSION_ID, "http://x")
     await store.sync(share.id, share.secret, [part("prt_1", "msg_1", value=value)])
     stored = (await store.read_share(share.id))["parts"][0]["value"]
@@ -254,3 +249,18 @@ async def test_migrations_apply_once(tmp_path: Path) -> None:
         async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
             tables = {row[0] async for row in cursor}
         assert {"share", "share_item", "share_sync", "migration"} <= tables
+
+
+async def test_a_waiting_reader_sees_a_write_made_through_another_store(store_url: str) -> None:
+    # Two stores on one archive: two processes on an SQLite file, two replicas on PostgreSQL.
+    async with opened_store(store_url) as writer, opened_store(store_url) as reader:
+        share = await writer.create_share(SESSION_ID, "http://x")
+        assert await reader.seq(share.id) == 0
+        assert await reader.wait_for_change(share.id, 0, timeout=0.1) is False
+        waiting = asyncio.create_task(reader.wait_for_change(share.id, 0, timeout=30))
+        await writer.sync(share.id, share.secret, [message("msg_1"), message("msg_2")])
+        assert await asyncio.wait_for(waiting, 30) is True
+        assert await reader.seq(share.id) == 2
+        assert [seq for seq, _ in await reader.changes(share.id, 1)] == [2]
+        with pytest.raises(ShareNotFound):
+            await reader.wait_for_change("nope", 0, timeout=0.1)

@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = {"syncd.service": "--user", "syncd-system.service": "--system"}
+SERVE_UNIT = "syncd-serve.service"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -71,7 +72,19 @@ def test_user_unit_keeps_home_read_only_except_opencode_data() -> None:
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze is not installed (apt-get install systemd)",
 )
-@pytest.mark.parametrize(("name", "mode"), UNITS.items())
+def test_serve_unit_is_a_hardened_notify_service_reading_its_config() -> None:
+    service = parse_unit(REPO / "systemd" / SERVE_UNIT)["Service"]
+    assert service["Type"] == ["notify"]
+    (exec_start,) = service["ExecStart"]
+    program, *args = exec_start.split()
+    assert program.endswith("/syncd") and args[0] == "serve"
+    assert args[1:] == ["--config", "/etc/syncd-serve/config.toml"]
+    assert service["User"] == ["syncd-serve"] and service["UMask"] == ["0077"]
+    for key, value in {"ProtectSystem": "strict", "NoNewPrivileges": "yes"}.items():
+        assert service[key] == [value], key
+
+
+@pytest.mark.parametrize(("name", "mode"), [*UNITS.items(), (SERVE_UNIT, "--system")])
 def test_systemd_analyze_verify(name: str, mode: str, tmp_path: Path) -> None:
     # verify insists that ExecStart exists: point it at this environment's syncd.
     syncd = Path(sys.executable).parent / "syncd"
@@ -79,7 +92,7 @@ def test_systemd_analyze_verify(name: str, mode: str, tmp_path: Path) -> None:
         pytest.skip(f"no syncd console script next to {sys.executable}")
     text = (REPO / "systemd" / name).read_text()
     lines = [
-        f"ExecStart={syncd} run" if line.startswith("ExecStart=") else line
+        f"ExecStart={syncd} {line.split(maxsplit=1)[1]}" if line.startswith("ExecStart=") else line
         for line in text.splitlines()
     ]
     unit = tmp_path / name

@@ -1,16 +1,71 @@
-"""The archive store: one interface (`ArchiveStore`), one module per database."""
+"""The archive store: one interface (`ArchiveStore`), one module per database.
+
+A store is named by a path or `sqlite:///path` (SQLite: the default and the embedded
+archive) or by a `postgresql://user:password@host:port/db` URL (a team's receiver)."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
-from .base import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
+from ..errors import UserError
+from .base import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound, StoreUnavailable
 
-__all__ = ["ArchiveStore", "BadSyncData", "InvalidSecret", "ShareNotFound", "open_archive"]
+__all__ = [
+    "ArchiveStore",
+    "BadSyncData",
+    "InvalidSecret",
+    "ShareNotFound",
+    "StoreUnavailable",
+    "open_archive",
+    "redact",
+]
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+DEFAULT_POOL_SIZE = 10
 
 
-async def open_archive(path: Path) -> ArchiveStore:
-    """The store at `path`, created and migrated when new."""
+async def open_archive(store: str | Path, *, pool_size: int = DEFAULT_POOL_SIZE) -> ArchiveStore:
+    """The store named by `store`, created (SQLite) and migrated when new. `pool_size`: the
+    most connections one process opens to PostgreSQL."""
+    spec = str(store)
+    scheme = urllib.parse.urlsplit(spec).scheme if "://" in spec else ""
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            from .postgres import PostgresArchive
+        except ImportError:
+            raise UserError(
+                "a postgresql:// store needs the PostgreSQL driver: pip install 'syncd[postgres]'"
+            ) from None
+        return await PostgresArchive.open(spec, pool_size=pool_size)
+    if scheme == "sqlite":
+        path = spec.removeprefix("sqlite://")
+        if not path.startswith("/"):
+            raise UserError(f"store {spec!r}: write sqlite:///absolute/path/archive.db")
+        spec = path
+    elif scheme:
+        raise UserError(
+            f"store {redact(spec)!r}: unknown scheme {scheme!r}; use a file path, "
+            "sqlite:///path or postgresql://user:password@host:port/database"
+        )
     from .sqlite import SqliteArchive
 
-    return await SqliteArchive.open(path)
+    return await SqliteArchive.open(Path(spec).expanduser())
+
+
+def redact(store: str | Path) -> str:
+    """`store` with any password in it hidden, fit for logs and error messages."""
+    spec = str(store)
+    if "://" not in spec:
+        return spec
+    parts = urllib.parse.urlsplit(spec)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    query = "&".join(
+        "password=***" if pair.split("=", 1)[0] == "password" else pair
+        for pair in parts.query.split("&")
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))

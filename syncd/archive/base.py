@@ -9,16 +9,36 @@ replaced whole. A sync batch is checked completely before anything is written an
 one transaction, so a bad item leaves the share as it was. Items are stored as the JSON text
 they arrived as, so numbers keep their type.
 
-The change feed: each write gives the items it stores the share's next sequence numbers, so
-`changes(share_id, after)` returns the newest state of everything written after `after`, in
-order, with no gaps across restarts or processes.
+The change feed (live share pages read it): each write gives the items it stores the share's
+next sequence numbers, so `changes(share_id, after)` returns the newest state of everything
+written after `after`, in order, with no gaps across restarts or processes. An item written
+again moves to its new number, so a reader that resumes from the last number it saw gets every
+change once. A store must make numbers visible in order: a writer holds the share (its row
+lock, or SQLite's write lock) from taking numbers until it commits, so no reader can see
+number 12 before 11 is committed. `wait_for_change(share_id, after)` returns as soon as the
+share moves past `after`, whichever process (or replica) wrote it (the daemon writes the
+embedded archive while `syncd serve` reads it).
+
+The session list (the front page): every sync that carries the session or a message keeps the
+share's summary current (`SessionSummary`: title, directory, update time, message count, cost,
+tokens), so listing tens of thousands of sessions is an indexed range read, never a scan of
+their items. The fields come from the session item by one rule, `SessionFields.of`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import json
 import re
+import secrets
 import time
+import uuid
 from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .. import jsontext
@@ -48,6 +68,160 @@ class BadSyncData(ValueError):
     """A sync batch (or create request) that cannot be stored; the message names the item."""
 
 
+@dataclass(frozen=True)
+class SessionCursor:
+    """A place in the session list, which runs newest first: by the session's update time,
+    then by share id."""
+
+    updated: int
+    share_id: str
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One archived session as the session list shows it."""
+
+    share_id: str
+    session_id: str
+    url: str
+    title: str
+    directory: str
+    updated: int  # the session's own time.updated (ms), else when its share was created
+    messages: int
+    cost: float
+    tokens: int
+
+    @property
+    def cursor(self) -> SessionCursor:
+        return SessionCursor(self.updated, self.share_id)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class SessionFields:
+    """The summary fields a session item gives: opencode keeps the session's cost and token
+    counts on the session itself (`cost`, `tokens.{input,output,reasoning,cache.{read,write}}`);
+    the tokens shown are all five added up. Anything of the wrong type counts as absent."""
+
+    title: str = ""
+    directory: str = ""
+    updated: int | None = None
+    cost: float = 0.0
+    tokens: int = 0
+
+    @classmethod
+    def of(cls, session: Any) -> SessionFields:
+        session = _object(session)
+        updated = _object(session.get("time")).get("updated")
+        tokens = _object(session.get("tokens"))
+        cache = _object(tokens.get("cache"))
+        counts = [tokens.get("input"), tokens.get("output"), tokens.get("reasoning")]
+        counts += [cache.get("read"), cache.get("write")]
+        title, directory = session.get("title"), session.get("directory")
+        return cls(
+            title=title if isinstance(title, str) else "",
+            directory=directory if isinstance(directory, str) else "",
+            updated=updated if isinstance(updated, int) and not isinstance(updated, bool) else None,
+            cost=_number(session.get("cost")),
+            tokens=int(sum(_number(count) for count in counts)),
+        )
+
+
+# The summary columns of `share`, in the order `summary_of_row` reads them.
+SUMMARY_COLUMNS = (
+    "id, session_id, url, title, directory, session_updated, message_count, cost, tokens"
+)
+# Message items, as a range of the (share_id, item_key) primary key: counted without a scan.
+MESSAGE_KEYS = "item_key >= 'message/' AND item_key < 'message0'"
+# What the session list's filter looks in.
+SEARCHED_COLUMNS = ("title", "directory", "session_id")
+
+
+def summary_of_row(row: Iterable[Any]) -> SessionSummary:
+    share_id, session_id, url, title, directory, updated, messages, cost, tokens = row
+    return SessionSummary(
+        share_id=share_id,
+        session_id=session_id,
+        url=url,
+        title=title,
+        directory=directory,
+        updated=updated or 0,
+        messages=messages,
+        cost=cost,
+        tokens=tokens,
+    )
+
+
+def summary_update(share_id: str, session_text: str | None, *, mark: str) -> tuple[str, list[Any]]:
+    """The UPDATE (in a store's dialect, `mark` its parameter placeholder) that brings the
+    share's summary columns up to date with its items, given its session item's JSON text
+    (None when it has none yet), and its parameters."""
+    fields = SessionFields.of(json.loads(session_text) if session_text is not None else None)
+    sql = (
+        f"UPDATE share SET title = {mark}, directory = {mark}, "
+        f"session_updated = coalesce({mark}, time_created), cost = {mark}, tokens = {mark}, "
+        f"message_count = (SELECT count(*) FROM share_item WHERE share_id = {mark} "
+        f"AND {MESSAGE_KEYS}) WHERE id = {mark}"
+    )
+    values = [fields.title, fields.directory, fields.updated, fields.cost, fields.tokens]
+    return sql, [*values, share_id, share_id]
+
+
+def session_list_query(
+    query: str,
+    before: SessionCursor | None,
+    after: SessionCursor | None,
+    limit: int,
+    *,
+    mark: str,
+    like: str,
+) -> tuple[str, list[Any], bool]:
+    """The SELECT of one page of the session list in a store's dialect (`mark`: its parameter
+    placeholder, `like`: its case-ignoring LIKE), its parameters, and whether the rows come
+    oldest first (the page before `after`) and must be reversed."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if query:
+        # The query taken literally: its own %, _ and \ escaped.
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        matches = (f"{column} {like} {mark} ESCAPE '\\'" for column in SEARCHED_COLUMNS)
+        conditions.append(f"({' OR '.join(matches)})")
+        params += [f"%{escaped}%"] * len(SEARCHED_COLUMNS)
+    # Keyset pagination: a page starts where the last one ended, read along the
+    # (session_updated, id) index, whatever the page number.
+    if before is not None:
+        conditions.append(f"(session_updated, id) < ({mark}, {mark})")
+        params += [before.updated, before.share_id]
+    elif after is not None:
+        conditions.append(f"(session_updated, id) > ({mark}, {mark})")
+        params += [after.updated, after.share_id]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    oldest_first = before is None and after is not None
+    order = "ASC" if oldest_first else "DESC"
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS} FROM share {where} "
+        f"ORDER BY session_updated {order}, id {order} LIMIT {mark}"
+    )
+    return sql, [*params, limit], oldest_first
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (database down, restarting, out of connections); the
+    request may succeed later. Whether an interrupted write landed is unknown: a retry of the
+    same batch (same dedup key) settles it. The message never holds a password."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -61,20 +235,16 @@ def _json_text(value: Any, where: str) -> str:
 
 
 def require_text(value: Any, name: str) -> str:
-    """`value` as a non-empty string with a UTF-8 form (an id or a secret is stored and
-    compared as text); BadSyncData naming `name` otherwise."""
+    """`value` as a non-empty string both stores can keep as text (an id, a secret, a batch
+    key): a UTF-8 form (no lone surrogate), and no NUL (PostgreSQL text holds none);
+    BadSyncData naming `name` otherwise."""
     if not isinstance(value, str) or not value:
         raise BadSyncData(f"{name} must be a non-empty string")
     if not jsontext.is_text(value):
         raise BadSyncData(f"{name} holds a lone surrogate, which is not text")
+    if "\x00" in value:
+        raise BadSyncData(f"{name} must not contain NUL characters")
     return value
-
-
-def share_id_for(session_id: str) -> str | None:
-    """The share id opencode's server derives from a session id (its last 8 characters), or
-    None when those cannot name a share in a url."""
-    share_id = session_id[-SHARE_ID_LENGTH:]
-    return share_id if SHARE_ID_CHARACTERS.fullmatch(share_id) else None
 
 
 def _require_str(data: dict[str, Any], field: str, where: str) -> str:
@@ -108,8 +278,70 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
     return key, kind, _json_text(data, where)
 
 
+def share_ids(session_id: str) -> Iterator[str]:
+    """The ids to try, in order, for a new share of `session_id`: the session id's last
+    characters, as on opencode's server (unless they cannot name a share in a url path as
+    they are), then random ones (another share holds it)."""
+    derived = session_id[-SHARE_ID_LENGTH:]
+    if SHARE_ID_CHARACTERS.fullmatch(derived):
+        yield derived
+    while True:
+        yield secrets.token_hex(SHARE_ID_LENGTH // 2)
+
+
+def new_secret() -> str:
+    return str(uuid.uuid4())
+
+
+def secret_matches(stored: str, given: Any) -> bool:
+    """Whether `given` is the share's secret, compared in constant time (a given secret with
+    a lone surrogate is simply not it)."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(stored.encode(), given.encode("utf-8", "surrogatepass"))
+
+
+def check_session_id(session_id: Any) -> None:
+    """BadSyncData unless a share can be made for `session_id` (`require_text`: both stores
+    refuse alike)."""
+    require_text(session_id, "sessionID")
+
+
+class ChangeWaiters:
+    """The tasks of this process waiting for a share to change, woken by whoever learns of a
+    change (the writer itself, or a notification from another process)."""
+
+    def __init__(self) -> None:
+        self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.contextmanager
+    def watching(self, share_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._events[share_id].add(event)
+        try:
+            yield event
+        finally:
+            self._events[share_id].discard(event)
+            if not self._events[share_id]:
+                del self._events[share_id]
+
+    def wake(self, share_id: str | None = None) -> None:
+        """Wake the waiters on `share_id`, or every waiter (changes may have been missed)."""
+        groups = self._events.values() if share_id is None else [self._events.get(share_id, set())]
+        for events in groups:
+            for event in events:
+                event.set()
+
+
 class ArchiveStore(ABC):
     """Shares and their merged content. Every method is safe to call concurrently."""
+
+    # How often a waiter re-reads the share's sequence number even without a wake-up: writes
+    # by a process that cannot wake this one (another process on the same SQLite file).
+    change_poll_interval = 1.0
+
+    def __init__(self) -> None:
+        self.waiters = ChangeWaiters()
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -117,8 +349,8 @@ class ArchiveStore(ABC):
     @abstractmethod
     async def create_share(self, session_id: str, base_url: str) -> Share:
         """A new share of `session_id`. Its id is the session id's last 8 characters, as on
-        opencode's server (`share_id_for`), or a random one when another share holds that id
-        already or those characters cannot name a share in a url."""
+        opencode's server, or a random one when another share holds that id already or those
+        characters cannot name a share in a url (`share_ids`)."""
 
     @abstractmethod
     async def share_for_session(self, session_id: str, base_url: str) -> Share:
@@ -147,7 +379,45 @@ class ArchiveStore(ABC):
     async def changes(
         self, share_id: str, after: int, limit: int = 500
     ) -> list[tuple[int, SyncItem]]:
-        """(seq, item) of the items written after sequence `after`, oldest first."""
+        """(seq, item) of the items written after sequence `after`, oldest first; at most
+        `limit` of them. ShareNotFound when the share does not exist (or was deleted)."""
+
+    @abstractmethod
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        """Up to `limit` archived sessions, newest first: those older than `before`, or the
+        ones just newer than `after` (the page before), or the newest. `query` keeps those
+        whose title, directory or session id holds it, ignoring case."""
+
+    @abstractmethod
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        """The share's session as the list shows it; ShareNotFound when there is none."""
+
+    @abstractmethod
+    async def seq(self, share_id: str) -> int:
+        """The share's newest sequence number (0 before its first item); ShareNotFound."""
+
+    async def wait_for_change(self, share_id: str, after: int, timeout: float) -> bool:
+        """Wait until the share's sequence number passes `after`, for at most `timeout`
+        seconds; True when it did. ShareNotFound when the share is (or becomes) gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.waiters.watching(share_id) as woken:
+            while True:
+                woken.clear()  # before reading: a wake-up after the read is not lost
+                if await self.seq(share_id) > after:
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(remaining, self.change_poll_interval))
 
     async def read_share(self, share_id: str) -> dict[str, Any]:
         """The merged share: {"session", "messages", "parts", "diffs", "models"}; messages

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import secrets
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,15 +17,23 @@ from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
-    SHARE_ID_LENGTH,
+    SUMMARY_COLUMNS,
     ArchiveStore,
     BadSyncData,
     InvalidSecret,
+    SessionCursor,
+    SessionSummary,
     ShareNotFound,
+    check_session_id,
     item_key,
+    new_secret,
     now_ms,
     require_text,
-    share_id_for,
+    secret_matches,
+    session_list_query,
+    share_ids,
+    summary_of_row,
+    summary_update,
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -36,6 +41,7 @@ MIGRATIONS = Path(__file__).with_name("migration")
 
 class SqliteArchive(ArchiveStore):
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
+        super().__init__()
         self.path = path
         self._conn = conn
         # One connection: reads must not see another call's transaction half done.
@@ -50,7 +56,13 @@ class SqliteArchive(ArchiveStore):
             raise UserError(f"cannot open the archive {path}: {os_problem(exc, path)}") from None
         except aiosqlite.Error as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
-        return cls(path, conn)
+        archive = cls(path, conn)
+        try:
+            await archive._summarise_unsummarised()
+        except BaseException:
+            await conn.close()
+            raise
+        return archive
 
     async def close(self) -> None:
         await self._conn.close()
@@ -71,42 +83,49 @@ class SqliteArchive(ArchiveStore):
         row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
         if row is None:
             raise ShareNotFound()
-        given = secret.encode("utf-8", "surrogatepass") if isinstance(secret, str) else None
-        if given is None or not hmac.compare_digest(row[0].encode(), given):
+        if not secret_matches(row[0], secret):
             raise InvalidSecret()
 
     # -- shares ----------------------------------------------------------------------------
 
     async def create_share(self, session_id: str, base_url: str) -> Share:
-        require_text(session_id, "sessionID")
-        secret = str(uuid.uuid4())
-        stamp = now_ms()
+        check_session_id(session_id)
         async with self._transaction() as db:
-            share_id = share_id_for(session_id) or secrets.token_hex(SHARE_ID_LENGTH // 2)
-            while await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
-                share_id = secrets.token_hex(SHARE_ID_LENGTH // 2)
-            url = f"{base_url}/share/{share_id}"
-            await db.execute(
-                "INSERT INTO share (id, session_id, secret, url, time_created, time_updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (share_id, session_id, secret, url, stamp, stamp),
-            )
+            return await self._create(db, session_id, base_url)
+
+    async def _create(self, db: aiosqlite.Connection, session_id: str, base_url: str) -> Share:
+        secret, stamp = new_secret(), now_ms()
+        for share_id in share_ids(session_id):
+            if not await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
+                break
+        url = f"{base_url}/share/{share_id}"
+        await db.execute(
+            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+            "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (share_id, session_id, secret, url, stamp, stamp, stamp),
+        )
         return Share(id=share_id, secret=secret, url=url)
 
     async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        rows = await self._rows(
-            "SELECT id, secret, url FROM share WHERE session_id = ? "
-            "ORDER BY time_created DESC, rowid DESC LIMIT 1",
-            (session_id,),
-        )
-        if rows:
-            return Share(id=rows[0][0], secret=rows[0][1], url=rows[0][2])
-        return await self.create_share(session_id, base_url)
+        check_session_id(session_id)
+        # Lookup and creation in one transaction: two requests for a new session's share at
+        # once get the same share.
+        async with self._transaction() as db:
+            row = await self._fetch(
+                db,
+                "SELECT id, secret, url FROM share WHERE session_id = ? "
+                "ORDER BY time_created DESC, rowid DESC LIMIT 1",
+                (session_id,),
+            )
+            if row is not None:
+                return Share(id=row[0], secret=row[1], url=row[2])
+            return await self._create(db, session_id, base_url)
 
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)
             await db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
 
     async def list_shares(self) -> list[dict[str, Any]]:
         rows = await self._rows(
@@ -167,7 +186,10 @@ class SqliteArchive(ArchiveStore):
                 "WHERE id = ?",
                 (stamp, seq + len(merged), share_id),
             )
+            if any(kind in ("session", "message") for _, kind, _ in merged):
+                await self._summarise(db, share_id)
             row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
+        self.waiters.wake(share_id)
         return int(row[0])
 
     async def read_items(self, share_id: str) -> list[dict[str, Any]]:
@@ -180,6 +202,12 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [{"type": kind, "data": json.loads(text)} for kind, text in rows]
+
+    async def seq(self, share_id: str) -> int:
+        rows = await self._rows("SELECT seq FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return int(rows[0][0])
 
     async def changes(
         self, share_id: str, after: int, limit: int = 500
@@ -194,3 +222,40 @@ class SqliteArchive(ArchiveStore):
             ) as cursor:
                 rows = await cursor.fetchall()
         return [(seq, {"type": kind, "data": json.loads(text)}) for seq, kind, text in rows]
+
+    # -- the session list ------------------------------------------------------------------
+
+    async def _summarise(self, db: aiosqlite.Connection, share_id: str) -> None:
+        """Bring the share's summary columns up to date with its items."""
+        row = await self._fetch(
+            db,
+            "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
+            (share_id,),
+        )
+        await db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))
+
+    async def _summarise_unsummarised(self) -> None:
+        """Shares stored before the archive kept summaries have none yet (NULL update time)."""
+        for (share_id,) in await self._rows("SELECT id FROM share WHERE session_updated IS NULL"):
+            async with self._transaction() as db:
+                await self._summarise(db, share_id)
+
+    async def list_sessions(
+        self,
+        query: str = "",
+        *,
+        before: SessionCursor | None = None,
+        after: SessionCursor | None = None,
+        limit: int = 50,
+    ) -> list[SessionSummary]:
+        sql, params, oldest_first = session_list_query(
+            query, before, after, limit, mark="?", like="LIKE"
+        )
+        summaries = [summary_of_row(row) for row in await self._rows(sql, params)]
+        return summaries[::-1] if oldest_first else summaries
+
+    async def session_summary(self, share_id: str) -> SessionSummary:
+        rows = await self._rows(f"SELECT {SUMMARY_COLUMNS} FROM share WHERE id = ?", (share_id,))
+        if not rows:
+            raise ShareNotFound()
+        return summary_of_row(rows[0])

@@ -46,4 +46,5 @@ def config_flags(args: argparse.Namespace) -> dict[str, object]:
     flags: dict[str, object] = {name: getattr(args, name, None) for name in names}
     flags["serve_host"] = getattr(args, "host", None)
     flags["serve_port"] = getattr(args, "port", None)
+    flags["store"] = getattr(args, "store", None)
     return flags

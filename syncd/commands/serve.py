@@ -15,6 +15,12 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     sub = commands.add_parser("serve", parents=[common], help=help, description=help)
     sub.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     sub.add_argument("--port", type=int, help="port to listen on (default 4788, 0: any free)")
+    sub.add_argument(
+        "--store",
+        metavar="URL",
+        help="archive: a path, sqlite:///path or postgresql://user@host:port/db "
+        "(default: --archive); keep passwords out of the command line (config file, PGPASSFILE)",
+    )
     sub.set_defaults(command=_command)
 
 

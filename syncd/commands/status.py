@@ -25,9 +25,12 @@ from rich.text import Text
 
 from ..config import Config
 from ..errors import UserError
+from ..source import json_store
 from ..source.opencode_db import OpencodeDb
+from ..source.storage import storage_dir
 from ..state.lock import StateLock
 from ..state.store import StateStore
+from ..transports.local import page_url
 from . import Subcommands
 
 LAG_LIMIT_SECONDS = 300.0
@@ -71,6 +74,8 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     sessions = []
     for row in rows:
         lag = now - row["oldest_pending"] / 1000 if row["oldest_pending"] else 0.0
+        if row["share_url"]:
+            row["share_url"] = page_url(row["share_url"], config.serve_url)
         state_name = verdict(row, running)
         sessions.append({**row, "state": state_name, "lag_seconds": round(max(lag, 0.0), 1)})
     worst_lag = max((s["lag_seconds"] for s in sessions), default=0.0)
@@ -101,6 +106,7 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         "totals": totals,
         "sessions": sessions,
         "dead_letters": dead,
+        "opencode": opencode_source(config),
     }  # fmt: skip
 
 
@@ -111,8 +117,25 @@ async def _opencode_unreadable(config: Config) -> str | None:
         db = await OpencodeDb.open(config.db)
     except UserError as error:
         return str(error)
-    await db.close()
+    try:
+        await db.readable()
+    except UserError as error:
+        return str(error)
+    finally:
+        await db.close()
     return None
+
+
+def opencode_source(config: Config) -> dict[str, Any]:
+    """Where syncd reads opencode's sessions: its database, and the JSON session files under
+    its storage/ (opencode <= 1.1, or left behind by an upgrade)."""
+    storage = storage_dir(config.db)
+    return {
+        "db": str(config.db),
+        "db_exists": config.db.is_file(),
+        "json_session_files": json_store.count_sessions(storage),
+        "storage": str(storage),
+    }
 
 
 async def show(config: Config, as_json: bool = False, max_lag: float = LAG_LIMIT_SECONDS) -> int:
@@ -153,7 +176,23 @@ def render(report: dict[str, Any], out: TextIO) -> None:
     running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
     notes = [Text(f"  note: {notice}") for notice in report["notices"]]
     problems = [Text(f"  - {problem}") for problem in report["problems"]]
-    emit(out, *head, Text(f"daemon: {running}"), *notes, summary, *problems)
+    emit(
+        out, *head, Text(f"daemon: {running}"), *notes, summary, *problems,
+        *source_lines(report["opencode"]),
+    )  # fmt: skip
+
+
+def source_lines(source: dict[str, Any]) -> list[Text]:
+    lines = [] if source["db_exists"] else [Text(f"no opencode database at {source['db']}")]
+    if source["json_session_files"]:
+        lines.append(
+            Text(
+                f"{source['json_session_files']} JSON session file(s) under {source['storage']} "
+                "(opencode <= 1.1, or left by an upgrade): delivered too, unless the "
+                "database has the same session"
+            )
+        )
+    return lines
 
 
 def emit(out: TextIO, *renderables: RenderableType) -> None:

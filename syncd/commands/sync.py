@@ -92,6 +92,8 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
         backoff_max=min(config.backoff_max, 10.0),
         give_up_after=give_up_after,
         request_timeout=config.request_timeout,
+        # Evidence about a share must fit in the time `sync` has.
+        ambiguous_after=min(RetryPolicy.ambiguous_after, give_up_after / 3),
     )
     pipeline = await Pipeline.open(config, policy)
     try:

@@ -12,12 +12,14 @@ items refused alone are dead-lettered, each with its reason, and the rest of the
 on. A refused create dead-letters the batch. A lost share is re-created once and the whole
 session sent again.
 
-opencode's own share server answers a lost share, a refused secret and an existing share with
-the same bare 500 as a passing failure. The evidence that tells them apart: the same call
-failing AMBIGUOUS_LIMIT times in a row while the receiver answers other calls. Then the share
-is probed by creating it again: a new share means the old one was lost; a refusal means a share
-of the session exists under a secret syncd does not hold, which opencode's own `session_share`
-row may have. Otherwise the batch is dead-lettered with a reason a person can act on.
+opencode's own share server answers a lost share, a refused secret, an existing share and a
+failing storage with the same bare 500. The evidence that tells them apart: the same call
+failing with it at least AMBIGUOUS_LIMIT times over `RetryPolicy.ambiguous_after` seconds while
+the receiver answers reads the way opencode's server does. Then the share is probed by creating
+it again: a new share means the old one was lost (it gets the whole session); a refusal means
+the share exists and keeps refusing syncd's calls, most likely under a secret syncd does not
+hold, which opencode's own `session_share` row may have. Otherwise the batch is dead-lettered
+with a reason a person can act on; the credentials syncd holds are kept.
 """
 
 from __future__ import annotations
@@ -49,24 +51,27 @@ from ..transports.base import (
     DeliveryError,
     KeyRefusedError,
     OversizeSuspectedError,
+    ReceiverProbe,
     RejectedError,
     RetryableError,
-    SecretRefusedError,
     ShareExistsError,
     ShareNotFoundError,
     ShareProblem,
+    ThrownError,
     Transport,
     UnsendableError,
 )
-from ..urls import origin_of
+from ..urls import same_server
 from .conditions import RECEIVER, Conditions
 from .planner import PlannedBatch, plan_batches
 
 log = structlog.get_logger("syncd.deliver")
 T = TypeVar("T")
-# Bare 500s in a row on one call before the receiver is asked whether it answers at all; also
-# the connections dropped in a row under one item alone before it counts as too large.
+# Bare 500s in a row on one call, at the least, before the receiver is probed; also the
+# connections dropped in a row under one item alone before it counts as too large.
 AMBIGUOUS_LIMIT = 3
+# Errors a remote method threw that syncd does not know, in a row, before the batch is refused.
+THROWN_LIMIT = 5
 # A call's deadline grows with the body it sends, at this rate: an upload on a slow link is
 # not a receiver that stalls.
 UPLOAD_BYTES_PER_SECOND = 256 * 1024
@@ -80,6 +85,9 @@ class RetryPolicy:
     give_up_after: float | None = None
     # Every call's deadline: connect, send and the whole answer.
     request_timeout: float = 30.0
+    # How long the same call must keep failing with a bare 500 before it counts as evidence
+    # about the share rather than a passing failure of the server.
+    ambiguous_after: float = 120.0
     started: float = field(default_factory=time.monotonic)
 
     def wait(self, state: RetryCallState) -> float:
@@ -126,6 +134,7 @@ class SessionDelivery:
         self,
         *,
         db: OpencodeDb,
+        only_shared: bool,
         state: StateStore,
         transport: Transport,
         target: str,
@@ -140,6 +149,7 @@ class SessionDelivery:
         conditions: Conditions,
     ) -> None:
         self.db = db
+        self.only_shared = only_shared
         self._state = state
         self._transport = transport
         self._target = target
@@ -195,6 +205,12 @@ class SessionDelivery:
             log.info("receiver reconfigured; batch stays pending for it", session=session_id)
 
     async def _deliver_pending(self, session_id: str) -> None:
+        if self.only_shared and not await self.db.is_shared(session_id):
+            # Unshared in opencode while items waited: publishing them now would share again
+            # what the user took back. A new share in opencode captures the session anew.
+            log.info("session no longer shared in opencode; not sent", session=session_id)
+            await self._state.forget_session(session_id)
+            return
         while pending := await self._state.pending(session_id, self._max_items):
             loaded = await load(self.db, pending, self._catalogue)
             if loaded.bad:
@@ -261,6 +277,9 @@ class SessionDelivery:
                 return True
             return await self._refused(session_id, planned, error)
         await self._state.ack(session_id, planned.acknowledges, planned.diff_hash)
+        if known is not None and known[1]:
+            # Delivered to the re-created share: a later loss is a new loss, not the same one.
+            await self._state.save_share(session_id, target, known[0])
         self._metrics.record_delivered(len(batch.items), planned.size)
         log.debug("batch delivered", session=session_id, items=len(batch.items))
         return True
@@ -289,9 +308,18 @@ class SessionDelivery:
         batch: Batch | None,
         target: str,
         planned: PlannedBatch | None = None,
+        *,
+        probing: bool = False,
     ) -> Created:
+        """Create the share (with `planned`'s batch, when the transport carries one along).
+        `probing`: a bare 500 is the answer (the share exists), not a failure to wait out."""
         return await self._retrying(
-            session_id, "create", lambda t: t.create(session_id, batch), target, planned
+            session_id,
+            "create",
+            lambda t: t.create(session_id, batch),
+            target,
+            planned,
+            probing=probing,
         )
 
     async def _sync(
@@ -316,7 +344,7 @@ class SessionDelivery:
         if not self._transport.reuses_opencode_shares or not self._origin:
             return None
         share = await self.db.share_of(session_id)
-        if share is None or origin_of(share.url) != self._origin:
+        if share is None or not same_server(share.url, self._origin):
             return None
         return share
 
@@ -324,9 +352,12 @@ class SessionDelivery:
         self, session_id: str, planned: PlannedBatch, message: str, created: Created | None = None
     ) -> bool:
         """The receiver lost the share: a new one (`created`, or made now) gets the whole
-        session. Lost again right after, the batch is dead-lettered."""
+        session. Lost again before anything reached the new one, the batch is dead-lettered."""
         known = await self._state.share(session_id, self._target)
-        if known is not None and known[1]:
+        if created is not None:
+            # Made by the probe: recorded before anything else, so it is never orphaned.
+            await self._state.save_share(session_id, self._target, created.share, recreated=True)
+        if created is None and known is not None and known[1]:
             await self._reject(
                 session_id, planned, f"share lost again after re-creating it: {message}"
             )
@@ -334,41 +365,42 @@ class SessionDelivery:
         log.warning("share lost on the receiver; re-creating it", session=session_id)
         if created is None:
             created = await self._create(session_id, None, self._target)
-        await self._state.save_share(session_id, self._target, created.share, recreated=True)
+            await self._state.save_share(session_id, self._target, created.share, recreated=True)
         await self._resend_whole(session_id)
         return False
 
     async def _probe(self, session_id: str, planned: PlannedBatch, share: Share, why: str) -> bool:
         """Calls on `share` keep failing while the receiver answers: create the share again.
-        A new share means the old one was lost; a refusal, that it exists under another
-        secret."""
+        A new share means the old one was lost; a refusal, that the share exists and refuses
+        syncd's calls."""
         log.warning("share keeps failing; probing it by creating it again", session=session_id)
         try:
-            created = await self._create(session_id, None, self._target)
-        except (ShareExistsError, KeepsFailing, RejectedError, SecretRefusedError):
+            created = await self._create(session_id, None, self._target, probing=True)
+        except (ShareProblem, RejectedError):
             return await self._reclaim(session_id, planned, share, why)
         return await self._recreate(session_id, planned, why, created)
 
     async def _reclaim(
         self, session_id: str, planned: PlannedBatch, refused: Share | None, why: str
     ) -> bool:
-        """A share of the session exists on the receiver, and the secret syncd holds (if any)
-        is not its secret. opencode's own credentials for it are the one way back; without
-        them the batch is dead-lettered, explained, instead of retried for ever."""
+        """A share of the session exists on the receiver and refuses syncd's calls (or its
+        creation). opencode's own credentials for it are the one way back; without them the
+        batch is dead-lettered, explained, instead of retried for ever. The credentials syncd
+        holds are kept: the server may only be failing to write."""
         share = await self._opencode_share(session_id)
         if share is not None and (refused is None or share.secret != refused.secret):
             log.warning("continuing the share opencode made of this session", session=session_id)
             await self._state.save_share(session_id, self._target, share)
             await self._resend_whole(session_id)  # opencode's own share is rarely complete
             return False
-        await self._state.drop_share(session_id, self._target)
         await self._reject(
             session_id,
             planned,
-            "shared on the server by someone else: a share of this session exists on the "
-            "receiver under a secret syncd does not hold (created by opencode's own share, or "
-            "by syncd before its state was lost); delete that share on the server, then run "
-            f"`syncd dead-letters retry --all` (last error: {why})",
+            "shared on the server by someone else: the receiver keeps refusing this session's "
+            "share and refuses to create it again, so it exists under a secret syncd does not "
+            "hold (made by opencode's own share, or by syncd before its state was lost), or "
+            "the server fails to write it; delete that share on the server or fix the server, "
+            f"then run `syncd dead-letters retry --all` (last error: {why})",
         )
         return True
 
@@ -390,19 +422,22 @@ class SessionDelivery:
         call: Callable[[Transport], Awaitable[T]],
         target: str | None = None,
         carries: PlannedBatch | None = None,
+        *,
+        probing: bool = False,
     ) -> T:
         """`call` on the current transport until it succeeds, is refused, or the policy gives
-        up; raises TargetChanged when the receiver is reconfigured away from `target`.
+        up; raises TargetChanged when the receiver is reconfigured away from `target`, and
+        KeepsFailing when the evidence says the share, not the server, is the problem.
         `carries`: the batch the call sends (its size stretches the deadline; a connection
         that drops under it may be refusing its size)."""
-
-        ambiguous = dropped = 0
+        ambiguous_since: float | None = None
+        ambiguous = thrown = dropped = 0
         items = len(carries.batch.items) if carries is not None else 0
         sent = carries.size if carries is not None else 0
         failed: RetryableError | None = None  # the last failure, what giving up reports
 
         async def attempt() -> T:
-            nonlocal ambiguous, dropped, failed
+            nonlocal ambiguous_since, ambiguous, thrown, dropped, failed
             try:
                 return await call_once()
             except GivenUp as given_up:
@@ -419,10 +454,27 @@ class SessionDelivery:
                     ) from error
                 failed = error
                 raise
+            except ThrownError as error:
+                thrown += 1
+                if thrown >= THROWN_LIMIT:
+                    raise RejectedError(f"{error} ({thrown} times in a row)") from error
+                failed = error
+                raise
             except RetryableError as error:
                 failed = error
-                ambiguous = ambiguous + 1 if error.ambiguous else 0
-                if ambiguous >= AMBIGUOUS_LIMIT and await self._answering():
+                if not error.ambiguous:
+                    ambiguous_since, ambiguous = None, 0
+                    raise
+                if probing:
+                    raise ShareExistsError(str(error)) from error
+                now = time.monotonic()
+                ambiguous_since = ambiguous_since or now
+                ambiguous += 1
+                if (
+                    ambiguous >= AMBIGUOUS_LIMIT
+                    and now - ambiguous_since >= self._policy.ambiguous_after
+                    and await self._probe_receiver() is ReceiverProbe.AMBIGUOUS
+                ):
                     raise KeepsFailing(str(error)) from error
                 raise
 
@@ -496,11 +548,11 @@ class SessionDelivery:
                 f"{operation}: cannot be sent: {type(error).__name__}: {error}"
             ) from error
 
-    async def _answering(self) -> bool:
+    async def _probe_receiver(self) -> ReceiverProbe:
         try:
-            return await self._bounded("probe", self._transport.answering())
+            return await self._bounded("probe", self._transport.probe())
         except DeliveryError:
-            return False
+            return ReceiverProbe.DOWN
 
     async def _sleep(self, seconds: float) -> None:
         """A retry's wait, cut short when the transport is replaced (a reload with a fixed key

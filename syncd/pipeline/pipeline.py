@@ -86,6 +86,7 @@ class Pipeline:
         self.detector = ChangeDetector(db, only_shared=config.sessions == "shared")
         self.delivery = SessionDelivery(
             db=db,
+            only_shared=config.sessions == "shared",
             state=state,
             transport=transport,
             target=target_of(config),
@@ -107,6 +108,7 @@ class Pipeline:
         self._capturing = asyncio.Lock()
         self._last_version: int | None = None  # PRAGMA data_version at the last capture
         self._trouble_since: float | None = None  # since when the database cannot be read
+        self._captured = False  # a look has captured since the daemon started
         self._deleting: set[str] = set()  # sessions whose remote copy goes at their turn
         self.daemon = False  # `syncd run`'s: it records where it delivers in the state
 
@@ -164,18 +166,22 @@ class Pipeline:
             if resource is not None:
                 await close_quietly(resource)
 
-    async def look(self, *, deep: bool = False, file_event: bool = False) -> None:
-        """One look at opencode's database (at start, a wake-up, a poll): reopen it when the
-        file was replaced (or could not be read), capture what changed, and keep going,
-        unhealthy with the reason, while it cannot be read. `file_event`: a commit is
-        confirmed by PRAGMA data_version before anything is read."""
+    async def look(
+        self, *, deep: bool = False, file_event: bool = False, json_moved: bool = False
+    ) -> None:
+        """One look at opencode's data (at start, a wake-up, a poll): reopen the database when
+        the file was replaced (or could not be read), capture what changed, and keep going,
+        unhealthy with the reason, while it cannot be read (a newer schema, one being
+        migrated, a corrupted or missing file). `file_event`: a commit is confirmed by
+        PRAGMA data_version before anything is read; `json_moved`: the JSON sessions under
+        storage/ are read again."""
         db = self.db
-        opened = db.identity is not None
+        troubled = self._trouble_since is not None
         try:
-            moved = db.moved() if opened else None
+            moved = db.moved()
             if moved == "deleted":
                 raise UserError("it is gone (deleted or moved away); what is pending is still sent")
-            if not opened or moved is not None or self._trouble_since is not None:
+            if not db.connected or moved is not None or troubled:
                 await db.reopen()
                 self._last_version = None
             if moved is not None:
@@ -186,21 +192,24 @@ class Pipeline:
                 )
             # Read before the capture: a commit landing during it still differs next time.
             version = await db.data_version()
-            if file_event and moved is None and version == self._last_version:
+            if json_moved:
+                db.json_stale = True
+            elif file_event and moved is None and version == self._last_version:
                 return  # a file event without a commit (a checkpoint, our own read)
-            await self.capture(deep=deep, fresh=moved is not None)
+            await self.capture(deep=deep or troubled, fresh=moved is not None)
             self._last_version = version
         except UserError as error:  # the database cannot be read (OpencodeDb says why)
-            await self._source_trouble(error, settled=not opened)
+            await self._source_trouble(error, settled=not self._captured)
             return
+        self._captured = True
         self._trouble_since = None
         await self.conditions.clear(SOURCE)
 
     async def _source_trouble(self, error: Exception, *, settled: bool) -> None:
-        """The database cannot be read. Unhealthy at once when it never could (`settled`);
-        otherwise once the trouble outlasts a safety poll (at most SOURCE_SETTLE_SECONDS): a
-        database being replaced or recreated is briefly gone or half made, and that is no
-        problem to report."""
+        """The database cannot be read. Unhealthy at once when it never could since the start
+        (`settled`); otherwise once the trouble outlasts a safety poll (at most
+        SOURCE_SETTLE_SECONDS): a database being replaced or recreated is briefly gone or half
+        made, and that is no problem to report."""
         now = time.monotonic()
         if self._trouble_since is None:
             self._trouble_since = now
@@ -334,6 +343,7 @@ class Pipeline:
         self.metrics.health.period = config.health_period
         if "sessions" in changed:
             self.detector.only_shared = config.sessions == "shared"
+            self.delivery.only_shared = config.sessions == "shared"
         self.config = config
         if changed & TRANSPORT_KEYS:
             await self._record_delivering()
@@ -364,7 +374,8 @@ def delivering(config: Config) -> dict[str, str | None]:
 
 
 async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
-    """Capture changes as the database moves, until `stop`."""
+    """Capture changes as the database (and opencode's storage/) moves, until `stop`. A
+    database syncd cannot read holds the capture, not the daemon (`Pipeline.look`)."""
     config = pipeline.config
     await pipeline.look(deep=True)
     # The watcher needs the database's directory; until opencode creates it, look every
@@ -375,7 +386,11 @@ async def follow(pipeline: Pipeline, stop: asyncio.Event) -> None:
         await pipeline.look(deep=True)
     async for wakeup in wakeups(config.db, config.poll_interval, stop):
         pipeline.metrics.record_wakeup(wakeup.value)
-        await pipeline.look(deep=wakeup is Wakeup.DEEP, file_event=wakeup is Wakeup.FILE)
+        await pipeline.look(
+            deep=wakeup is Wakeup.DEEP,
+            file_event=wakeup is Wakeup.FILE,
+            json_moved=wakeup in (Wakeup.STORAGE, Wakeup.DEEP),
+        )
 
 
 async def capture_and_drain(pipeline: Pipeline, *, deep: bool = False) -> None:

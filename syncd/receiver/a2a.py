@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, jsontext
-from ..archive import ArchiveStore, BadSyncData
+from ..archive import ArchiveStore, BadSyncData, StoreUnavailable
 from ..wire.a2a import is_delete, part_item
 from .body_limit import replaying
 from .share_key import KEY_HEADER, key_problem
@@ -132,6 +132,13 @@ class ShareSyncExecutor:
         except BadSyncData as exc:
             await event_queue.enqueue_event(_failed_task(context, str(exc)))
             return
+        except StoreUnavailable as exc:
+            # A2A's own "try again" (senders retry an internal error, keeping the batch); the
+            # reason stays in this log: it names the database's address.
+            from a2a.utils.errors import InternalError
+
+            log.warning("archive unavailable, answered an internal error", error=str(exc))
+            raise InternalError(f"archive unavailable; retry in {exc.retry_after} s") from None
         await event_queue.enqueue_event(new_data_message(answer, context_id=context_id))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:

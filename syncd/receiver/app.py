@@ -10,12 +10,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from ..archive import ArchiveStore, open_archive
+from ..archive import ArchiveStore, StoreUnavailable, open_archive, redact
 from ..listen import listening_socket
+from ..systemd import notify
 from .a2a import a2a_routes
 from .body_limit import DEFAULT_MAX_BODY, BodyLimit
+from .pages import SecurityHeaders, page_routes
 from .rest import rest_routes
 from .rpc import rpc_routes
+from .unavailable import store_unavailable
 
 log = structlog.get_logger("syncd.receiver")
 
@@ -28,13 +31,19 @@ def build_app(
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
-    own scheme and host); `key`, when set, is required to create shares."""
+    own scheme and host); `key`, when set, is required to create shares and to see the list
+    of sessions."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key),
         *rpc_routes(store, base_url=base_url, key=key),
+        *page_routes(store, key=key),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_body=max_body)])
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(BodyLimit, max_body=max_body)],
+        exception_handlers={StoreUnavailable: store_unavailable},
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -45,11 +54,12 @@ def _is_loopback(host: str) -> bool:
 
 
 async def serve(config: Any) -> int:
-    """Run the receiver on config.serve_host:config.serve_port over the archive at
-    config.archive until interrupted."""
+    """Run the receiver on config.serve_host:config.serve_port over config.store (default:
+    the archive file) until interrupted."""
+    store_name = config.store or config.archive
     sock = listening_socket(config.serve_host, config.serve_port)
     try:
-        store = await open_archive(config.archive)
+        store = await open_archive(store_name, pool_size=config.store_pool_size)
     except BaseException:
         sock.close()
         raise
@@ -60,8 +70,9 @@ async def serve(config: Any) -> int:
         log.info(
             "serving",
             url=f"http://{host}:{port}",
-            archive=str(config.archive),
+            store=redact(store_name),
             shares=len(shares),
+            pages=f"http://{host}:{port}/",
             listing=f"http://{host}:{port}/api/share",
         )
         for share in shares:
@@ -82,7 +93,9 @@ async def serve(config: Any) -> int:
                 ws_max_size=DEFAULT_MAX_BODY,
             )
         )
+        notify("READY=1")  # the archive is open and migrated, the socket bound
         await server.serve(sockets=[sock])
+        notify("STOPPING=1")
     finally:
         sock.close()
         await store.close()

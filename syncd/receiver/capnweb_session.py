@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from ..archive import StoreUnavailable
 from ..wire.capnweb.codec import UNDEFINED, CodecError, JsError, decode, dumps, encode, loads
 from ..wire.capnweb.protocol import MAIN
 from ..wire.text import excerpt
@@ -59,6 +60,8 @@ class ServerSession:
         self._exports: dict[int, _Export] = {}
         self._next_id = 1
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        # Set when a call found the archive unreachable: the session is aborted there.
+        self.unavailable: StoreUnavailable | None = None
         self._worker = asyncio.create_task(self._work())
 
     @property
@@ -109,11 +112,20 @@ class ServerSession:
         while True:
             export_id, expr = await self._queue.get()
             try:
+                if self.unavailable is not None:
+                    continue  # aborted: nothing after the failed call is applied
                 export = self._exports.get(export_id)
                 try:
                     value = await self._evaluate(expr)
                 except Thrown as exc:
                     outcome: tuple[str, Any] = ("reject", exc.error)
+                except StoreUnavailable as exc:
+                    # Not the call's fault, so not a thrown error (that would refuse the
+                    # batch): the session ends and the caller retries what went unanswered.
+                    self.unavailable = exc
+                    retry = f"archive unavailable; retry in {exc.retry_after} s"
+                    self._send(self.abort_message(retry))
+                    continue
                 except Exception as exc:  # a bug must not end the session
                     log.exception("rpc call failed", error=str(exc))
                     outcome = ("reject", JsError("Error", "internal error"))

@@ -121,7 +121,6 @@ def rest_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -
         return JsonText({"shares": await store.list_shares()})
 
     return [
-        Route("/", listing, methods=["GET"]),
         Route("/api/share", listing, methods=["GET"]),
         Route("/api/share", create, methods=["POST"]),
         Route("/api/share/{share_id}/sync", sync, methods=["POST"]),

@@ -25,6 +25,7 @@ from ..wire.capnweb.codec import UNDEFINED
 from ..wire.capnweb.protocol import PATH
 from .capnweb_session import ProtocolError, ServerSession, Thrown
 from .share_key import key_problem
+from .unavailable import unavailable_response
 
 
 class ShareRpc:
@@ -120,6 +121,8 @@ def rpc_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) ->
             return PlainTextResponse(f"bad capnweb batch: {exc}", status_code=400)
         finally:
             await session.close()
+        if session.unavailable is not None:
+            return unavailable_response(session.unavailable)
         return PlainTextResponse("\n".join(answers))
 
     async def socket(websocket: WebSocket) -> None:

@@ -3,7 +3,8 @@
 Two ways to see a change, chosen per session:
 - the journal (`event_sequence` / `event`): a session whose `seq` moved is read from its
   cursor on, and its events name the entities that changed;
-- the tables alone, for a database without a journal: rows whose `time_updated` reached the
+- the tables alone, for a database without a journal (or a session the journal does not
+  know yet): rows whose `time_updated`, or a diff file whose modification time, reached the
   session's watermark.
 A session seen for the first time, or whose journal has a gap or went backwards (another
 database under the same name), is captured whole; so is every session of a database captured
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import jsontext
 from ..model import Cursor
+from . import storage
 from .opencode_db import OpencodeDb
 
 ItemKey = tuple[str, str]  # (kind, id); kind is session | message | part
@@ -66,8 +68,10 @@ class ChangeDetector:
     ) -> Scan:
         """The session list, the journal heads and the shares, in one snapshot: two rows per
         session, whatever the number of messages and parts. `fresh`: every session is a
-        candidate, to be captured whole (the cursors still tell which sessions vanished)."""
+        candidate, to be captured whole (the cursors still tell which sessions vanished).
+        Raises SchemaError when the database cannot be read as it is now."""
         db = self._db
+        await db.readable()
         if fresh:
             self._at_watermark.clear()
         async with db.snapshot():
@@ -81,7 +85,9 @@ class ChangeDetector:
                     row[0]: row[1]
                     for row in await db.rows("SELECT aggregate_id, seq FROM event_sequence")
                 }
-            shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
+            shared: set[str] = set()
+            if db.schema.has_shares:
+                shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
         now = int(time.time() * 1000)
         candidates = []
         for session_id, (time_updated, has_share_url) in sessions.items():
@@ -166,7 +172,11 @@ class ChangeDetector:
         # (the session list was read earlier: a rename since then must not fall below the
         # watermark its newer rows set).
         rows = await self._db.rows("SELECT time_updated FROM session WHERE id = ?", (session_id,))
-        stamps: dict[ItemKey, int] = {("session", session_id): rows[0][0] if rows else time_updated}
+        session_stamp = rows[0][0] if rows else time_updated
+        # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
+        # stamp tells whether the session must be read again for it.
+        diff_stamp = storage.diff_stamp(self._db.storage, session_id)
+        stamps: dict[ItemKey, int] = {("session", session_id): max(session_stamp, diff_stamp or 0)}
         for kind in ("message", "part"):
             rows = await self._db.rows(
                 f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",

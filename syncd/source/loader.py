@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import PendingItem, SyncItem
-from . import syncdata
+from . import storage, syncdata
 from .models import ModelCatalogue
 from .opencode_db import OpencodeDb
 
@@ -50,7 +50,8 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
         try:
             converted = _convert(item.kind, row)
             if item.kind == "session":
-                loaded.diffs = syncdata.session_diffs(row)
+                stored = storage.read_diffs(db.storage, item.item_id)
+                loaded.diffs = stored if stored is not None else syncdata.session_diffs(row)
         except syncdata.BadRow as exc:
             loaded.bad.append((item, str(exc), _raw(row)))
             continue

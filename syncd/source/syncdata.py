@@ -1,9 +1,10 @@
 """opencode rows -> SyncData items, exactly as opencode's own share sends them.
 
 Messages and parts are stored without their ids (CONTRACTS.md section 1); the session object
-is rebuilt from its row the way opencode's `Session.fromRow` does, with the fields 1.18.33 adds
-(agent, model, cost, tokens, metadata). JSON-typed columns keep their JSON types; SQLite REAL
-columns holding whole numbers become ints, as JavaScript would print them.
+is rebuilt from its row the way opencode's `Session.fromRow` does, with the fields the release
+has columns for (path, agent and model came in 1.14; cost, tokens and metadata in 1.15).
+JSON-typed columns keep their JSON types; SQLite REAL columns holding whole numbers become
+ints, as JavaScript would print them.
 """
 
 from __future__ import annotations
@@ -20,47 +21,56 @@ class BadRow(ValueError):
 
 
 def session_item(row: Mapping[str, Any]) -> SyncItem:
+    """The session object from its row. Columns a release does not have (docs/
+    opencode-releases.md) leave their fields out, as that release's own share does."""
+    column = _columns(row)
     info: dict[str, Any] = {
-        "id": row["id"],
-        "slug": row["slug"],
-        "projectID": row["project_id"],
-        "directory": row["directory"],
-        "title": row["title"],
-        "version": row["version"],
-        "cost": _number(row["cost"]),
-        "tokens": {
-            "input": row["tokens_input"],
-            "output": row["tokens_output"],
-            "reasoning": row["tokens_reasoning"],
-            "cache": {"read": row["tokens_cache_read"], "write": row["tokens_cache_write"]},
-        },
+        "id": column["id"],
+        "slug": column["slug"],
+        "projectID": column["project_id"],
+        "directory": column["directory"],
+        "title": column["title"],
+        "version": column["version"],
         "time": _without_none(
             {
-                "created": row["time_created"],
-                "updated": row["time_updated"],
-                "compacting": row["time_compacting"],
-                "archived": row["time_archived"],
+                "created": column["time_created"],
+                "updated": column["time_updated"],
+                "compacting": column.get("time_compacting"),
+                "archived": column.get("time_archived"),
             }
         ),
     }
+    # 1.15 and later (never NULL there; NULL for a JSON-era session read beside them).
+    if column.get("cost") is not None:
+        info["cost"] = _number(column["cost"])
+    if column.get("tokens_input") is not None:
+        info["tokens"] = {
+            "input": column["tokens_input"],
+            "output": column.get("tokens_output"),
+            "reasoning": column.get("tokens_reasoning"),
+            "cache": {
+                "read": column.get("tokens_cache_read"),
+                "write": column.get("tokens_cache_write"),
+            },
+        }
+    share_url = column.get("share_url")
     optional = {
-        "workspaceID": row["workspace_id"],
-        "path": row["path"],
-        "parentID": row["parent_id"],
-        "agent": row["agent"],
-        "model": _json_column(row, "model"),
-        "revert": _json_column(row, "revert"),
-        "permission": _json_column(row, "permission"),
-        "metadata": _json_column(row, "metadata"),
-        "share": {"url": row["share_url"]} if row["share_url"] else None,
+        "workspaceID": column.get("workspace_id"),
+        "path": column.get("path"),
+        "parentID": column.get("parent_id"),
+        "agent": column.get("agent"),
+        "model": _json_column(column, "model"),
+        "revert": _json_column(column, "revert"),
+        "permission": _json_column(column, "permission"),
+        "metadata": _json_column(column, "metadata"),
+        "share": {"url": share_url} if share_url else None,
     }
-    if any(row[f"summary_{k}"] is not None for k in ("additions", "deletions", "files")):
+    summary = {k: column.get(f"summary_{k}") for k in ("additions", "deletions", "files")}
+    if any(value is not None for value in summary.values()):
         optional["summary"] = _without_none(
             {
-                "additions": row["summary_additions"] or 0,
-                "deletions": row["summary_deletions"] or 0,
-                "files": row["summary_files"] or 0,
-                "diffs": _json_column(row, "summary_diffs"),
+                **{key: value or 0 for key, value in summary.items()},
+                "diffs": _json_column(column, "summary_diffs"),
             }
         )
     info.update(_without_none(optional))
@@ -68,8 +78,8 @@ def session_item(row: Mapping[str, Any]) -> SyncItem:
 
 
 def session_diffs(row: Mapping[str, Any]) -> list[Any]:
-    """The session's file diffs (`summary_diffs`), [] when it has none."""
-    diffs = _json_column(row, "summary_diffs")
+    """The session's file diffs from its row (`summary_diffs`), [] when it has none."""
+    diffs = _json_column(_columns(row), "summary_diffs")
     if diffs is None:
         return []
     if not isinstance(diffs, list):
@@ -108,6 +118,11 @@ def user_model_ref(message: SyncItem) -> tuple[str, str] | None:
     return None
 
 
+def _columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's columns by name: a release's missing column is a missing key."""
+    return {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite rows are not mappings
+
+
 def _json_object(row: Mapping[str, Any], table: str) -> dict[str, Any]:
     value = _parse(row["data"], f"{table} {row['id']}: data")
     if not isinstance(value, dict):
@@ -116,7 +131,7 @@ def _json_object(row: Mapping[str, Any], table: str) -> dict[str, Any]:
 
 
 def _json_column(row: Mapping[str, Any], column: str) -> Any:
-    raw = row[column]
+    raw = row.get(column)
     return None if raw is None else _parse(raw, f"session {row['id']}: {column}")
 
 

@@ -20,7 +20,7 @@ def make_transport(config: Config, archive: ArchiveStore | None = None) -> Trans
             from .local import LocalTransport
 
             assert archive is not None, "the local transport writes to the archive store"
-            return LocalTransport(archive)
+            return LocalTransport(archive, base_url=config.serve_url)
         case "http":
             from .http import HttpTransport
 

@@ -9,6 +9,7 @@ retry, a pause, a re-created share, a batch sent in halves or a dead letter.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from enum import Enum
 from typing import ClassVar
 
 from ..model import Batch, Created, Share
@@ -42,6 +43,11 @@ class OversizeSuspectedError(RetryableError):
     halves, and an item that keeps meeting it alone is too large for the receiver."""
 
 
+class ThrownError(RetryableError):
+    """A remote method threw an error syncd does not know (capnweb): it may pass (a storage
+    hiccup) or not (a batch the server will never take); retried a few times, then refused."""
+
+
 class RejectedError(DeliveryError):
     """The receiver refused the batch for good (4xx, a thrown error): a batch of several items
     is sent again in halves, so that only the items refused alone are dead-lettered, with this
@@ -73,6 +79,14 @@ class ShareExistsError(ShareProblem):
     share id from the session id), under credentials syncd may not hold."""
 
 
+class ReceiverProbe(Enum):
+    """What a harmless call (reading a share that does not exist) says about the receiver."""
+
+    DOWN = "down"  # no answer, or a 5xx: the receiver itself is failing
+    EXPLICIT = "explicit"  # it says "not found" for an unknown share: its 500s are failures
+    AMBIGUOUS = "ambiguous"  # opencode's server: answers anything, throws bare 500s
+
+
 class Transport(ABC):
     """Puts SyncData on the wire. One instance per daemon; calls may run concurrently."""
 
@@ -93,11 +107,11 @@ class Transport(ABC):
     async def delete(self, share: Share) -> None:
         """Remove the share on the receiver."""
 
-    async def answering(self) -> bool:
-        """Whether the receiver answers a harmless call now: the evidence that a failure which
+    async def probe(self) -> ReceiverProbe:
+        """How the receiver answers a harmless call now: the evidence that a bare 500 which
         keeps coming back is about one share, not a receiver that is down. Transports whose
         errors say what they are need no probe."""
-        return False
+        return ReceiverProbe.EXPLICIT
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release connections."""

@@ -22,7 +22,7 @@ from syncd import __version__
 from .. import jsontext
 from ..model import Batch, Created, Share
 from ..wire.keys import KEY_HEADER
-from .base import RetryableError, ShareNotFoundError, Transport, UnsendableError
+from .base import ReceiverProbe, RetryableError, ShareNotFoundError, Transport, UnsendableError
 from .httpclient import http_client
 from .outcome import created_share, response_refusal, unreachable
 
@@ -79,12 +79,15 @@ class HttpTransport(Transport):
             return  # already gone: what delete was asked to achieve
         _require_acknowledgement(response)
 
-    async def answering(self) -> bool:
+    async def probe(self) -> ReceiverProbe:
         try:
             response = await self._client.get(f"{self._base_url}/api/share/{PROBE_SHARE_ID}/data")
         except httpx.TransportError:
-            return False
-        return response.status_code < 500
+            return ReceiverProbe.DOWN
+        if response.status_code >= 500:
+            return ReceiverProbe.DOWN
+        # opencode's server answers [] for a share it does not have; a richer one says 404.
+        return ReceiverProbe.AMBIGUOUS if response.status_code == 200 else ReceiverProbe.EXPLICIT
 
     async def aclose(self) -> None:
         if self._owns_client:

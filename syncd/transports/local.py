@@ -17,7 +17,9 @@ from .base import (
     Transport,
 )
 
-ARCHIVE_BASE_URL = "archive:"
+# Before the archive had pages, its share urls read `archive:/share/ID`; an older state
+# database still holds such urls.
+LEGACY_BASE_URL = "archive:"
 
 T = TypeVar("T")
 
@@ -41,11 +43,13 @@ class LocalTransport(Transport):
     # opencode's own shares live on a remote server, never in this archive.
     reuses_opencode_shares: ClassVar[bool] = False
 
-    def __init__(self, store: ArchiveStore) -> None:
+    def __init__(self, store: ArchiveStore, base_url: str) -> None:
+        """`base_url`: where `syncd serve` shows this archive, so share urls are pages."""
         self.store = store
+        self.base_url = base_url
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:
-        share = await _outcome(self.store.create_share(session_id, base_url=ARCHIVE_BASE_URL))
+        share = await _outcome(self.store.create_share(session_id, base_url=self.base_url))
         return Created(share=share, synced=False)
 
     async def sync(self, share: Share, batch: Batch) -> None:
@@ -53,3 +57,11 @@ class LocalTransport(Transport):
 
     async def delete(self, share: Share) -> None:
         await _outcome(self.store.delete_share(share.id, share.secret))
+
+
+def page_url(url: str, base_url: str) -> str:
+    """A share url as a browser opens it: an embedded archive's legacy `archive:/share/ID`
+    becomes the page under `base_url` (`syncd serve`); any other url stays as it is."""
+    if url.startswith(f"{LEGACY_BASE_URL}/share/"):
+        return base_url + url.removeprefix(LEGACY_BASE_URL)
+    return url

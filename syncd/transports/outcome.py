@@ -28,6 +28,7 @@ from .base import (
     SecretRefusedError,
     ShareExistsError,
     ShareNotFoundError,
+    ThrownError,
     UnsendableError,
 )
 
@@ -150,12 +151,16 @@ def created_share(what: str, answer: object) -> Share:
 
 def thrown(what: str, name: str, message: str, secrets: Iterable[str | None]) -> DeliveryError:
     """What an error thrown by a remote method (capnweb) means: a lost share, a refused
-    secret or an existing share by opencode's messages, otherwise a refusal of the batch."""
+    secret or an existing share by opencode's messages; any other plain Error is retried a few
+    times (opencode's functions also throw one when their storage fails), then refused; a
+    TypeError or another kind names a batch the server will not take."""
     said = excerpt(scrub(message, secrets))
     for pattern, error in _THROWN:
         if pattern.match(message):
             return error(f"{what}: {said}")
-    return RejectedError(f"{what}: receiver threw {name}: {said}")
+    if name == "Error":  # what a failing storage or an unknown server fault throws
+        return ThrownError(f"{what}: receiver threw {name}: {said}")
+    return RejectedError(f"{what}: receiver threw {name}: {said}")  # TypeError: a bad batch
 
 
 def response_refusal(

@@ -51,14 +51,33 @@ async def archived(config: Config) -> dict[str, dict]:
         for row in await state.session_report():
             known = await state.share(row["session_id"], f"local:{config.archive}")
             assert known is not None, row
-            share = await store.read_share(known[0].id)
-            out[row["session_id"]] = {
-                "session": share["session"],
-                "messages": {m["id"]: m for m in share["messages"]},
-                "parts": {p["id"]: p for p in share["parts"]},
-                "diffs": share["diffs"],
-            }
+            out[row["session_id"]] = copy_of(await store.read_share(known[0].id))
         return out
     finally:
         await state.close()
         await store.close()
+
+
+async def archived_copies(archive: Path) -> dict[str, dict]:
+    """session id -> its copy, for every share in the archive (without syncd's state: safe
+    while a daemon writes both)."""
+    if not archive.is_file():
+        return {}
+    store = await SqliteArchive.open(archive)
+    try:
+        return {
+            share["session_id"]: copy_of(await store.read_share(share["id"]))
+            for share in await store.list_shares()
+        }
+    finally:
+        await store.close()
+
+
+def copy_of(share: dict) -> dict:
+    """A merged share as {session, messages by id, parts by id, diffs}."""
+    return {
+        "session": share["session"],
+        "messages": {m["id"]: m for m in share["messages"]},
+        "parts": {p["id"]: p for p in share["parts"]},
+        "diffs": share["diffs"],
+    }

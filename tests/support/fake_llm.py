@@ -44,6 +44,9 @@ class FakeLlm:
     url: str = ""  # base url opencode's provider points at: http://127.0.0.1:PORT/v1
     turn: Turn = field(default_factory=Turn)
     chunk_delay: float = 0.02
+    # Pause before a tool call: opencode snapshots the worktree when a step starts, and a tool
+    # that runs before that snapshot is taken is missing from the session's file diffs.
+    tool_call_delay: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)  # "title", "tool_call", "reply"
 
     def kind_of(self, body: dict) -> str:
@@ -62,7 +65,7 @@ class FakeLlm:
         if kind == "title":
             chunks = _text_chunks(turn.title.split(" "), "stop", delay=0)
         elif kind == "tool_call":
-            chunks = _tool_call_chunks(turn)
+            chunks = _tool_call_chunks(turn, delay=self.tool_call_delay)
         else:
             chunks = _text_chunks(turn.reply.split(" "), "stop", delay=self.chunk_delay)
         return StreamingResponse(_sse(chunks), media_type="text/event-stream")
@@ -93,9 +96,11 @@ async def _text_chunks(words: list[str], finish: str, *, delay: float) -> AsyncI
     yield _chunk({}, finish, USAGE)
 
 
-async def _tool_call_chunks(turn: Turn) -> AsyncIterator[dict]:
+async def _tool_call_chunks(turn: Turn, *, delay: float) -> AsyncIterator[dict]:
     arguments = json.dumps({"filePath": turn.file_name, "content": turn.file_text})
     yield _chunk({"role": "assistant", "content": None})
+    if delay:
+        await asyncio.sleep(delay)
     call = {"index": 0, "id": "call_1", "type": "function"}
     yield _chunk({"tool_calls": [{**call, "function": {"name": "write", "arguments": ""}}]})
     # Arguments arrive in pieces, as real models send them.

@@ -1,4 +1,5 @@
-"""The real opencode (npm `opencode-ai` 1.18.33), run headless in an isolated home.
+"""The real opencode (npm `opencode-ai` 1.18.33, or another release's binary), run headless in
+an isolated home.
 
 Every directory opencode touches (HOME, XDG_*) lives under one temporary root, and `PWD` names the
 project directory because opencode takes its working directory from `PWD`, not from the process's
@@ -8,6 +9,7 @@ opencode installs from the npm registry on first use (`@ai-sdk/openai-compatible
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -18,7 +20,21 @@ _CANDIDATES = (
     NODE_DIR / "node_modules" / "opencode-linux-x64" / "bin" / "opencode",
     NODE_DIR / "node_modules" / ".bin" / "opencode",
 )
+# An older release (tests/node/package.json installs it as the npm alias `opencode-old`), for
+# homes upgraded in place: no journal, diffs in files, the session table of 1.2-1.3.
+OLD_RELEASE = "1.3.2"
+_OLD_BINARY = NODE_DIR / "node_modules/opencode-old/node_modules/opencode-linux-x64/bin/opencode"
 RUN_TIMEOUT = 180.0
+# A fixed commit date makes a project's first commit, whose hash is opencode's project id, the
+# same on every run.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "user",
+    "GIT_AUTHOR_EMAIL": "user@example.com",
+    "GIT_COMMITTER_NAME": "user",
+    "GIT_COMMITTER_EMAIL": "user@example.com",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
 
 
 def opencode_binary() -> Path:
@@ -26,6 +42,14 @@ def opencode_binary() -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"opencode is not installed: run `npm ci --prefix {NODE_DIR}`")
+
+
+def old_opencode_binary() -> Path:
+    if _OLD_BINARY.exists():
+        return _OLD_BINARY
+    raise FileNotFoundError(
+        f"opencode {OLD_RELEASE} is not installed: run `npm ci --prefix {NODE_DIR}`"
+    )
 
 
 class Opencode:
@@ -38,9 +62,12 @@ class Opencode:
         *,
         cache_dir: Path | None = None,
         share_url: str | None = None,
+        binary: Path | None = None,
     ) -> None:
-        """`share_url` set: opencode shares every session itself ("share": "auto") to that url."""
+        """`share_url` set: opencode shares every session itself ("share": "auto") to that url.
+        `binary`: another release's opencode (default: the one tests/node installs)."""
         self.root = root
+        self.binary = binary or opencode_binary()
         self.home = root / "home"
         self.project_dir = root / "project"
         self.data_dir = root / "data"
@@ -86,7 +113,7 @@ class Opencode:
 
     def command(self, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(opencode_binary()), *args],
+            [str(self.binary), *args],
             cwd=self.project_dir,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -96,6 +123,18 @@ class Opencode:
             check=False,
         )
 
+    def init_git_project(self) -> None:
+        """Make the project a git repository with one commit: opencode records file diffs
+        only for a git project."""
+        env = {**os.environ, **GIT_ENV}
+        (self.project_dir / "README.md").write_text("A project opencode edits.\n")
+        for args in (
+            ["init", "-q", "-b", "main"],
+            ["add", "README.md"],
+            ["commit", "-q", "-m", "init"],
+        ):
+            subprocess.run(["git", *args], cwd=self.project_dir, env=env, check=True, timeout=30)
+
     def init_db(self) -> Path:
         """Create and migrate an empty database (what `opencode session list` does first)."""
         result = self.command("session", "list", timeout=60)
@@ -103,12 +142,36 @@ class Opencode:
             raise RuntimeError(f"opencode session list failed: {_describe(result)}")
         return self.db_path
 
-    def run(self, prompt: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        """One headless session; `--auto` approves the write tool. Raises if opencode fails."""
-        result = self.command("run", "--auto", prompt, timeout=timeout)
+    def run(
+        self, prompt: str, *args: str, timeout: float = RUN_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """One headless session (`args`: more `run` options, e.g. `--continue`), with the write
+        tool approved. Raises if opencode fails."""
+        approve = auto_approve_flags(self.binary)
+        result = self.command("run", *approve, *args, prompt, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"opencode run failed: {_describe(result)}")
         return result
+
+
+@functools.cache
+def auto_approve_flags(binary: Path) -> tuple[str, ...]:
+    """The `run` option that approves tool calls: `--auto` since 1.17,
+    `--dangerously-skip-permissions` in 1.14-1.16; releases before asked nothing headless."""
+    usage = subprocess.run(
+        [str(binary), "run", "--help"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPENCODE")},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    words = (usage.stdout + usage.stderr).split()  # yargs prints help on stderr
+    for flag in ("--auto", "--dangerously-skip-permissions"):
+        if flag in words:
+            return (flag,)
+    return ()
 
 
 def opencode_config(llm_url: str, share_url: str | None = None) -> dict:

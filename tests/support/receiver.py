@@ -1,4 +1,4 @@
-"""A real receiver (`syncd serve`'s app over a ShareStore) on an ephemeral loopback port, with
+"""A real receiver (`syncd serve`'s app over an archive store) on an ephemeral loopback port, with
 faults a test can switch on and off:
 
     async with running_receiver(tmp_path) as r:
@@ -36,11 +36,12 @@ import uvicorn
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from syncd.archive.sqlite import SqliteArchive as ShareStore
+from syncd.archive import ArchiveStore, open_archive
 from syncd.listen import listening_socket
 from syncd.model import Share
 from syncd.receiver.app import build_app
 from syncd.receiver.body_limit import DEFAULT_MAX_BODY
+from tests.support.stores import TEST_POOL_SIZE
 
 
 class _Server(uvicorn.Server):
@@ -124,7 +125,7 @@ class Faults:
 
 class Receiver:
     def __init__(
-        self, store: ShareStore, app: ASGIApp, port: int, max_body: int = DEFAULT_MAX_BODY
+        self, store: ArchiveStore, app: ASGIApp, port: int, max_body: int = DEFAULT_MAX_BODY
     ) -> None:
         self.store = store
         self.port = port
@@ -144,14 +145,16 @@ class Receiver:
         self._count_repeated_batches()
 
     def _count_creates(self) -> None:
-        create_share = self.store.create_share
+        # Every store makes its shares in `_create` (create_share, and share_for_session for
+        # a session without one).
+        create = self.store._create  # type: ignore[attr-defined]
 
-        async def counted(session_id: str, base_url: str) -> Share:
-            share = await create_share(session_id, base_url)
+        async def counted(*args: Any) -> Share:
+            share = await create(*args)
             self.create_count += 1
             return share
 
-        self.store.create_share = counted  # type: ignore[method-assign]
+        self.store._create = counted  # type: ignore[attr-defined]
 
     def _count_repeated_batches(self) -> None:
         """A batch whose key was applied before, arriving again: a duplicate the sender made
@@ -286,21 +289,25 @@ def _with_length(start: Message, length: int) -> Message:
 
 @contextlib.asynccontextmanager
 async def running_receiver(
-    tmp_path: Path, key: str | None = None, max_body: int = DEFAULT_MAX_BODY
+    tmp_path: Path,
+    key: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    store: str | None = None,
 ) -> AsyncIterator[Receiver]:
-    """A receiver on 127.0.0.1 (ephemeral port) over a fresh archive in `tmp_path`."""
-    store = await ShareStore.open(tmp_path / "receiver-archive.db")
+    """A receiver on 127.0.0.1 (ephemeral port) over the archive `store` names (the
+    `store_url` fixture: SQLite or PostgreSQL), by default a fresh SQLite one in `tmp_path`."""
+    opened = await open_archive(store or tmp_path / "receiver-archive.db", pool_size=TEST_POOL_SIZE)
     try:
         # Share urls take the request's host, which is this receiver's address.
-        app = build_app(store, key=key, max_body=max_body)
-        receiver = Receiver(store, app, port=0, max_body=max_body)
+        app = build_app(opened, key=key, max_body=max_body)
+        receiver = Receiver(opened, app, port=0, max_body=max_body)
         await receiver._listen()
         try:
             yield receiver
         finally:
             await receiver._close()
     finally:
-        await store.close()
+        await opened.close()
 
 
 @contextlib.contextmanager
