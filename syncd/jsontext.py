@@ -26,13 +26,14 @@ class JsonTextError(ValueError):
     message is a predicate ("is not valid JSON (...)") for the caller to put a subject to."""
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text whose UTF-8 encoding cannot fail: non-ASCII text as is, or, when a
-    lone surrogate is in the way, everything non-ASCII as escapes (the same JSON value)."""
-    text = _dumps(value, ensure_ascii=False)
+def dumps(value: Any, indent: int | None = None) -> str:
+    """JSON text (compact, or indented by `indent`) whose UTF-8 encoding cannot fail:
+    non-ASCII text as is, or, when a lone surrogate is in the way, everything non-ASCII as
+    escapes (the same JSON value)."""
+    text = _dumps(value, ensure_ascii=False, indent=indent)
     if text.isascii() or is_text(text):
         return text
-    return _dumps(value, ensure_ascii=True)
+    return _dumps(value, ensure_ascii=True, indent=indent)
 
 
 def encode(value: Any) -> bytes:
@@ -76,6 +77,12 @@ def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
+def readable_text(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\ud83d`): a message that
+    quotes a value (an error naming a key, say) stays storable and printable."""
+    return text if is_text(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def is_text(text: str) -> bool:
     """Whether `text` has a UTF-8 form (holds no lone surrogate)."""
     try:
@@ -85,9 +92,12 @@ def is_text(text: str) -> bool:
     return True
 
 
-def _dumps(value: Any, *, ensure_ascii: bool) -> str:
+def _dumps(value: Any, *, ensure_ascii: bool, indent: int | None = None) -> str:
+    separators = (",", ":") if indent is None else (",", ": ")
     try:
-        return json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False, separators=(",", ":"))
+        return json.dumps(
+            value, ensure_ascii=ensure_ascii, allow_nan=False, separators=separators, indent=indent
+        )
     except RecursionError:
         raise JsonTextError("is nested too deep to write as JSON") from None
     except (TypeError, ValueError) as exc:  # a non-JSON type, NaN, an over-long integer

@@ -13,6 +13,8 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from syncd import jsontext
+
 # Receivers answer in milliseconds on a LAN and in seconds across the internet or when slow.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -128,7 +130,7 @@ class Health:
 
     def failure(self, error: str) -> None:
         self._failures.append(time.monotonic())
-        self.last_error = error
+        self.last_error = jsontext.readable_text(error)  # /health answers it as JSON
 
     def consecutive_failures(self) -> int:
         horizon = time.monotonic() - self.period

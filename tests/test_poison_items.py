@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +253,23 @@ def test_a_lone_surrogate_travels_as_opencode_wrote_it(tmp_path: Path, fixtures_
             "SELECT data FROM share_item WHERE item_key LIKE '%/' || ?", (part_id,)
         )
     assert "\\ud83d" in stored[0]
+
+
+def test_a_reason_quoting_a_lone_surrogate_is_stored_and_shown(
+    tmp_path: Path, fixtures_dir: Path, receiver: Receiver
+) -> None:
+    """capnweb refuses an integer no double holds and names where it is, a key holding a lone
+    surrogate here: the dead letter, `syncd status` and `syncd dead-letters show` take it."""
+    field, value = "\ud800", "9999999999999999"
+    result = asyncio.run(
+        deliver_and_check(tmp_path, fixtures_dir, [(field, value)], "capnweb-batch", receiver.url)
+    )
+    [(part_id, reason)] = result["letters"].items()
+    assert "\\ud800" in reason and "beyond 2**53" in reason
+    flags = ["--db", str(tmp_path / "opencode.db"), "--state", str(tmp_path / "state.db"),
+             "--url", receiver.url, "--transport", "capnweb-batch"]  # fmt: skip
+    for command, names in ((["status"], result["sid"]), (["status", "--json"], result["sid"]),
+                           (["dead-letters", "show", "1"], part_id)):  # fmt: skip
+        shown = subprocess.run([sys.executable, "-m", "syncd", *command, *flags],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert "Traceback" not in shown.stderr and names in shown.stdout, (command, shown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import structlog
 
+from .. import jsontext
 from ..metrics import Health
 from ..state.store import StateStore
 
@@ -35,6 +36,7 @@ class Conditions:
                 self._health.conditions[condition["name"]] = condition["message"]
 
     async def set(self, name: str, message: str) -> None:
+        message = jsontext.readable_text(message)  # it may quote what the receiver said
         if self.current.get(name) == message:
             return
         self.current[name] = message

@@ -47,7 +47,7 @@ async def _json_object(request: Request, *fields: str) -> dict[str, Any]:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JsonText({"error": message}, status_code=status)
 
 
 def _answer(exc: Exception) -> JSONResponse:

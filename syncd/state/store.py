@@ -220,6 +220,7 @@ class StateStore:
         """Move items the receiver refused (or that could not be read) to the dead letters,
         with their payload, so that nothing disappears unseen."""
         letters = list(letters)
+        reason = jsontext.readable_text(reason)  # it may quote what was refused
         stamp = now_ms()
         async with self._write() as db:
             await db.executemany(
@@ -269,6 +270,7 @@ class StateStore:
         return count
 
     async def record_error(self, session_id: str, message: str) -> None:
+        message = jsontext.readable_text(message)
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO session_cursor (session_id, last_error, attempts) VALUES (?, ?, 1) "
@@ -372,6 +374,7 @@ class StateStore:
 
     async def set_condition(self, name: str, message: str | None, *, problem: bool = True) -> None:
         """Record (or, with None, clear) a condition that is not one session's."""
+        message = None if message is None else jsontext.readable_text(message)
         async with self._write() as db:
             if message is None:
                 await db.execute("DELETE FROM condition WHERE name = ?", (name,))
