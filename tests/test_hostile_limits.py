@@ -25,7 +25,7 @@ from syncd.errors import UserError
 from syncd.state.store import StateStore
 from tests.support.archive_check import make_config
 from tests.support.env import free_port, isolated_env
-from tests.support.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import FakeOpencode, one_session_database
 from tests.support.receiver import running_receiver
 
 GIVE_UP_AFTER = 3.0
@@ -99,22 +99,22 @@ async def answer(writer: asyncio.StreamWriter, body: bytes, status: str = "200 O
     await writer.drain()
 
 
-async def huge_content_length(reader, writer, length) -> None:  # type: ignore[no-untyped-def]
-    await reader.readexactly(length)
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000000\r\n\r\n")
-    zeros = b"0" * 65536
-    while True:
-        writer.write(zeros)
-        await writer.drain()
+def endless(head: bytes, chunk: bytes) -> Handler:
+    """An answer that never ends: `head`, then `chunk` after `chunk` as fast as it goes."""
+
+    async def handle(reader, writer, length) -> None:  # type: ignore[no-untyped-def]
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n")
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    return handle
 
 
-async def endless_chunks(reader, writer, length) -> None:  # type: ignore[no-untyped-def]
-    await reader.readexactly(length)
-    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-    chunk = b"10000\r\n" + b"0" * 65536 + b"\r\n"
-    while True:
-        writer.write(chunk)
-        await writer.drain()
+ZEROS = b"0" * 65536
+huge_content_length = endless(b"Content-Length: 3000000000", ZEROS)
+endless_chunks = endless(b"Transfer-Encoding: chunked", b"10000\r\n" + ZEROS + b"\r\n")
 
 
 async def trickle(reader, writer, length) -> None:  # type: ignore[no-untyped-def]
@@ -147,11 +147,7 @@ def sync_process(tmp: Path, url: str, *settings: str) -> tuple[float, int, str, 
 
 @pytest.fixture
 def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
-    sid = writer.session()
-    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
-    writer.close()
-    return writer.path
+    return one_session_database(tmp_path / "opencode.db", fixtures_dir)
 
 
 @pytest.fixture(scope="module")

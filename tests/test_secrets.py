@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from syncd.model import Batch, Share
 from syncd.transports.base import RetryableError
 from syncd.transports.capnweb import CapnwebBatchTransport
-from tests.support.fake_opencode import FakeOpencode
+from tests.support.fake_opencode import one_session_database
 from tests.support.receiver import running_receiver
 from tests.support.scripted_server import Answer, Server
 
@@ -37,11 +37,7 @@ async def syncd(*args: str) -> tuple[int, str]:
 
 
 def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
-    sid = writer.session()
-    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
-    writer.close()
-    return writer.path
+    return one_session_database(tmp_path / "opencode.db", fixtures_dir)
 
 
 def private_config(tmp_path: Path, text: str) -> Path:

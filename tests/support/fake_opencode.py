@@ -158,6 +158,15 @@ class FakeOpencode:
         return _Transaction(self.conn)
 
 
+def one_session_database(path: Path, fixtures_dir: Path) -> Path:
+    """A database at `path` holding one session with one user message and one text part."""
+    writer = FakeOpencode(path, fixtures_dir)
+    sid = writer.session()
+    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
+    writer.close()
+    return path
+
+
 class _Transaction:
     """Re-entrant BEGIN IMMEDIATE ... COMMIT: opencode writes row and event together."""
 
