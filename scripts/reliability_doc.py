@@ -24,7 +24,8 @@ syncd's promise: the remote copy of every session ends equal to the local one, w
 happens, without getting in opencode's way and without leaking the credentials it holds.
 The figures below are written by the scripts named in each section (the CI versions of the
 same checks are in `tests/`: `test_soak.py`, `test_interference.py`, `test_scale.py`,
-`test_hostile_rows.py`, `test_hostile_receivers.py`, `test_secrets.py`, `test_one_daemon.py`).
+`test_hostile_rows.py`, `test_hostile_receivers.py`, `test_secrets.py`, `test_one_daemon.py`,
+`test_attacks.py`).
 Raw figures: `docs/reliability.json`.
 """
 
@@ -55,6 +56,19 @@ SECTIONS: dict[str, tuple[str, str]] = {
         "current; a wake-up is one capture after a single part changed. Rows read are "
         "counted by the change detector (`ChangeSet.rows_read`).",
     ),
+    "slow_clients": (
+        "Slow clients against `syncd serve` (`python scripts/slow_clients.py`)",
+        "`syncd serve` with its default read deadlines (`serve_header_timeout`, "
+        "`serve_body_timeout`) and connection limit (`serve_max_connections`). Slow clients "
+        "open connections and send their request head (or, after a whole head, their body) "
+        "a few bytes every 0.2 s, for ever; an ordinary client asks for the share listing "
+        "every 0.25 s meanwhile. First fewer slow connections than the limit: the ordinary "
+        "client is served throughout. Then more than the limit: requests beyond it are "
+        "answered 503 until the deadline drops the slow ones. uvicorn alone bounds neither: "
+        "its keep-alive timeout does not run during a request's first head and is reset by "
+        "every byte, so a trickling connection is held as long as its client likes. "
+        "`tests/test_attacks.py` checks the same with short deadlines.",
+    ),
 }
 
 
@@ -68,6 +82,9 @@ LIMITS = """\
 - Without opencode's journal (table mode), a row rewritten with an older `time_updated` (a
   clock stepped back) is not seen until the clock passes the watermark
   (`tests/test_hostile_rows.py`, marked xfail). With the journal it is delivered.
+- `syncd serve` bounds how long a request takes to arrive, not how long its answer takes to be
+  read: a client that reads a large answer slowly holds its connection, and a place under
+  `serve_max_connections`, until it has read it.
 """
 
 

@@ -15,6 +15,7 @@ from syncd.commands import (
     config_flags,
     dead_letters,
     deletions,
+    install_service,
     open,
     run,
     serve,
@@ -24,15 +25,18 @@ from syncd.commands import (
 from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
+from syncd.service import config_for_state_reader
 
-COMMANDS = (run, sync, status, open, dead_letters, deletions, serve)
+COMMANDS = (run, sync, status, open, dead_letters, deletions, serve, install_service)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         configure_logging()
-        config = load_config(config_flags(args))
+        flags = config_flags(args)
+        # Root reading state it does not have reads the system service's (`sudo syncd status`).
+        config = config_for_state_reader(flags) if args.reads_state else load_config(flags)
         configure_logging(config)
         code = asyncio.run(args.command(config, args))
         sys.stdout.flush()  # here, so that a closed pipe is handled below
@@ -55,6 +59,7 @@ def _parser() -> Parser:
         description="Keeps a remote copy of every opencode session complete and current.",
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    parser.set_defaults(reads_state=False)
     commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
     common = common_flags()
     for command in COMMANDS:

@@ -23,7 +23,7 @@ import structlog
 
 from syncd import jsonc
 from syncd.errors import UserError, os_problem
-from syncd.urls import origin_of
+from syncd.urls import cleartext_beyond_loopback, origin_of
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
 Sessions = Literal["all", "shared"]
@@ -69,6 +69,10 @@ class Config:
     # `syncd serve`'s archive: a path, sqlite:///path or postgresql://...; None: `archive`.
     store: str | None = field(default=None, repr=False)
     store_pool_size: int = 10
+    serve_public: bool = False  # listen beyond loopback without a key, on purpose
+    serve_header_timeout: float = 10.0
+    serve_body_timeout: float = 60.0
+    serve_max_connections: int = 256
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
@@ -81,6 +85,17 @@ class Config:
     def origin(self) -> str | None:
         """scheme://host[:port] of `url`, to match opencode's own `session_share.url` rows."""
         return None if self.url is None else origin_of(self.url)
+
+    def cleartext_warning(self) -> str | None:
+        """Why credentials would cross the network readable (shown at start and in `status`),
+        or None. Every remote transport sends share secrets, and the key when there is one."""
+        if self.url is None or not cleartext_beyond_loopback(self.url):
+            return None
+        carried = "the key and share secrets" if self.key else "share secrets"
+        return (
+            f"url {self.url} is plain http:// to another machine: {carried} cross the network "
+            "unencrypted; use https://"
+        )
 
     @property
     def serve_url(self) -> str:
@@ -101,7 +116,7 @@ def serve_url(host: str, port: int) -> str:
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ) -> Config:
     """Build the Config from every layer. `flags` holds Config field names (None = not given)
     plus `config`, an explicit TOML file. Raises UserError on any bad input."""
-    dirs = _XdgDirs(env)
+    dirs = XdgDirs(env)
     defaults: dict[str, Any] = {
         "db": dirs.data / "opencode" / "opencode.db",
         "state": dirs.state / "syncd" / "state.db",
@@ -157,7 +172,7 @@ def opencode_settings(config_dir: Path, env: Mapping[str, str] = os.environ) -> 
     return merged
 
 
-class _XdgDirs:
+class XdgDirs:
     def __init__(self, env: Mapping[str, str]) -> None:
         home = Path(env["HOME"]) if env.get("HOME") else Path.home()
 
@@ -191,7 +206,7 @@ def _opencode_layer(
     return layer, "capnweb-batch" if rpc else "http"
 
 
-def _toml_path(flags: Mapping[str, object], dirs: _XdgDirs) -> tuple[Path | None, bool]:
+def _toml_path(flags: Mapping[str, object], dirs: XdgDirs) -> tuple[Path | None, bool]:
     if flags.get("config"):
         return Path(str(flags["config"])).expanduser(), True
     default = dirs.config / "syncd" / "config.toml"
@@ -208,7 +223,7 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
         if required:
             raise UserError(f"config file {path} does not exist: check --config") from None
@@ -223,7 +238,7 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
             f"{path}: unknown key {unknown[0]!r}; accepted keys: {', '.join(sorted(_KEYS))}"
         )
     secret = "key" in data or _holds_password(data.get("store"))
-    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if secret and readable_by_others(info, os.geteuid(), os.getegid()):
         log.warning(
             "config file holding a key or a database password is readable by other users; "
             "run chmod 600 on it (or chmod 640 with the service's group)",
@@ -237,6 +252,16 @@ def _holds_password(store: Any) -> bool:
         return False
     parts = urlsplit(store)
     return bool(parts.password) or "password=" in parts.query
+
+
+def readable_by_others(info: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether users other than the reader can read the file. The group may when it is the
+    reader's own group and someone else (root) owns the file: /etc/syncd/config.toml is
+    root:syncd 0640, which the system service reads through its group."""
+    if info.st_mode & stat.S_IRWXO:
+        return True
+    shared_with_us = info.st_uid != uid and info.st_gid == gid
+    return bool(info.st_mode & stat.S_IRWXG) and not shared_with_us
 
 
 def _relative_to(base: Path, name: str, value: Any) -> Any:
@@ -358,6 +383,12 @@ def _positive_float(value: Any) -> float:
     return float(value)
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid("a whole number >= 1")
@@ -403,6 +434,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "serve_port": _port,
     "store": _store,
     "store_pool_size": _positive_int,
+    "serve_public": _bool,
+    "serve_header_timeout": _positive_float,
+    "serve_body_timeout": _positive_float,
+    "serve_max_connections": _positive_int,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
     "metrics_address": _address,

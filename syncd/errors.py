@@ -28,7 +28,7 @@ def os_problem(error: OSError, subject: Path) -> str:
     if where is None or str(where) == str(subject):
         return error.strerror or str(error)
     if error.errno in (errno.EEXIST, errno.ENOTDIR):
-        for parent in Path(where).parents:
-            if parent.exists() and not parent.is_dir():
-                return f"{parent} is a file, not a directory"
+        for path in (Path(where), *Path(where).parents):
+            if path.exists() and not path.is_dir():
+                return f"{path} is a file, not a directory"
     return f"{where}: {error.strerror or error}"

@@ -1,37 +1,25 @@
 """Structured logging to stderr: console lines on a terminal, JSON lines otherwise (journald,
-files, pipes), with share secrets and keys masked wherever they appear."""
+files, pipes), with share secrets and keys masked wherever they appear (`syncd.redact`)."""
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
+
+from syncd.redact import MASK, register, scrub
 
 if TYPE_CHECKING:
     from syncd.config import Config
 
-MASK = "***"
 # Event keys whose value is always a credential. Exact names: `Batch.key` style hashes are
 # named differently (e.g. `batch_key`) and stay readable.
 SECRET_KEYS = frozenset(
     {"secret", "key", "authorization", "x-opencode-share-key", "password", "token", "api_key"}
 )
-# Shorter values would mask ordinary words and numbers all over the log.
-_MIN_SECRET_LENGTH = 4
-
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def register_secret(value: str | None) -> None:
-    """Mask `value` wherever it appears in any later log event."""
-    if value and len(value) >= _MIN_SECRET_LENGTH:
-        with _secrets_lock:
-            _secrets.add(value)
 
 
 def configure_logging(config: Config | None = None) -> None:
@@ -40,7 +28,7 @@ def configure_logging(config: Config | None = None) -> None:
     log_format = config.log_format if config else "auto"
     level = config.log_level if config else "info"
     if config is not None:
-        register_secret(config.key)
+        register(config.key)
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
@@ -61,37 +49,43 @@ def configure_logging(config: Config | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         # Loggers are created at import time and reconfigured once the config is known.
         cache_logger_on_first_use=False,
     )
 
 
+class _CurrentStderr:
+    """sys.stderr as it is at each line: a live display (the backfill's bars) puts its own
+    there while shown, which prints the line above itself instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def mask_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: hide credential-named keys and registered secret values."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    return _mask(event, secrets)
+    """structlog processor: hide credential-named keys, and scrub every text."""
+    return _mask(event)
 
 
-def _mask(value: Any, secrets: list[str]) -> Any:
+def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return value
+        return scrub(value)
     if isinstance(value, Mapping):
         return {
             name: MASK
             if isinstance(name, str) and name.lower() in SECRET_KEYS and item is not None
-            else _mask(item, secrets)
+            else _mask(item)
             for name, item in value.items()
         }
     if isinstance(value, list | tuple | set):
-        return [_mask(item, secrets) for item in value]
-    if secrets and not isinstance(value, int | float | bool | type(None)):
+        return [_mask(item) for item in value]
+    if not isinstance(value, int | float | bool | type(None)):
         # Objects (exceptions, paths...) are logged through str(); mask what they would show.
-        return _mask(str(value), secrets)
+        return _mask(str(value))
     return value

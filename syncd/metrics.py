@@ -13,7 +13,8 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from syncd import jsontext
+from . import jsontext
+from .redact import scrub
 
 # Receivers answer in milliseconds on a LAN and in seconds across the internet or when slow.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -74,7 +75,6 @@ class Metrics:
             registry=r,
         )
         self.health = Health(max_failures, period)
-        self.items_delivered = 0  # all transports together, for progress displays
 
     def observe_call(self, operation: str, seconds: float, *, ok: bool) -> None:
         self.latency.labels(self.transport, operation).observe(seconds)
@@ -86,7 +86,6 @@ class Metrics:
         self.health.failure(error)
 
     def record_delivered(self, items: int, size: int) -> None:
-        self.items_delivered += items
         self.items_sent.labels(self.transport).inc(items)
         self.batches_sent.labels(self.transport).inc()
         self.bytes_sent.labels(self.transport).inc(size)
@@ -130,7 +129,7 @@ class Health:
 
     def failure(self, error: str) -> None:
         self._failures.append(time.monotonic())
-        self.last_error = jsontext.readable_text(error)  # /health answers it as JSON
+        self.last_error = jsontext.readable_text(scrub(error))  # shown on /health, as JSON
 
     def consecutive_failures(self) -> int:
         horizon = time.monotonic() - self.period

@@ -11,18 +11,26 @@ from pathlib import Path
 
 import aiosqlite
 
+from .files import PRIVATE_FILE_MODE, open_own_file, private_directory, refuse_links
 from .migrate import migrate
+
+# The files SQLite opens beside a WAL database, by name.
+COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 async def open_private(
     path: Path, migrations: Path, *, synchronous: str = "FULL"
 ) -> aiosqlite.Connection:
-    """Create `path` (mode 0600: both databases hold share secrets), open it in WAL mode and
-    apply `migrations`. Raises OSError or aiosqlite.Error for the caller to word."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    os.chmod(path, 0o600)
+    """Create `path` (mode 0600 in a 0700 directory: both databases hold share secrets),
+    open it in WAL mode and apply `migrations`. Raises UserError for a directory others can
+    write or a linked file (`syncd.files`), OSError or aiosqlite.Error for the caller to word."""
+    private_directory(path.parent)
+    fd = open_own_file(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    refuse_links(*(path.with_name(path.name + suffix) for suffix in COMPANIONS))
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         for pragma in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import SplitResult, urlsplit
 
 
@@ -28,3 +29,18 @@ def _port(parts: SplitResult) -> int | None:
     except ValueError:
         return None
     return port if port not in ({"http": 80, "https": 443}.get(parts.scheme), None) else None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an address or name) stays on this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() in ("localhost", "localhost.")
+
+
+def cleartext_beyond_loopback(url: str) -> bool:
+    """Whether credentials sent to `url` cross the network unencrypted: plain http:// to a
+    host that is not this machine."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback_host(parts.hostname or "")

@@ -138,14 +138,18 @@ async def test_backfill_interrupted_and_resumed_equals_an_uninterrupted_one(
         assert receiver_differences(want, got_whole[session_id]) == []
         assert got_resumed[session_id] == got_whole[session_id], session_id
     assert state_dead_letters(resumed_state) == [] and pending_items(resumed_state) == 0
-    # Progress lines (not a TTY): sessions and items, rate, ETA; the resumed run counts only
-    # what was left.
+    # Progress lines (not a TTY): sessions and items, rate, time left. The totals are known
+    # from the first line on (counted before the start); the resumed run counts only what was
+    # left. Items are opencode's entities: sessions, messages, parts.
+    items = sum(1 + len(s["messages"]) + len(s["parts"]) for s in expected.values())
     totals = re.findall(r"backfill: (\d+)/(\d+) sessions, (\d+)/(\d+) items", whole_log)
-    assert totals[-1][:2] == ("12", "12") and totals[-1][2] == totals[-1][3]
-    assert "items/s, ETA" in whole_log
-    resumed = re.findall(r"backfill: (\d+)/(\d+) sessions, (\d+)/(\d+) items", syncd.log())
-    # Items are what was sent: the pending ones left, plus the diffs derived from them.
-    assert resumed[-1][2] == resumed[-1][3] and left <= int(resumed[-1][3]) < int(totals[-1][3])
+    assert totals[0][1::2] == ("12", str(items))
+    assert totals[-1] == ("12", "12", str(items), str(items))
+    lines = [line for line in whole_log.splitlines() if line.startswith("backfill: ")]
+    assert lines[0].endswith(" 0 items/s, estimating") and lines[-1].endswith(" items/s, done")
+    second_run = syncd.log().rsplit("--- start", 1)[1]
+    resumed = re.findall(r"backfill: (\d+)/(\d+) sessions, (\d+)/(\d+) items", second_run)
+    assert resumed[0][3] == resumed[-1][2] == resumed[-1][3] == str(left)
 
 
 async def test_sighup_reloads_during_delivery_lose_nothing(

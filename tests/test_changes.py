@@ -72,6 +72,31 @@ async def test_only_what_changed_is_captured(
         assert [c.keys for c in again.changed] == [{("part", first)}]
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
+async def test_count_tells_beforehand_what_a_capture_records(
+    tmp_path: Path, fixtures_dir: Path, journal: bool
+) -> None:
+    """Backfill totals: the cheap count agrees with what the capture then records, on first
+    sight and after changes (a part updated three times counts once)."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    part = writer.part(sid, mid, {"type": "text", "text": "a"})
+    quiet = writer.session()
+    writer.message(quiet, {"role": "user", "time": {"created": 2}})
+    async with detector_on(writer) as detector:
+        scan = await detector.scan({}, deep=True)
+        assert await detector.count(scan, {}) == {sid: 3, quiet: 2}
+        cursors = cursors_after(await detector.detect({}))
+        for text in ("ab", "abc", "abcd"):
+            writer.part(sid, mid, {"type": "text", "text": text}, part_id=part)
+        writer.part(sid, mid, {"type": "text", "text": "new"})
+        scan = await detector.scan(cursors, deep=True)
+        counted = await detector.count(scan, cursors)
+        captured = {c.session_id: len(c.keys) for c in (await detector.detect(cursors)).changed}
+        assert counted == captured == {sid: 2}
+
+
 async def test_table_mode_sees_rows_written_in_the_same_millisecond(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:

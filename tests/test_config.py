@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import tomllib
@@ -204,6 +205,23 @@ def test_store_is_a_path_next_to_the_config_or_a_url_and_its_password_is_secret(
     assert "pw-in-file" not in repr(config)
     assert [e for e in logs if e["log_level"] == "warning" and "chmod 600" in e["event"]]
     assert load_config({"store": "sqlite:///x.db"}, env).store == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("owner", "group", "mode", "readable"),
+    [
+        (0, 990, 0o640, False),  # the system service's /etc/syncd/config.toml, root:syncd
+        (0, 990, 0o644, True),
+        (0, 100, 0o640, True),  # a group the reader is not running as
+        (990, 990, 0o640, True),  # the reader's own file: its group may hold others
+        (990, 990, 0o600, False),
+    ],
+)
+def test_a_file_is_readable_by_others_unless_shared_with_the_reader_only(
+    owner: int, group: int, mode: int, readable: bool
+) -> None:
+    info = os.stat_result((stat.S_IFREG | mode, 0, 0, 1, owner, group, 0, 0, 0, 0))
+    assert config_module.readable_by_others(info, uid=990, gid=990) is readable
 
 
 def test_remote_transport_without_url_is_a_user_error(env: dict[str, str]) -> None:

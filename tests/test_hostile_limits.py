@@ -25,7 +25,7 @@ from syncd.errors import UserError
 from syncd.state.store import StateStore
 from tests.support.archive_check import make_config
 from tests.support.env import free_port, isolated_env
-from tests.support.fake_opencode import FakeOpencode, one_session_database
+from tests.support.fake_opencode import FakeOpencode, one_session_db
 from tests.support.receiver import running_receiver
 
 GIVE_UP_AFTER = 3.0
@@ -147,7 +147,7 @@ def sync_process(tmp: Path, url: str, *settings: str) -> tuple[float, int, str, 
 
 @pytest.fixture
 def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
-    return one_session_database(tmp_path / "opencode.db", fixtures_dir)
+    return one_session_db(tmp_path / "opencode.db", fixtures_dir)
 
 
 @pytest.fixture(scope="module")

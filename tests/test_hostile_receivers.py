@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from syncd.model import Batch
+from syncd.model import Batch, Share
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import Pipeline
 from syncd.transports.a2a import A2aTransport
@@ -136,10 +136,10 @@ async def test_a2a_answer_about_another_context_is_not_an_acknowledgement(
 ) -> None:
     async with running_receiver(tmp_path) as receiver:
         other = SESSION.replace("1", "2").encode()
-        receiver._app = Rewrite(receiver._app, "POST", SESSION.encode(), other)
         transport = A2aTransport(receiver.url, binding=binding)
         try:
             share = (await transport.create(SESSION, None)).share
+            receiver._app = Rewrite(receiver._app, "POST", SESSION.encode(), other)
             with pytest.raises(RetryableError, match="not acknowledged"):
                 await transport.sync(share, BATCH)
         finally:
@@ -156,9 +156,10 @@ async def test_a2a_card_pointing_elsewhere_gets_neither_batch_nor_key(tmp_path: 
         receiver._app = Rewrite(receiver._app, "GET", own, f"127.0.0.1:{elsewhere.port}".encode())
         transport = A2aTransport(receiver.url, key=key)
         try:
-            share = (await transport.create(SESSION, None)).share
             with pytest.raises(RejectedError, match="another origin") as refused:
-                await transport.sync(share, BATCH)
+                await transport.create(SESSION, None)
+            with pytest.raises(RejectedError, match="another origin"):
+                await transport.sync(Share("shr_1", "s3cret-value", "u"), BATCH)
             assert key not in str(refused.value)
         finally:
             await transport.aclose()

@@ -11,7 +11,8 @@ import pytest
 import structlog
 
 from syncd.config import load_config
-from syncd.log import configure_logging, register_secret
+from syncd.log import configure_logging
+from syncd.redact import register as register_secret
 
 KEY = "rpc-key-0f9e8d7c"
 SECRET = "share-secret-1a2b3c4d"

@@ -5,29 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 
 from tests.support.expected import assert_receiver_matches, database_snapshot
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import running_receiver
-from tests.support.syncd_process import state_shares, syncd_process
-
-
-async def run_syncd(*args: str, timeout: float = 60.0) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", *args,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
-    )  # fmt: skip
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, output.decode()
+from tests.support.syncd_process import run_syncd, state_shares, syncd_process
 
 
 async def wait_for_lock_owner(lock: Path, pid: int) -> None:

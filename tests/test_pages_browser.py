@@ -7,6 +7,7 @@ The run also takes the screenshots README.md shows (docs/screenshots/).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -118,7 +119,16 @@ async def writer(archive: Path) -> AsyncIterator[SqliteArchive]:
 
 
 async def share_of(store: SqliteArchive, session_id: str) -> Share:
-    return await store.share_for_session(session_id, "http://127.0.0.1:1")
+    """The session's newest share, made here when it has none."""
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        row = conn.execute(
+            "SELECT id, secret, url FROM share WHERE session_id = ? "
+            "ORDER BY time_created DESC LIMIT 1",
+            (session_id,),
+        ).fetchone()
+    if row is not None:
+        return Share(*row)
+    return await store.create_share(session_id, "http://127.0.0.1:1")
 
 
 async def add_demo(store: SqliteArchive) -> Share:

@@ -15,43 +15,17 @@ import pytest
 
 from syncd.commands.dead_letters import retry
 from syncd.commands.sync import sync_once
-from syncd.config import Config
 from syncd.errors import UserError
-from syncd.state.store import StateStore
-from tests.support.archive_check import expected_state, make_config
+from tests.support.archive_check import expected_state
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.node_share_rpc import OpencodeShareServer, opencode_share_server
-
-TRANSPORTS = ["http", "capnweb-batch", "capnweb-ws"]
+from tests.support.share_server_check import TRANSPORTS, config_for, held, pending_and_dead
 
 
 @pytest.fixture
 def server() -> Iterator[OpencodeShareServer]:
     with opencode_share_server() as running:
         yield running
-
-
-def config_for(tmp_path: Path, db: Path, server: OpencodeShareServer, transport: str) -> Config:
-    return make_config(tmp_path, db, url=server.url, transport=transport, sessions="all")
-
-
-def held(server: OpencodeShareServer) -> dict[str, dict[str, dict]]:
-    """session id -> {messages, parts} by id, as the server holds them."""
-    out: dict[str, dict[str, dict]] = {}
-    for share in server.state()["shares"].values():
-        got = out.setdefault(share["sessionID"], {"messages": {}, "parts": {}})
-        for item in share["items"]:
-            if item["type"] in ("message", "part"):
-                got[item["type"] + "s"][item["data"]["id"]] = item["data"]
-    return out
-
-
-async def pending_and_dead(config: Config) -> tuple[dict[str, int], list[dict]]:
-    state = await StateStore.open(config.state)
-    try:
-        return await state.pending_sessions(), await state.dead_letters()
-    finally:
-        await state.close()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

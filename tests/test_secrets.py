@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,14 @@ from starlette.types import Receive, Scope, Send
 from syncd.model import Batch, Share
 from syncd.transports.base import RetryableError
 from syncd.transports.capnweb import CapnwebBatchTransport
-from tests.support.fake_opencode import one_session_database
+from tests.support.fake_opencode import one_session_db
 from tests.support.receiver import running_receiver
 from tests.support.scripted_server import Answer, Server
+from tests.support.syncd_process import run_syncd
 
 SHARE_SECRET = "0f1e2d3c-share-secret-4b5a6978"
 KEY = "k-right-share-key-5f0c1a"
 WRONG_KEY = "k-wrong-share-key-93b2e7"
-
-
-async def syncd(*args: str) -> tuple[int, str]:
-    """`python -m syncd ARGS`: exit code and everything it printed (stdout and stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", *args, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
-def opencode_db(tmp_path: Path, fixtures_dir: Path) -> Path:
-    return one_session_database(tmp_path / "opencode.db", fixtures_dir)
 
 
 def private_config(tmp_path: Path, text: str) -> Path:
@@ -48,11 +33,11 @@ def private_config(tmp_path: Path, text: str) -> Path:
 
 
 async def test_files_syncd_writes_are_private(tmp_path: Path, fixtures_dir: Path) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     home = tmp_path / "syncd"
     old = os.umask(0o022)  # a usual umask: files are world-readable unless syncd says not
     try:
-        code, output = await syncd("sync", "--db", str(db), "--state", str(home / "state.db"),
+        code, output = await run_syncd("sync", "--db", str(db), "--state", str(home / "state.db"),
                                    "--archive", str(home / "archive.db"))  # fmt: skip
     finally:
         os.umask(old)
@@ -67,7 +52,7 @@ async def test_files_syncd_writes_are_private(tmp_path: Path, fixtures_dir: Path
 async def test_a_secret_echoed_by_the_receiver_shows_nowhere(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     server = Server()
     share = {"id": "shr_1", "secret": SHARE_SECRET, "url": f"{server.url}/share/shr_1"}
 
@@ -82,13 +67,13 @@ async def test_a_secret_echoed_by_the_receiver_shows_nowhere(
     common = ["--db", str(db), "--state", str(state), "--url", server.url,
               "--transport", "http", "--sessions", "all"]  # fmt: skip
     try:
-        code, sync_output = await syncd("sync", *common)
+        code, sync_output = await run_syncd("sync", *common)
     finally:
         server.close()
     assert code == 1 and "dead-lettered" in sync_output
     assert any(r.body and r.body.get("secret") == SHARE_SECRET for r in server.requests)
-    _, status_text = await syncd("status", *common)
-    _, status_json = await syncd("status", "--json", *common)
+    _, status_text = await run_syncd("status", *common)
+    _, status_json = await run_syncd("status", "--json", *common)
     assert "bad batch from secret" in status_text  # the reason is shown, masked
     for output in (sync_output, status_text, status_json):
         assert SHARE_SECRET not in output
@@ -98,23 +83,23 @@ async def test_a_secret_echoed_by_the_receiver_shows_nowhere(
 async def test_the_key_never_shows_when_the_receiver_refuses_it(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     config = private_config(tmp_path, f'key = "{WRONG_KEY}"\n')
     async with running_receiver(tmp_path, key=KEY) as receiver:
         common = ["--db", str(db), "--state", str(tmp_path / "state.db"), "--url", receiver.url,
                   "--transport", "a2a", "--sessions", "all", "--config", str(config)]  # fmt: skip
-        code, sync_output = await syncd("sync", *common)
-        _, status_json = await syncd("status", "--json", *common)
+        code, sync_output = await run_syncd("sync", *common)
+        _, status_json = await run_syncd("status", "--json", *common)
     assert code == 1 and "x-opencode-share-key" in sync_output
     for output in (sync_output, status_json):
         assert WRONG_KEY not in output
 
 
 async def test_a_key_in_a_readable_config_file_warns(tmp_path: Path, fixtures_dir: Path) -> None:
-    db = opencode_db(tmp_path, fixtures_dir)
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
     config = private_config(tmp_path, f'key = "{KEY}"\n')
     config.chmod(0o644)
-    code, output = await syncd("status", "--db", str(db), "--state", str(tmp_path / "none.db"),
+    code, output = await run_syncd("status", "--db", str(db), "--state", str(tmp_path / "none.db"),
                                "--config", str(config))  # fmt: skip
     assert "chmod 600" in output and str(config) in output
     assert KEY not in output

@@ -49,7 +49,7 @@ bodies = st.one_of(
 async def test_any_body_gets_an_answer_and_changes_nothing_unless_200(
     store: ArchiveStore, target: str, body: str
 ) -> None:
-    share = await store.share_for_session("ses_fuzz", "http://receiver")
+    share = await store.create_share("ses_fuzz", "http://receiver")
     before = await _contents(store)
     body = body.replace('"SECRET"', json.dumps(share.secret))
     method, path = {"sync": ("POST", f"/api/share/{share.id}/sync"),

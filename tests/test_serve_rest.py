@@ -7,12 +7,12 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from syncd.config import Config, load_config
 from syncd.errors import UserError
 from syncd.receiver.app import serve
 from tests.support.receiver import running_receiver
@@ -251,16 +251,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def serve_config(tmp_path: Path, port: int, **flags: object) -> Config:
+    flags = {"archive": str(tmp_path / "archive.db"), "serve_port": port, **flags}
+    return load_config(flags, {"HOME": str(tmp_path)})
+
+
 async def test_serve_runs_on_the_configured_address(tmp_path: Path, store_url: str) -> None:
     port = free_port()
-    config = SimpleNamespace(
-        archive=tmp_path / "unused.db",
-        store=store_url,
-        store_pool_size=2,
-        serve_host="127.0.0.1",
-        serve_port=port,
-        key=None,
-    )
+    archive = str(tmp_path / "unused.db")
+    config = serve_config(tmp_path, port, archive=archive, store=store_url, store_pool_size=2)
     task = asyncio.create_task(serve(config))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -284,13 +283,6 @@ async def test_serve_names_a_busy_port(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = SimpleNamespace(
-            archive=tmp_path / "archive.db",
-            store=None,
-            store_pool_size=2,
-            serve_host="127.0.0.1",
-            serve_port=taken.getsockname()[1],
-            key=None,
-        )
+        config = serve_config(tmp_path, taken.getsockname()[1])
         with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1"):
             await serve(config)

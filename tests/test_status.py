@@ -64,6 +64,15 @@ def writer(tmp_path: Path, fixtures_dir: Path):
     fake.close()
 
 
+async def refused(tmp_path: Path, writer: FakeOpencode, receiver: Receiver) -> Config:
+    """Everything in the database synced to a receiver that refuses it (400): dead letters."""
+    config = remote_config(tmp_path, writer.path, receiver.url)
+    await receiver.faults.status(400)
+    with pytest.raises(UserError, match="dead-lettered"):
+        await sync_once(config)
+    return config
+
+
 def one_session(writer: FakeOpencode) -> tuple[str, str]:
     sid = writer.session()
     mid = writer.message(sid, {"role": "assistant", "time": {"created": 1}})
@@ -135,10 +144,7 @@ async def test_refused_items_are_dead_lettered_then_retried_after_a_fix(
 ) -> None:
     sid, part = one_session(writer)
     async with running_receiver(tmp_path) as receiver:
-        config = remote_config(tmp_path, writer.path, receiver.url)
-        await receiver.faults.status(400)
-        with pytest.raises(UserError, match="dead-lettered"):
-            await sync_once(config)
+        config = await refused(tmp_path, writer, receiver)
         code, out, report = await status(capsys, config)
         assert code == 1
         assert "dead-lettered" in next(line for line in out.splitlines() if line.startswith(sid))
@@ -183,10 +189,7 @@ async def test_derived_dead_letter_retry_recaptures_the_session(
     sid = writer.session(summary_additions=1, summary_deletions=0, summary_files=1,
                          summary_diffs=json.dumps(diffs))  # fmt: skip
     async with running_receiver(tmp_path) as receiver:
-        config = remote_config(tmp_path, writer.path, receiver.url)
-        await receiver.faults.status(400)
-        with pytest.raises(UserError, match="dead-lettered"):
-            await sync_once(config)
+        config = await refused(tmp_path, writer, receiver)
         code, out, _ = await cli(capsys, "dead-letters", "list", "--json", *flags(config))
         kinds = {letter["kind"]: letter for letter in json.loads(out)}
         assert set(kinds) == {"session", "session_diff"}
@@ -205,6 +208,30 @@ async def test_derived_dead_letter_retry_recaptures_the_session(
         assert code == 0 and "1 dead letter(s) discarded" in out
         code, _, report = await status(capsys, config)
         assert code == 0 and report["dead_letters"] == []
+
+
+async def test_one_session_by_part_of_its_id_and_letters_by_range(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sid, _ = one_session(writer)
+    other, _ = one_session(writer)
+    async with running_receiver(tmp_path) as receiver:
+        config = await refused(tmp_path, writer, receiver)
+    code, out, _ = await cli(capsys, "status", sid[-8:], *flags(config))
+    details = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith(" "))
+    assert code == 1 and details["session"] == sid and details["state"] == "dead-lettered"
+    assert "injected 400" in out and other not in out
+    code, out, _ = await cli(capsys, "status", sid[-8:], "--json", *flags(config))
+    assert [s["session_id"] for s in json.loads(out)["sessions"]] == [sid]
+    code, _, err = await cli(capsys, "status", "ses_", *flags(config))
+    assert code == 2 and "2 sessions start with 'ses_'" in err
+    code, _, err = await cli(capsys, "status", "nothing-like-it", *flags(config))
+    assert code == 2 and "no session 'nothing-like-it' in the state" in err
+    code, out, _ = await cli(capsys, "dead-letters", "discard", "1-3", *flags(config))
+    assert code == 0 and "3 dead letter(s) discarded" in out
+    with pytest.raises(SystemExit, match="2"):  # a usage mistake, as argparse ends them
+        await cli(capsys, "dead-letters", "discard", "3-1", *flags(config))
+    assert "'3-1' is an empty range" in capsys.readouterr().err
 
 
 async def test_dead_letter_commands_name_what_is_wrong(

@@ -62,13 +62,6 @@ async def test_create_names_share_like_opencode_and_never_reuses_an_id(store: Ar
     assert listed[first.id]["session_id"] == SESSION_ID
 
 
-async def test_share_for_session_gets_or_creates(store: ArchiveStore) -> None:
-    made = await store.share_for_session(SESSION_ID, "http://a")
-    again = await store.share_for_session(SESSION_ID, "http://a")
-    assert again == made
-    assert len(await store.list_shares()) == 1
-
-
 async def test_upserts_by_id_and_last_write_wins(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     await store.sync(
@@ -226,7 +219,7 @@ json_values = st.recursive(
 )
 @given(value=json_values)
 async def test_json_types_survive_exactly(store: ArchiveStore, value: Any) -> None:
-    share = await store.share_for_session(SESSION_ID, "http://x")
+    share = await store.create_share(SESSION_ID, "http://x")
     await store.sync(share.id, share.secret, [part("prt_1", "msg_1", value=value)])
     stored = (await store.read_share(share.id))["parts"][0]["value"]
     # == alone treats 1 and 1.0 alike; the serialised form tells ints from floats

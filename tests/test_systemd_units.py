@@ -1,5 +1,6 @@
 """The shipped systemd units: parsed here for what syncd relies on, and checked by the real
-`systemd-analyze verify` when the machine has it."""
+`systemd-analyze verify` when the machine has it (against what the install produced, paths
+unchanged, in tests/test_install.py)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from syncd import service as service_module
+from syncd.service import system_service, unit_text
+
 REPO = Path(__file__).resolve().parent.parent
 UNITS = {"syncd.service": "--user", "syncd-system.service": "--system"}
 SERVE_UNIT = "syncd-serve.service"
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
-    """section -> key -> every value given (systemd allows repeating most keys)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"{path.name}: {line!r} outside a section"
-        assert "=" in line, f"{path.name}: {line!r} is not key=value"
-        key, value = (part.strip() for part in line.split("=", 1))
-        current.setdefault(key, []).append(value)
-    return sections
+    return service_module.parse_unit(path.read_text())
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -110,3 +100,27 @@ def test_systemd_analyze_verify(name: str, mode: str, tmp_path: Path) -> None:
     complaints = [line for line in result.stderr.splitlines() if name in line]
     assert result.returncode == 0, result.stderr
     assert complaints == []
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_package_carries_the_units_of_systemd_dir(name: str) -> None:
+    assert unit_text(name) == (REPO / "systemd" / name).read_text()
+
+
+def test_the_system_service_is_read_off_its_unit() -> None:
+    service = system_service()
+    assert (service.user, service.group, service.supplementary_groups) == (
+        "syncd",
+        "syncd",
+        ("opencode",),
+    )
+    assert service.config_dir == Path("/etc/syncd")
+    assert service.state_dir == Path("/var/lib/syncd")
+    # The unit's Environment=, specifiers expanded: what `sudo syncd status` loads the config with.
+    assert service.env == {
+        "HOME": "/var/lib/syncd",
+        "XDG_CONFIG_HOME": "/etc",
+        "XDG_STATE_HOME": "/var/lib",
+        "XDG_DATA_HOME": "/var/lib",
+        "XDG_CACHE_HOME": "/var/cache",
+    }

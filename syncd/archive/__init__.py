@@ -9,6 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..errors import UserError
+from ..redact import scrub
 from .base import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound, StoreUnavailable
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "ShareNotFound",
     "StoreUnavailable",
     "open_archive",
-    "redact",
 ]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -45,27 +45,9 @@ async def open_archive(store: str | Path, *, pool_size: int = DEFAULT_POOL_SIZE)
         spec = path
     elif scheme:
         raise UserError(
-            f"store {redact(spec)!r}: unknown scheme {scheme!r}; use a file path, "
+            f"store {scrub(spec)!r}: unknown scheme {scheme!r}; use a file path, "
             "sqlite:///path or postgresql://user:password@host:port/database"
         )
     from .sqlite import SqliteArchive
 
     return await SqliteArchive.open(Path(spec).expanduser())
-
-
-def redact(store: str | Path) -> str:
-    """`store` with any password in it hidden, fit for logs and error messages."""
-    spec = str(store)
-    if "://" not in spec:
-        return spec
-    parts = urllib.parse.urlsplit(spec)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hosts = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    query = "&".join(
-        "password=***" if pair.split("=", 1)[0] == "password" else pair
-        for pair in parts.query.split("&")
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))

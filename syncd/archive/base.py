@@ -353,10 +353,6 @@ class ArchiveStore(ABC):
         characters cannot name a share in a url (`share_ids`)."""
 
     @abstractmethod
-    async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        """The newest share of `session_id`, created when there is none."""
-
-    @abstractmethod
     async def delete_share(self, share_id: str, secret: str) -> None: ...
 
     @abstractmethod

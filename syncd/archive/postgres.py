@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..errors import UserError
 from ..migrate import migration_folders
 from ..model import Share, SyncItem
-from . import redact
+from ..redact import scrub
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
@@ -107,7 +107,7 @@ class PostgresArchive(ArchiveStore):
         self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"PostgresArchive({redact(self.url)})"
+        return f"PostgresArchive({scrub(self.url)})"
 
     @classmethod
     async def open(
@@ -123,7 +123,7 @@ class PostgresArchive(ArchiveStore):
             listening = await _listening_connection(conninfo)
         except psycopg.Error as exc:
             raise UserError(
-                f"cannot open the store {redact(url)}: {_one_line(exc)}; check the URL, "
+                f"cannot open the store {scrub(url)}: {_one_line(exc)}; check the URL, "
                 "the server and the role's rights"
             ) from exc
         pool: psycopg_pool.AsyncConnectionPool[Conn] = psycopg_pool.AsyncConnectionPool(
@@ -205,22 +205,6 @@ class PostgresArchive(ArchiveStore):
             if created is not None:
                 break
         return Share(id=share_id, secret=secret, url=url)
-
-    async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        check_session_id(session_id)
-        async with self._transaction() as conn:
-            # One lookup-or-create per session at a time across replicas: two replicas asked
-            # for a new session's share at once hand out the same share.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (session_id,))
-            row = await self._fetchone(
-                conn,
-                "SELECT id, secret, url FROM share WHERE session_id = %s "
-                "ORDER BY time_created DESC, created DESC LIMIT 1",
-                (session_id,),
-            )
-            if row is not None:
-                return Share(id=row[0], secret=row[1], url=row[2])
-            return await self._create(conn, session_id, base_url)
 
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as conn:
@@ -392,7 +376,7 @@ class PostgresArchive(ArchiveStore):
             try:
                 if conn is None:
                     conn = await _listening_connection(conninfo)
-                    log.info("listening for changes again", store=redact(self.url))
+                    log.info("listening for changes again", store=scrub(self.url))
                     outage = False
                     self.waiters.wake()
                 async with conn:
@@ -402,7 +386,7 @@ class PostgresArchive(ArchiveStore):
                 if not outage:
                     log.warning(
                         "lost the store's change notifications; reconnecting",
-                        store=redact(self.url),
+                        store=scrub(self.url),
                         error=_one_line(exc),
                     )
                     outage = True

@@ -106,21 +106,6 @@ class SqliteArchive(ArchiveStore):
         )
         return Share(id=share_id, secret=secret, url=url)
 
-    async def share_for_session(self, session_id: str, base_url: str) -> Share:
-        check_session_id(session_id)
-        # Lookup and creation in one transaction: two requests for a new session's share at
-        # once get the same share.
-        async with self._transaction() as db:
-            row = await self._fetch(
-                db,
-                "SELECT id, secret, url FROM share WHERE session_id = ? "
-                "ORDER BY time_created DESC, rowid DESC LIMIT 1",
-                (session_id,),
-            )
-            if row is not None:
-                return Share(id=row[0], secret=row[1], url=row[2])
-            return await self._create(db, session_id, base_url)
-
     async def delete_share(self, share_id: str, secret: str) -> None:
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)

@@ -22,11 +22,7 @@ def common_flags() -> Parser:
     """The flags that override the config file, shared by the daemon-side commands. The share
     key is deliberately not a flag: command lines are visible to every user in `ps`."""
     common = Parser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML config file (default $XDG_CONFIG_HOME/syncd/config.toml)",
-    )
+    add_config_flag(common)
     common.add_argument("--db", metavar="FILE", help="opencode database to read")
     common.add_argument("--state", metavar="FILE", help="syncd's own state database")
     common.add_argument("--archive", metavar="FILE", help="embedded archive / serve store")
@@ -40,6 +36,14 @@ def common_flags() -> Parser:
     return common
 
 
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file (default $XDG_CONFIG_HOME/syncd/config.toml)",
+    )
+
+
 def config_flags(args: argparse.Namespace) -> dict[str, object]:
     """Command-line values under their Config names; None means "not given"."""
     names = ("config", "db", "state", "archive", "url", "transport", "sessions")
@@ -47,4 +51,5 @@ def config_flags(args: argparse.Namespace) -> dict[str, object]:
     flags["serve_host"] = getattr(args, "host", None)
     flags["serve_port"] = getattr(args, "port", None)
     flags["store"] = getattr(args, "store", None)
+    flags["serve_public"] = getattr(args, "public", None)
     return flags

@@ -11,11 +11,14 @@ its next look at the database (at most `poll_interval` seconds); `syncd sync` se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TextIO
 
+from rich.console import Console
 from rich.text import Text
 
 from .. import jsontext
@@ -25,7 +28,7 @@ from ..source.changes import ChangeDetector
 from ..source.opencode_db import OpencodeDb
 from ..state.store import StateStore
 from . import Subcommands
-from .status import emit, table_for, timestamp
+from .screen import ago, clipped, fitted, screen, short_ids, table_for, timestamp
 
 # Entities read from opencode by id; everything else is derived from the whole session.
 ENTITY_KINDS = ("session", "message", "part")
@@ -34,7 +37,7 @@ ENTITY_KINDS = ("session", "message", "part")
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     help = "list, show, retry or discard dead letters"
     letters = commands.add_parser("dead-letters", help=help, description=help)
-    letters.set_defaults(command=_command)
+    letters.set_defaults(command=_command, reads_state=True)
     # The common flags go on each action (`syncd dead-letters list --state FILE`): argparse
     # would let an action's defaults overwrite flags given before it.
     actions = letters.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -51,7 +54,9 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         ("discard", "drop for good"),
     ):
         sub = action(name, text)
-        sub.add_argument("ids", type=int, nargs="*", metavar="ID")
+        sub.add_argument(
+            "ids", type=_id_range, nargs="*", metavar="ID", help="an id, or a range: 12-68"
+        )
         sub.add_argument("--all", action="store_true", help="every dead letter")
 
 
@@ -62,9 +67,20 @@ def _command(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, in
         case "show":
             return show_letter(config, args.id)
         case "retry":
-            return retry(config, args.ids, args.all)
+            return retry(config, list(itertools.chain(*args.ids)), args.all)
         case _:
-            return discard(config, args.ids, args.all)
+            return discard(config, list(itertools.chain(*args.ids)), args.all)
+
+
+def _id_range(text: str) -> list[int]:
+    first, _, last = text.partition("-")
+    try:
+        ids = range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an id or a range of ids") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty range")
+    return list(ids)
 
 
 async def list_letters(config: Config, as_json: bool = False) -> int:
@@ -80,22 +96,76 @@ async def list_letters(config: Config, as_json: bool = False) -> int:
     if not letters:
         print("no dead letters")
         return 0
-    table = table_for(sys.stdout, "ID", "SESSION", "KIND", "ITEM", "WHEN", "REASON")
-    for letter in letters:
-        table.add_row(
-            str(letter["id"]),
-            Text(letter["session_id"]),
-            letter["kind"],
-            Text(letter["item_id"]),
-            timestamp(letter["time_created"]),
-            Text(letter["reason"][:120]),
-        )
-    summary = Text(
-        f"{len(letters)} dead letter(s). `syncd dead-letters show ID` shows one; "
-        "`retry` once the receiver accepts them again, `discard` to drop them."
-    )
-    emit(sys.stdout, table, "", summary)
+    render_letters(letters, sys.stdout)
     return 0
+
+
+def render_letters(
+    letters: list[dict[str, Any]],
+    out: TextIO,
+    *,
+    now: float | None = None,
+    console: Console | None = None,
+) -> None:
+    """On a terminal, one row per refused batch (its letters share the session, the moment
+    and the reason): what one missing key did to 57 items is one line. In a pipe, one row
+    per letter, every detail."""
+    with screen(out, console) as shown:
+        if shown.is_terminal:
+            groups = _batches(letters)
+            table = fitted(table_for(shown, "IDS", "SESSION", "WHEN", "ITEMS", "REASON"))
+            table.columns[3].justify = "right"
+            short = short_ids(letter["session_id"] for letter in letters)
+            moment = time.time() if now is None else now
+            for group in groups:
+                first = group[0]
+                table.add_row(
+                    _ranges([letter["id"] for letter in group]),
+                    Text(short[first["session_id"]]),
+                    ago(first["time_created"], moment),
+                    str(len(group)),
+                    clipped(first["reason"]),
+                )
+            counted = f"{len(letters)} dead letter(s) in {len(groups)} batch(es)"
+        else:
+            table = table_for(shown, "ID", "SESSION", "KIND", "ITEM", "WHEN", "REASON")
+            for letter in letters:
+                table.add_row(
+                    str(letter["id"]),
+                    Text(letter["session_id"]),
+                    letter["kind"],
+                    Text(letter["item_id"]),
+                    timestamp(letter["time_created"]),
+                    Text(" ".join(letter["reason"].split())),
+                )
+            counted = f"{len(letters)} dead letter(s)"
+        shown.print(table)
+        shown.print("")
+        shown.print(
+            Text(
+                f"{counted}. `syncd dead-letters show ID`: the full reason and what was refused; "
+                "`retry ID...` (or a range: 12-68, or --all) once the receiver accepts them "
+                "again, `discard ID...` to drop them."
+            )
+        )
+
+
+def _batches(letters: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Letters written together (one refused batch: same session, moment and reason)."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for letter in letters:
+        key = (letter["session_id"], letter["time_created"], letter["reason"])
+        groups.setdefault(key, []).append(letter)
+    return list(groups.values())
+
+
+def _ranges(ids: list[int]) -> str:
+    """1-57, or 1-3,7 when not contiguous."""
+    spans: list[str] = []
+    for _, run in itertools.groupby(enumerate(sorted(ids)), lambda pair: pair[1] - pair[0]):
+        values = [value for _, value in run]
+        spans.append(str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}")
+    return ",".join(spans)
 
 
 async def show_letter(config: Config, letter_id: int) -> int:

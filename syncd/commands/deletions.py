@@ -23,7 +23,7 @@ from ..pipeline.pipeline import Pipeline
 from ..state.lock import StateLock, StateLocked
 from ..state.store import StateStore
 from . import Subcommands
-from .status import emit, table_for
+from .screen import screen, table_for
 
 GIVE_UP_AFTER = 60.0
 
@@ -31,7 +31,7 @@ GIVE_UP_AFTER = 60.0
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     help = "list, confirm or discard remote deletions held back after a mass vanishing"
     deletions = commands.add_parser("deletions", help=help, description=help)
-    deletions.set_defaults(command=_command)
+    deletions.set_defaults(command=_command, reads_state=True)
     actions = deletions.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("list", "the sessions whose remote deletion is held back"),
@@ -60,14 +60,15 @@ async def list_held(config: Config) -> int:
     if not held:
         print("no deletions held back")
         return 0
-    table = table_for(sys.stdout, "SESSION", "CONFIRMED")
-    for session_id, confirmed in sorted(held.items()):
-        table.add_row(Text(session_id), "yes" if confirmed else "no")
-    summary = Text(
-        f"{len(held)} remote deletion(s) held back. `syncd deletions confirm` deletes the "
-        "remote copies; `syncd deletions discard` keeps them."
-    )
-    emit(sys.stdout, table, "", summary)
+    with screen(sys.stdout) as shown:
+        table = table_for(shown, "SESSION", "CONFIRMED")
+        for session_id, confirmed in sorted(held.items()):
+            table.add_row(Text(session_id), "yes" if confirmed else "no")
+        for renderable in (table, "", Text(
+            f"{len(held)} remote deletion(s) held back. `syncd deletions confirm` deletes the "
+            "remote copies; `syncd deletions discard` keeps them."
+        )):  # fmt: skip
+            shown.print(renderable)
     return 0
 
 

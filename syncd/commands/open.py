@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..state.store import StateStore
 from ..transports.local import page_url
 from . import Subcommands
+from .screen import find_session
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -29,32 +30,20 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "session",
         nargs="?",
         metavar="SESSION",
-        help="session id (or its start, or its share id); default: the last one delivered",
+        help="session id (its start or end, or its share id); default: the last one delivered",
     )
     sub.add_argument("--print", action="store_true", help="only print the url")
     sub.set_defaults(command=lambda config, args: open_page(config, args.session, args.print))
 
 
 def choose(rows: list[dict[str, Any]], wanted: str | None) -> dict[str, Any]:
-    """The state's row for `wanted` (a session id, its start, or a share id), or the session
-    delivered last; a UserError saying what to do when there is none or several."""
-    if wanted is None:
-        delivered = [row for row in rows if row["share_url"] and row["time_last_delivery"]]
-        if not delivered:
-            raise UserError("no session has been delivered yet: run `syncd sync` (or `syncd run`)")
-        return max(delivered, key=lambda row: row["time_last_delivery"])
-    exact = [row for row in rows if row["session_id"] == wanted]
-    by_share = [row for row in rows if (row["share_url"] or "").endswith(f"/share/{wanted}")]
-    by_start = [row for row in rows if row["session_id"].startswith(wanted)]
-    for found in (exact, by_share, by_start):
-        if len(found) == 1:
-            return found[0]
-    if by_start:
-        raise UserError(
-            f"{len(by_start)} sessions start with {wanted!r}: give more of the id "
-            "(`syncd status` lists them)"
-        )
-    raise UserError(f"no session {wanted!r} in the state: `syncd status` lists the sessions")
+    """The state's row for `wanted` (see find_session), or the session delivered last."""
+    if wanted is not None:
+        return find_session(rows, wanted)
+    delivered = [row for row in rows if row["share_url"] and row["time_last_delivery"]]
+    if not delivered:
+        raise UserError("no session has been delivered yet: run `syncd sync` (or `syncd run`)")
+    return max(delivered, key=lambda row: row["time_last_delivery"])
 
 
 def _answers(url: str) -> bool:

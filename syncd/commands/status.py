@@ -6,19 +6,18 @@ what the state lock says: a session is "retrying" only while one does. Exit code
 healthy; 1 when anything is dead-lettered, the oldest pending item is older than `max_lag`
 seconds, opencode's database cannot be read, or the daemon reported a problem beyond one
 session (the receiver refusing the key, deletions held back), so the command can serve as a
-health check.
+health check. On a terminal the table fits its width (short ids, relative times); `--wide`,
+a pipe, or `status SESSION` give every detail.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
 from typing import Any, TextIO
 
-from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -32,14 +31,32 @@ from ..state.lock import StateLock
 from ..state.store import StateStore
 from ..transports.local import page_url
 from . import Subcommands
+from .screen import (
+    ago,
+    clipped,
+    duration,
+    find_session,
+    fitted,
+    screen,
+    short_ids,
+    table_for,
+    timestamp,
+)
 
 LAG_LIMIT_SECONDS = 300.0
+STATE_STYLES = {"dead-lettered": "red", "retrying": "yellow", "pending": "cyan"}
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     help = "show what is synced, pending and failed"
     sub = commands.add_parser("status", parents=[common], help=help, description=help)
+    sub.add_argument(
+        "session", nargs="?", metavar="SESSION", help="one session in detail (as `syncd open`)"
+    )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_argument(
+        "--wide", action="store_true", help="every column in full, however wide the terminal"
+    )
     sub.add_argument(
         "--max-lag",
         type=float,
@@ -47,7 +64,11 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="exit 1 when an item has been pending longer than this (default 300)",
     )
-    sub.set_defaults(command=lambda config, args: show(config, args.json, args.max_lag))
+    sub.set_defaults(command=_command, reads_state=True)
+
+
+def _command(config: Config, args: argparse.Namespace) -> Any:
+    return show(config, args.json, args.max_lag, session=args.session, wide=args.wide)
 
 
 def verdict(row: dict[str, Any], daemon_running: bool) -> str:
@@ -60,7 +81,10 @@ def verdict(row: dict[str, Any], daemon_running: bool) -> str:
     return "delivered"
 
 
-async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[str, Any]:
+async def collect(
+    config: Config, max_lag: float = LAG_LIMIT_SECONDS, session: str | None = None
+) -> dict[str, Any]:
+    """The report, on every session or on the one `session` names (its id or a part of it)."""
     state = await StateStore.open_readonly(config.state)
     try:
         rows = await state.session_report()
@@ -70,6 +94,10 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         await state.close()
     holder = StateLock(config.state).holder()
     running = holder is not None
+    if session is not None:
+        session_id = find_session(rows, session)["session_id"]
+        rows = [row for row in rows if row["session_id"] == session_id]
+        dead = [letter for letter in dead if letter["session_id"] == session_id]
     now = time.time()
     sessions = []
     for row in rows:
@@ -88,9 +116,11 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
         "dead_letters": len(dead),
         "max_lag_seconds": worst_lag,
     }
+    warnings = [warning] if (warning := config.cleartext_warning()) else []
     problems = []
     if unreadable := await _opencode_unreadable(config):
         problems.append(unreadable)
+    # The source's condition is not taken from the state: status reads the database itself.
     problems += [c["message"] for c in conditions if c["problem"] and c["name"] != "source"]
     if dead:
         problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
@@ -99,14 +129,16 @@ async def collect(config: Config, max_lag: float = LAG_LIMIT_SECONDS) -> dict[st
     return {
         "healthy": not problems,
         "problems": problems,
-        "notices": [f"{timestamp(c['time_created'])}: {c['message']}" for c in conditions
-                    if not c["problem"]],
+        "warnings": warnings,
+        "notices": [f"{timestamp(c['time_created'])}: {c['message']}"
+                    for c in conditions if not c["problem"]],
         "daemon": {"running": running, "pid": holder or None},
         "max_lag_seconds": max_lag,
         "totals": totals,
         "sessions": sessions,
         "dead_letters": dead,
         "opencode": opencode_source(config),
+        "time": now,
     }  # fmt: skip
 
 
@@ -138,48 +170,91 @@ def opencode_source(config: Config) -> dict[str, Any]:
     }
 
 
-async def show(config: Config, as_json: bool = False, max_lag: float = LAG_LIMIT_SECONDS) -> int:
-    report = await collect(config, max_lag)
+async def show(
+    config: Config,
+    as_json: bool = False,
+    max_lag: float = LAG_LIMIT_SECONDS,
+    *,
+    session: str | None = None,
+    wide: bool = False,
+) -> int:
+    report = await collect(config, max_lag, session)
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    elif session is not None:
+        render_session(report, sys.stdout)
     else:
-        render(report, sys.stdout)
+        render(report, sys.stdout, wide=wide)
     return 0 if report["healthy"] else 1
 
 
-def render(report: dict[str, Any], out: TextIO) -> None:
-    table = table_for(out, "SESSION", "STATE", "PENDING", "LAG(s)", "LAST DELIVERY",
+def render(
+    report: dict[str, Any], out: TextIO, *, wide: bool = False, console: Console | None = None
+) -> None:
+    with screen(out, console) as shown:
+        compact = shown.is_terminal and not wide
+        table = _compact_table(report, shown) if compact else _wide_table(report, shown)
+        head: list[RenderableType] = [table, ""] if report["sessions"] else []
+        for renderable in (
+            *head,
+            _daemon(report),
+            *_notices(report),
+            _summary(report),
+            *_problems(report),
+            *_warnings(report),
+            *source_lines(report["opencode"]),
+        ):
+            shown.print(renderable)
+        if compact and report["sessions"]:
+            shown.print(Text("details: syncd status SESSION, or --wide", style="dim"))
+
+
+def _compact_table(report: dict[str, Any], console: Console) -> Table:
+    """Fits 80 columns: the id's tail, relative times, the error cut to what is left."""
+    table = fitted(
+        table_for(console, "SESSION", "STATE", "PENDING", "LAG", "DELIVERED", "LAST ERROR")
+    )
+    table.columns[2].justify = "right"
+    short = short_ids(s["session_id"] for s in report["sessions"])
+    for s in report["sessions"]:
+        table.add_row(
+            Text(short[s["session_id"]]),
+            Text(s["state"], style=STATE_STYLES.get(s["state"], "")),
+            str(s["pending"]),
+            duration(s["lag_seconds"]) if s["pending"] else "-",
+            ago(s["time_last_delivery"], report["time"]),
+            clipped(s["last_error"]),
+        )
+    return table
+
+
+def _wide_table(report: dict[str, Any], console: Console) -> Table:
+    table = table_for(console, "SESSION", "STATE", "PENDING", "LAG(s)", "LAST DELIVERY",
                       "SHARE URL", "LAST ERROR")  # fmt: skip
     for s in report["sessions"]:
-        style = {"dead-lettered": "red", "retrying": "yellow", "pending": "cyan"}.get(s["state"])
         # Text, not markup: ids, urls and server messages may hold "[...]".
         table.add_row(
             Text(s["session_id"]),
-            Text(s["state"], style=style or ""),
+            Text(s["state"], style=STATE_STYLES.get(s["state"], "")),
             str(s["pending"]),
             f"{s['lag_seconds']:g}",
             timestamp(s["time_last_delivery"]),
             Text(s["share_url"] or "-"),
-            Text((s["last_error"] or "-")[:100]),
+            Text(_one_line(s["last_error"])),
         )
+    return table
+
+
+def _summary(report: dict[str, Any]) -> Text:
     t = report["totals"]
-    summary = Text.assemble(
+    return Text.assemble(
         f"{t['sessions']} session(s): {t['delivered']} delivered, {t['pending']} pending, "
         f"{t['retrying']} retrying, {t['dead_lettered_sessions']} dead-lettered; "
         f"{t['pending_items']} item(s) pending, {t['dead_letters']} dead letter(s), "
-        f"max lag {t['max_lag_seconds']:g}s: ",
+        f"max lag {duration(t['max_lag_seconds'])}: ",
         ("healthy", "green") if report["healthy"] else ("UNHEALTHY", "bold red"),
     )
-    head: list[RenderableType] = [table, ""] if report["sessions"] else []
-    daemon = report["daemon"]
-    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
-    notes = [Text(f"  note: {notice}") for notice in report["notices"]]
-    problems = [Text(f"  - {problem}") for problem in report["problems"]]
-    emit(
-        out, *head, Text(f"daemon: {running}"), *notes, summary, *problems,
-        *source_lines(report["opencode"]),
-    )  # fmt: skip
 
 
 def source_lines(source: dict[str, Any]) -> list[Text]:
@@ -195,32 +270,60 @@ def source_lines(source: dict[str, Any]) -> list[Text]:
     return lines
 
 
-def emit(out: TextIO, *renderables: RenderableType) -> None:
-    """Colours and a terminal-wide table on a TTY; in a pipe, plain unwrapped lines without
-    trailing blanks (one row per line for `grep` and `awk`), written by plain `write` so that
-    a closed pipe reaches the CLI as BrokenPipeError."""
-    if out.isatty():
-        console = Console(file=out)
-        for renderable in renderables:
-            console.print(renderable)
-        return
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=100_000, no_color=True, highlight=False, emoji=False)
-    for renderable in renderables:
-        console.print(renderable)
-    out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
-
-
-def table_for(out: TextIO, *headers: str) -> Table:
-    terminal = out.isatty()
-    return Table(
-        *headers,
-        box=box.SIMPLE_HEAD if terminal else None,
-        show_edge=False,
-        pad_edge=False,
-        header_style="bold" if terminal else "",
+def _daemon(report: dict[str, Any]) -> Text:
+    daemon = report["daemon"]
+    return Text(
+        f"daemon: running (pid {daemon['pid']})" if daemon["running"] else "daemon: not running"
     )
 
 
-def timestamp(ms: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+def _notices(report: dict[str, Any]) -> list[Text]:
+    return [Text(f"note: {notice}") for notice in report["notices"]]
+
+
+def _warnings(report: dict[str, Any]) -> list[Text]:
+    return [Text(f"warning: {warning}", style="yellow") for warning in report["warnings"]]
+
+
+def _problems(report: dict[str, Any]) -> list[Text]:
+    return [Text(f"  - {problem}") for problem in report["problems"]]
+
+
+def render_session(report: dict[str, Any], out: TextIO, console: Console | None = None) -> None:
+    """One session, every detail, one per line."""
+    (s,) = report["sessions"]
+    now = report["time"]
+    oldest = s["oldest_pending"]
+    pending = f"{s['pending']} item(s)" + (
+        f", the oldest captured {ago(oldest, now)} ({timestamp(oldest)})" if oldest else ""
+    )
+    delivered = s["time_last_delivery"]
+    letters = report["dead_letters"]
+    details = {
+        "session": s["session_id"],
+        "state": Text(s["state"], style=STATE_STYLES.get(s["state"], "")),
+        "pending": pending,
+        "attempts": str(s["attempts"]),
+        "last delivery": f"{timestamp(delivered)} ({ago(delivered, now)})" if delivered else "-",
+        "share": s["share_url"] or "-",
+        "last error": s["last_error"] or "-",
+        "dead letters": (
+            f"{len(letters)}: ids {', '.join(str(letter['id']) for letter in letters)} "
+            "(syncd dead-letters show ID)"
+            if letters
+            else "0"
+        ),
+    }
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in details.items():
+        table.add_row(name, value if isinstance(value, Text) else Text(value))
+    with screen(out, console) as shown:
+        shown.print(table)
+        for problem in _problems(report):
+            shown.print(problem)
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join(text.split()) if text else "-"

@@ -26,7 +26,7 @@ from ..source.opencode_db import OpencodeDb
 from ..state.lock import StateLock, StateLocked
 from ..state.store import StateStore
 from . import Subcommands
-from .progress import follow_backfill
+from .progress import follow_backfill, plan_backfill
 
 log = structlog.get_logger("syncd")
 DAEMON_STARTING_POLLS = 50
@@ -100,8 +100,9 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
         dead_before = len(await pipeline.state.dead_letters())
         pipeline.window.window = 0.0  # catching up: no window to wait for
         if show_progress:
-            # From the start: sessions are delivered while the rest is still being captured.
-            async with follow_backfill(pipeline.state, lambda: pipeline.metrics.items_delivered):
+            # Counted first (cheaply), then shown from the start: sessions are delivered while
+            # the rest is still being captured.
+            async with follow_backfill(pipeline.state, await plan_backfill(pipeline)):
                 await capture_and_drain(pipeline, deep=True)
         else:
             await capture_and_drain(pipeline, deep=True)

@@ -195,6 +195,57 @@ class ChangeDetector:
         self._at_watermark[session_id] = boundary | seen if newest == watermark else boundary
         return SessionChange(session_id, keys=set(fresh), time_updated=newest)
 
+    async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
+        """How many entities a capture of `scan` will record, per session, counted without
+        reading any row's data or touching the detector's own state (a backfill's totals,
+        known before it starts): every entity of a session seen for the first time; for one
+        seen before, the entities its newer journal events name, or its newer rows."""
+        counts: dict[str, int] = {}
+        async with self._db.snapshot():
+            whole = {
+                session_id
+                for session_id, head, _ in scan.candidates
+                if (cursor := cursors.get(session_id)) is None
+                or (head is not None and cursor.journal_seq is None)
+            }
+            counts.update(dict.fromkeys(whole, 1))
+            for kind in ("message", "part"):
+                for session_id, rows in await self._db.rows(
+                    f"SELECT session_id, COUNT(*) FROM {kind} GROUP BY session_id"
+                ):
+                    if session_id in whole:
+                        counts[session_id] += rows
+            for session_id, head, time_updated in scan.candidates:
+                if session_id not in whole:
+                    newer = await self._count_newer(
+                        session_id, head, time_updated, cursors[session_id]
+                    )
+                    if newer:
+                        counts[session_id] = newer
+        return counts
+
+    async def _count_newer(
+        self, session_id: str, head: int | None, time_updated: int, cursor: Cursor
+    ) -> int:
+        if head is not None:
+            # The entities _keys_from_events would name (an entity updated twice counts once).
+            row = await self._db.one(
+                "SELECT COUNT(DISTINCT CASE WHEN type LIKE 'session.%' THEN 'session' ELSE "
+                "COALESCE(json_extract(data, '$.part.id'), json_extract(data, '$.info.id')) END) "
+                "FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ?",
+                (session_id, cursor.journal_seq, head),
+            )
+            return int(row[0])
+        watermark = cursor.time_updated if cursor.time_updated is not None else -1
+        newer = int(time_updated > watermark)  # the session itself
+        for kind in ("message", "part"):
+            row = await self._db.one(
+                f"SELECT COUNT(*) FROM {kind} WHERE session_id = ? AND time_updated > ?",
+                (session_id, watermark),
+            )
+            newer += int(row[0])
+        return newer
+
     async def whole_session(self, session_id: str) -> set[ItemKey]:
         """Every entity of the session: for a first capture, a journal gap, a lost share."""
         keys: set[ItemKey] = {("session", session_id)}

@@ -1,7 +1,8 @@
 """One daemon per state database: an advisory lock beside it, holding the owner's pid.
 
 The kernel drops a `flock` when its process dies, `kill -9` included, so a stale lock file
-never blocks a restart.
+never blocks a restart. The lock file is syncd's own (`syncd.files`): never a link, in a
+directory no other user can write, so rewriting the pid in it touches nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError, os_problem
+from ..files import open_own_file, private_directory
 
 
 class StateLocked(Exception):
@@ -27,12 +29,12 @@ class StateLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            private_directory(self.path.parent)
+            fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise UserError(
-                f"cannot create the state lock {self.path}: {os_problem(exc, self.path)}; choose a "
-                "writable state location (--state, or state in the config file)"
+                f"cannot create the state lock {self.path}: {os_problem(exc, self.path)}; "
+                "choose a writable state location (--state, or state in the config file)"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,7 +50,7 @@ class StateLock:
         """Who holds the lock now, without taking it: the holder's pid ("" when it wrote
         none), or None when no process does (no daemon runs on this state)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None  # no lock file: nothing ever ran on this state
         try:

@@ -20,6 +20,7 @@ import aiosqlite
 from .. import jsontext
 from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
+from ..redact import scrub
 from ..sqlite import open_private, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
@@ -179,6 +180,11 @@ class StateStore:
         )
         return {row[0]: row[1] for row in rows}
 
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending items per session."""
+        rows = await self._rows("SELECT session_id, COUNT(*) FROM pending_item GROUP BY session_id")
+        return {row[0]: row[1] for row in rows}
+
     async def pending_totals(self) -> tuple[int, int | None]:
         """Pending items in all, and the capture time (ms) of the oldest (None: none)."""
         rows = await self._rows("SELECT COUNT(*), MIN(time_created) FROM pending_item")
@@ -223,6 +229,7 @@ class StateStore:
         reason = jsontext.readable_text(reason)  # it may quote what was refused
         stamp = now_ms()
         async with self._write() as db:
+            reason = await self._scrubbed(db, session_id, reason)
             await db.executemany(
                 "INSERT INTO dead_letter (session_id, kind, item_id, payload, reason, "
                 "time_created) VALUES (?, ?, ?, ?, ?, ?)",
@@ -272,12 +279,20 @@ class StateStore:
     async def record_error(self, session_id: str, message: str) -> None:
         message = jsontext.readable_text(message)
         async with self._write() as db:
+            message = await self._scrubbed(db, session_id, message)
             await db.execute(
                 "INSERT INTO session_cursor (session_id, last_error, attempts) VALUES (?, ?, 1) "
                 "ON CONFLICT (session_id) DO UPDATE SET last_error = excluded.last_error, "
                 "attempts = attempts + 1",
                 (session_id, message),
             )
+
+    @staticmethod
+    async def _scrubbed(db: aiosqlite.Connection, session_id: str, text: str) -> str:
+        """`text` fit to store: a receiver may echo the share secrets of the session."""
+        async with db.execute("SELECT secret FROM share WHERE session_id = ?", (session_id,)) as c:
+            secrets = [row[0] for row in await c.fetchall()]
+        return scrub(text, secrets)
 
     @staticmethod
     async def _remove(db: aiosqlite.Connection, items: Iterable[PendingItem]) -> None:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import structlog
+
 from .base import Transport
 
 if TYPE_CHECKING:
     from ..archive import ArchiveStore
     from ..config import Config
 
+log = structlog.get_logger("syncd")
+
 
 def make_transport(config: Config, archive: ArchiveStore | None = None) -> Transport:
     """The transport `config` asks for (imported lazily: a2a-sdk is an optional extra)."""
     verify: bool | str = str(config.ca_bundle) if config.ca_bundle else True
+    warning = config.cleartext_warning()
+    if warning is not None:
+        log.warning(warning)
     timeout = config.request_timeout
     match config.transport:
         case "local":

@@ -1,29 +1,43 @@
 """Transport `a2a`: syncd as an A2A 1.0 client (a2a-sdk, an optional extra).
 
-Mapping: a session is an A2A `contextId`; each batch is one `SendMessage` whose `messageId` is
-`Batch.key` (a batch re-sent after a crash carries the same id, and the receiver applies a
-`messageId` once), carrying one part per SyncData item.
+Mapping: a session is an A2A `contextId`. create is one `SendMessage` asking for a new share of
+the context; the receiver answers its id, secret and url, kept in syncd's state like any
+share. Each batch is one `SendMessage` carrying that share's id and secret in its metadata,
+whose `messageId` is `Batch.key` (a batch re-sent after a crash carries the same id, and the
+receiver applies a `messageId` once), with one part per SyncData item.
 
-How SyncData travels in parts (and how a delete is said) is `syncd.wire.a2a`.
+How SyncData travels in parts (and how create and delete are said) is `syncd.wire.a2a`.
+Requests go only to the configured origin: redirects are not followed, and an agent card
+naming another origin is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..errors import UserError
 from ..model import Batch, Created, Share
+from ..redact import scrub
 from ..urls import origin_of
-from ..wire.a2a import DELETE_OPERATION, OPERATION_FIELD, item_part
+from ..wire.a2a import (
+    CREATE_OPERATION,
+    DELETE_OPERATION,
+    OPERATION_FIELD,
+    SECRET_FIELD,
+    SHARE_ID_FIELD,
+    item_part,
+    silence_sdk_debug,
+)
 from ..wire.keys import KEY_HEADER
 from ..wire.text import excerpt
-from .base import RejectedError, RetryableError, Transport, UnsendableError
+from .base import RejectedError, RetryableError, ShareNotFoundError, Transport, UnsendableError
 from .httpclient import http_client
-from .outcome import key_refused, retry_after
+from .outcome import created_share, response_refusal, share_refusal
 
 if TYPE_CHECKING:
     from a2a.client import Client
@@ -38,7 +52,9 @@ def require_sdk() -> None:
     try:
         import a2a.client  # noqa: F401
     except ImportError as exc:
-        raise UserError("transport 'a2a' needs the A2A SDK: pip install 'syncd[a2a]'") from exc
+        raise UserError(
+            "transport 'a2a' needs the A2A SDK: install syncd with scripts/install --extras a2a"
+        ) from exc
 
 
 # -- the transport --------------------------------------------------------------------------
@@ -63,9 +79,10 @@ class A2aTransport(Transport):
             raise UserError(
                 f"a2a_binding {binding!r} is not one of {', '.join(BINDINGS)}: fix the config"
             )
+        silence_sdk_debug()
         self._base_url = base_url.rstrip("/")
         self._binding = BINDINGS[binding]
-        self._has_key = bool(key)
+        self._key = key
         self._http = http_client(
             timeout=timeout, verify=verify, headers={KEY_HEADER: key} if key else {}
         )
@@ -76,28 +93,45 @@ class A2aTransport(Transport):
         return f"A2aTransport({self._base_url!r}, binding={self._binding!r})"
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:
-        """No call: the receiver creates the share with the context's first message. The URL
-        is where `syncd serve` shows it (like opencode, it names a share by the session id's
-        last 8 characters)."""
-        url = f"{self._base_url}/share/{session_id[-8:]}"
-        return Created(Share(id=session_id, secret="", url=url), synced=False)
+        """A new share of the context; its first batch follows with sync()."""
+        from a2a.helpers.proto_helpers import new_text_part
+
+        answer = await self._send(
+            "create",
+            session_id,
+            f"create-{uuid.uuid4()}",  # never deduplicated: each create makes a share
+            [new_text_part("create a share of this session")],
+            {OPERATION_FIELD: CREATE_OPERATION},
+            secret=None,
+        )
+        fields = {"id": answer.get("shareId"), "secret": answer.get("secret")}
+        share = created_share("A2A create", {**fields, "url": answer.get("shareUrl")})
+        return Created(share, synced=False)
 
     async def sync(self, share: Share, batch: Batch) -> None:
         try:
             parts = [item_part(item) for item in batch.items]
         except ValueError as exc:
             raise UnsendableError(f"A2A cannot carry this batch: an item {exc}") from None
-        await self._send(share.id, batch.key, parts, {})
+        await self._send(
+            "sync", batch.session_id, batch.key, parts, _credentials(share), secret=share.secret
+        )
 
     async def delete(self, share: Share) -> None:
         from a2a.helpers.proto_helpers import new_text_part
 
-        await self._send(
-            share.id,
-            f"delete-{share.id}",
-            [new_text_part("delete this share")],
-            {OPERATION_FIELD: DELETE_OPERATION},
-        )
+        metadata = {OPERATION_FIELD: DELETE_OPERATION, **_credentials(share)}
+        try:
+            await self._send(
+                "delete",
+                "",
+                f"delete-{share.id}",
+                [new_text_part("delete this share")],
+                metadata,
+                secret=share.secret,
+            )
+        except ShareNotFoundError:
+            return  # already gone: what delete was asked to achieve
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -111,8 +145,8 @@ class A2aTransport(Transport):
         async with self._connecting:
             if self._client is None:
                 resolver = A2ACardResolver(self._http, self._base_url)
-                card = await self._call(resolver.get_agent_card())
-                self._require_ownorigin_of(card)
+                card = await self._call("agent card", resolver.get_agent_card(), secret=None)
+                self._require_own_origin(card)
                 factory = ClientFactory(
                     ClientConfig(
                         streaming=False,
@@ -131,8 +165,16 @@ class A2aTransport(Transport):
             return self._client
 
     async def _send(
-        self, context_id: str, message_id: str, parts: list[Part], metadata: dict[str, str]
-    ) -> None:
+        self,
+        what: str,
+        context_id: str,
+        message_id: str,
+        parts: list[Part],
+        metadata: dict[str, str],
+        *,
+        secret: str | None,
+    ) -> dict[str, Any]:
+        """One SendMessage; the receiver's answer (a data message) once acknowledged."""
         from a2a.types.a2a_pb2 import Message, Role, SendMessageRequest
 
         client = await self._connect()
@@ -140,10 +182,11 @@ class A2aTransport(Transport):
             message_id=message_id, context_id=context_id, role=Role.ROLE_USER, parts=parts
         )
         message.metadata.update(metadata)
-        responses = await self._call(_collect(client, SendMessageRequest(message=message)))
-        _require_acknowledgement(responses, context_id)
+        request = SendMessageRequest(message=message)
+        responses = await self._call(what, _collect(client, request), secret=secret)
+        return _acknowledgement(f"A2A {what}", responses, context_id, [secret, self._key])
 
-    def _require_ownorigin_of(self, card: Any) -> None:
+    def _require_own_origin(self, card: Any) -> None:
         """The card says where to send; syncd sends (with its key) only to the configured
         origin, whatever a card served there claims."""
         own = origin_of(self._base_url)
@@ -155,41 +198,37 @@ class A2aTransport(Transport):
                     "set url to the receiver itself"
                 )
 
-    async def _call(self, call: Any) -> Any:
+    async def _call(self, what: str, call: Any, *, secret: str | None) -> Any:
         """Await an SDK call, turning its failures into the delivery loop's errors."""
         from a2a.client import A2AClientError, A2AClientTimeoutError, AgentCardResolutionError
         from a2a.utils.errors import A2AError, InternalError
 
+        secrets = [secret, self._key]
         try:
             return await call
         except A2AClientTimeoutError as exc:
-            raise RetryableError(f"A2A request to {self._base_url} timed out") from exc
+            raise RetryableError(f"A2A {what} to {self._base_url} timed out") from exc
         except A2AError as exc:
             response = _http_error_response(exc)
             if response is not None:
-                raise self._status_error(response, exc.message) from exc
+                raise response_refusal(
+                    f"A2A {what}", response, secrets=secrets, key=self._key
+                ) from exc
+            said = scrub(str(exc.message), secrets)
             if isinstance(exc, InternalError):
-                raise RetryableError(f"A2A receiver failed: {exc.message}") from exc
+                raise RetryableError(f"A2A {what}: receiver failed: {said}") from exc
             if isinstance(exc, AgentCardResolutionError) or (
                 isinstance(exc, A2AClientError)
                 and isinstance(exc.__cause__, httpx.HTTPError | json.JSONDecodeError)
             ):
                 # No usable answer: connection refused or dropped, an unreadable body.
-                raise RetryableError(f"A2A request to {self._base_url} failed: {exc}") from exc
-            raise RejectedError(f"A2A receiver refused the batch: {exc.message}") from exc
+                reason = scrub(str(exc), secrets)
+                raise RetryableError(f"A2A {what} to {self._base_url} failed: {reason}") from exc
+            raise RejectedError(f"A2A {what}: receiver refused the call: {said}") from exc
 
-    def _status_error(self, response: httpx.Response, message: str) -> Exception:
-        status = response.status_code
-        if status in (401, 403):
-            return key_refused(
-                f"A2A receiver {self._base_url}", self._has_key, status, excerpt(message)
-            )
-        if status == 429 or status >= 500:
-            return RetryableError(
-                f"A2A receiver {self._base_url} answered HTTP {status}",
-                retry_after=retry_after(response.headers),
-            )
-        return RejectedError(f"A2A receiver answered HTTP {status}: {message}")
+
+def _credentials(share: Share) -> dict[str, str]:
+    return {SHARE_ID_FIELD: share.id, SECRET_FIELD: share.secret}
 
 
 async def _collect(client: Client, request: SendMessageRequest) -> list[Any]:
@@ -206,29 +245,43 @@ def _http_error_response(error: BaseException) -> httpx.Response | None:
     return None
 
 
-def _require_acknowledgement(responses: list[Any], context_id: str) -> None:
-    """Only an answer about this very context acknowledges the batch: a completed task or the
-    receiver's reply message. No answer, or one about another context, is not one."""
-    acknowledged = False
+def _acknowledgement(
+    what: str, responses: list[Any], context_id: str, secrets: list[str | None]
+) -> dict[str, Any]:
+    """The receiver's answer, when it acknowledges the call: a reply message about this very
+    context (its data part is the answer) or a completed task. No answer, or one about
+    another context, is not one; a failed task is a refusal."""
+    from google.protobuf import json_format
+
+    answer: dict[str, Any] | None = None
     for response in responses:
         if response.HasField("task"):
-            _check_task(response.task)
-            answered = response.task.context_id
+            _check_task(what, response.task, secrets)
+            answered, parts = response.task.context_id, []
         elif response.HasField("message"):
-            answered = response.message.context_id
+            answered, parts = response.message.context_id, response.message.parts
         else:
             continue
-        if answered != context_id:
+        if context_id and answered != context_id:
             raise RetryableError(
-                f"A2A answer is about context {answered!r}, not {context_id!r}: not acknowledged"
+                f"{what}: answer is about context {answered!r}, not {context_id!r}: "
+                "not acknowledged"
             )
-        acknowledged = True
-    if not acknowledged:
-        raise RetryableError("A2A receiver answered without a task or message: not acknowledged")
+        answer = {}
+        for part in parts:
+            if part.WhichOneof("content") == "data":
+                data = json_format.MessageToDict(part.data)
+                answer.update(data if isinstance(data, dict) else {})
+    if answer is None:
+        raise RetryableError(
+            f"{what}: receiver answered without a task or message: not acknowledged"
+        )
+    return answer
 
 
-def _check_task(task: Any) -> None:
-    """A task answer: completed is an acknowledgement, failed/rejected a refusal."""
+def _check_task(what: str, task: Any, secrets: list[str | None]) -> None:
+    """A task answer: completed is an acknowledgement, failed/rejected a refusal (of the
+    share's credentials or of the batch, by the reason the receiver gives)."""
     from a2a.helpers.proto_helpers import get_message_text
     from a2a.types.a2a_pb2 import TaskState
 
@@ -239,5 +292,7 @@ def _check_task(task: Any) -> None:
     name = TaskState.Name(state).removeprefix("TASK_STATE_").lower()
     if state in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING):
         # Not acknowledged yet; re-sending is safe, the receiver applies a messageId once.
-        raise RetryableError(f"A2A task still {name}")
-    raise RejectedError(f"A2A task {name}: {reason or 'no reason given'}")
+        raise RetryableError(f"{what}: task still {name}")
+    reason = reason or "no reason given"
+    refused = share_refusal(what, reason, secrets)
+    raise refused or RejectedError(f"{what}: task {name}: {excerpt(scrub(reason, secrets))}")

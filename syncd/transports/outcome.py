@@ -3,7 +3,8 @@
 A call ends in an acknowledgement (the caller returns) or in one of the errors of `base`:
 retry later, re-create a lost share, stop for a refused secret or an existing share, or
 dead-letter the batch. Status codes, `Retry-After`, redirects and thrown-error messages are
-read here and only here, and every message is scrubbed of the secrets the call carried.
+read here and only here, and every message is scrubbed (`syncd.redact`) of the secrets the
+call carried: a receiver may echo a request.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import httpx
 
 from ..model import Share
+from ..redact import scrub
 from ..wire.keys import KEY_HEADER
 from ..wire.text import excerpt
 from .base import (
@@ -42,14 +44,6 @@ _THROWN = (
     (re.compile(r"^Share secret invalid\b|^Invalid secret\b"), SecretRefusedError),
     (re.compile(r"^Share already exists\b"), ShareExistsError),
 )
-
-
-def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """`text` with every secret the call carried masked: a receiver may echo a request."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -149,15 +143,24 @@ def created_share(what: str, answer: object) -> Share:
     return Share(id=id, secret=secret, url=url)
 
 
+def share_refusal(what: str, message: str, secrets: Iterable[str | None]) -> DeliveryError | None:
+    """The share problem a receiver's message names by opencode's wording (a lost share, a
+    refused secret, an existing share), or None when it names none of them."""
+    for pattern, error in _THROWN:
+        if pattern.match(message):
+            return error(f"{what}: {excerpt(scrub(message, secrets))}")
+    return None
+
+
 def thrown(what: str, name: str, message: str, secrets: Iterable[str | None]) -> DeliveryError:
     """What an error thrown by a remote method (capnweb) means: a lost share, a refused
     secret or an existing share by opencode's messages; any other plain Error is retried a few
     times (opencode's functions also throw one when their storage fails), then refused; a
     TypeError or another kind names a batch the server will not take."""
+    known = share_refusal(what, message, secrets)
+    if known is not None:
+        return known
     said = excerpt(scrub(message, secrets))
-    for pattern, error in _THROWN:
-        if pattern.match(message):
-            return error(f"{what}: {said}")
     if name == "Error":  # what a failing storage or an unknown server fault throws
         return ThrownError(f"{what}: receiver threw {name}: {said}")
     return RejectedError(f"{what}: receiver threw {name}: {said}")  # TypeError: a bad batch

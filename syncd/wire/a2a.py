@@ -11,12 +11,17 @@ JSON opencode (JavaScript) writes. An item a data part cannot carry exactly (an 
 nesting deeper than protobuf parses) travels as a text part holding its JSON text (lone
 surrogates as escapes), media type `application/json`.
 
-A2A has no operation that removes a context: delete is a message with metadata
-`{"syncd.operation": "delete"}`.
+Shares and their credentials, as over REST: a message with metadata
+`{"syncd.operation": "create"}` creates a new share of its context and is answered with its id
+and secret (`{"shareId", "secret", "shareUrl"}`); every other message names the share it writes
+to and proves it holds it, with metadata `{"syncd.shareId", "syncd.secret"}`. A `contextId`
+alone authorizes nothing. A2A has no operation that removes a context: delete is a message with
+metadata `{"syncd.operation": "delete"}` and the share's credentials.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +33,10 @@ if TYPE_CHECKING:
 
 JSON_MEDIA_TYPE = "application/json"
 OPERATION_FIELD = "syncd.operation"
+CREATE_OPERATION = "create"
 DELETE_OPERATION = "delete"
+SHARE_ID_FIELD = "syncd.shareId"
+SECRET_FIELD = "syncd.secret"
 EXACT_INT = 2**53  # doubles hold every integer up to this exactly
 
 
@@ -90,7 +98,16 @@ def part_item(part: Part) -> Any:
     raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
 
 
-def is_delete(message: Message) -> bool:
-    return message.metadata.fields.get(OPERATION_FIELD) is not None and (
-        message.metadata.fields[OPERATION_FIELD].string_value == DELETE_OPERATION
-    )
+def metadata_text(message: Message, field: str) -> str | None:
+    """The string `field` of the message's metadata; None when absent or not a string."""
+    value = message.metadata.fields.get(field)
+    if value is None or value.WhichOneof("kind") != "string_value":
+        return None
+    return value.string_value
+
+
+def silence_sdk_debug() -> None:
+    """a2a-sdk logs whole requests and answers at debug level, share secrets included: keep
+    its loggers at info or above whatever the root logger is set to."""
+    sdk = logging.getLogger("a2a")
+    sdk.setLevel(max(logging.INFO, sdk.level))

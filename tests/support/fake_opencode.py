@@ -158,15 +158,6 @@ class FakeOpencode:
         return _Transaction(self.conn)
 
 
-def one_session_database(path: Path, fixtures_dir: Path) -> Path:
-    """A database at `path` holding one session with one user message and one text part."""
-    writer = FakeOpencode(path, fixtures_dir)
-    sid = writer.session()
-    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
-    writer.close()
-    return path
-
-
 class _Transaction:
     """Re-entrant BEGIN IMMEDIATE ... COMMIT: opencode writes row and event together."""
 
@@ -182,6 +173,15 @@ class _Transaction:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if self.outer:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def one_session_db(path: Path, fixtures_dir: Path) -> Path:
+    """A database at `path` holding one session with one user message."""
+    writer = FakeOpencode(path, fixtures_dir)
+    sid = writer.session()
+    writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "hi"})
+    writer.close()
+    return writer.path
 
 
 def _now() -> int:

@@ -145,8 +145,7 @@ class Receiver:
         self._count_repeated_batches()
 
     def _count_creates(self) -> None:
-        # Every store makes its shares in `_create` (create_share, and share_for_session for
-        # a session without one).
+        # Every store makes its shares in `_create` (what create_share runs).
         create = self.store._create  # type: ignore[attr-defined]
 
         async def counted(*args: Any) -> Share:

@@ -14,6 +14,26 @@ from pathlib import Path
 STOP_TIMEOUT = 20.0
 
 
+async def run_syncd(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> tuple[int, str]:
+    """`python -m syncd ARGS` to its end: exit code and everything it printed (stdout and
+    stderr together); killed, and the test failed, after `timeout` seconds."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
 class SyncdProcess:
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.args = args

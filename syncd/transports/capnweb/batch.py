@@ -14,12 +14,13 @@ import httpx
 
 from syncd import __version__
 
+from ...redact import scrub
 from ...wire.capnweb.codec import CodecError, JsError, dumps
 from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer
 from ...wire.keys import KEY_HEADER
 from ..base import RetryableError
 from ..httpclient import MAX_ANSWER, http_client
-from ..outcome import response_refusal, scrub, unreachable
+from ..outcome import response_refusal, unreachable
 from .share import CapnwebTransport
 
 

@@ -5,9 +5,11 @@ answered call is released at once (`["release", id, 1]`) so the receiver holds n
 no longer needs. A session is broken by an `abort`, a close, a failed ping (silence past
 `timeout`) or a call unanswered within `timeout`: every call in flight then raises
 RetryableError (unacknowledged, so the delivery loop sends it again) and the next call opens a
-fresh session. Nothing reconnects in the background. A receiver that closes the socket with
-1009 (message too big) refuses the large message it was sent: that call cannot be sent
-(UnsendableError, naming the receiver's limit), the others are retried.
+fresh session. Nothing reconnects in the background. Redirects are never followed (websockets
+would follow them, key header included): a 3xx answer to the upgrade is a refusal. A receiver
+that closes the socket with 1009 (message too big) refuses the large message it was sent:
+that call cannot be sent (UnsendableError, naming the receiver's limit), the others are
+retried.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from syncd import __version__
 
+from ...redact import scrub
 from ...wire.capnweb.codec import CodecError, JsError, dumps
 from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer, release
 from ...wire.keys import KEY_HEADER
@@ -35,6 +38,14 @@ from .share import CapnwebTransport
 
 PING_INTERVAL = 20.0
 MESSAGE_TOO_BIG = 1009  # the WebSocket close code of a receiver refusing a message's size
+
+
+class _Connect(connect):
+    """websockets' connect, without following redirects: the answer reaches `refusal` as
+    it is, so the key never travels to the address a receiver names."""
+
+    def process_redirect(self, exc: Exception) -> Exception:
+        return exc
 
 
 class CapnwebWsTransport(CapnwebTransport):
@@ -75,7 +86,7 @@ class CapnwebWsTransport(CapnwebTransport):
             what = f"WebSocket {PATH}"
             headers = {KEY_HEADER: self._key} if self._key is not None else {}
             try:
-                socket = await connect(
+                socket = await _Connect(
                     self.url,
                     additional_headers=headers,
                     user_agent_header=f"syncd/{__version__}",
@@ -96,7 +107,7 @@ class CapnwebWsTransport(CapnwebTransport):
                     key=self._key,
                 ) from None
             except (OSError, TimeoutError, WebSocketException) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = scrub(f"{type(exc).__name__}: {exc}", [self._key])
                 raise RetryableError(f"{what}: cannot connect: {reason}") from None
             self._session = _Session(socket, self._timeout)
             self.sessions_opened += 1
