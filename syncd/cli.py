@@ -14,6 +14,7 @@ from syncd.commands import (
     common_flags,
     config_flags,
     dead_letters,
+    deletions,
     install_service,
     open,
     run,
@@ -26,7 +27,7 @@ from syncd.errors import UserError
 from syncd.log import configure_logging
 from syncd.service import config_for_state_reader
 
-COMMANDS = (run, sync, status, open, dead_letters, serve, install_service)
+COMMANDS = (run, sync, status, open, dead_letters, deletions, serve, install_service)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

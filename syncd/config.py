@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from syncd import jsonc
-from syncd.errors import UserError
+from syncd.errors import UserError, os_problem
 from syncd.urls import cleartext_beyond_loopback, origin_of
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
@@ -210,7 +210,13 @@ def _toml_path(flags: Mapping[str, object], dirs: XdgDirs) -> tuple[Path | None,
     if flags.get("config"):
         return Path(str(flags["config"])).expanduser(), True
     default = dirs.config / "syncd" / "config.toml"
-    return (default, False) if default.exists() else (None, False)
+    try:
+        return (default, False) if default.exists() else (None, False)
+    except OSError as e:
+        raise UserError(
+            f"cannot look for the config file {default}: {os_problem(e, default)}; fix the "
+            "permissions of its directory, or name a config file with --config"
+        ) from None
 
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:

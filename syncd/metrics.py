@@ -13,6 +13,7 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import jsontext
 from .redact import scrub
 
 # Receivers answer in milliseconds on a LAN and in seconds across the internet or when slow.
@@ -111,16 +112,16 @@ class Metrics:
 
 
 class Health:
-    """Unhealthy after `max_failures` consecutive failed calls within `period` seconds; the
-    next successful call makes it healthy again. Unhealthy as well while the source cannot be
-    read (`blocked`: why), until it can."""
+    """Unhealthy after `max_failures` consecutive failed calls within `period` seconds (the
+    next successful call makes it healthy again), and while a condition lasts (the receiver
+    refusing the key, the opencode database unreadable: `conditions`, by name)."""
 
     def __init__(self, max_failures: int, period: float) -> None:
         self.max_failures = max_failures
         self.period = period
         self._failures: deque[float] = deque()
         self.last_error: str | None = None
-        self.blocked: str | None = None
+        self.conditions: dict[str, str] = {}
 
     def success(self) -> None:
         self._failures.clear()
@@ -128,7 +129,7 @@ class Health:
 
     def failure(self, error: str) -> None:
         self._failures.append(time.monotonic())
-        self.last_error = scrub(error)  # shown on /health
+        self.last_error = jsontext.readable_text(scrub(error))  # shown on /health, as JSON
 
     def consecutive_failures(self) -> int:
         horizon = time.monotonic() - self.period
@@ -138,4 +139,4 @@ class Health:
 
     @property
     def healthy(self) -> bool:
-        return self.blocked is None and self.consecutive_failures() < self.max_failures
+        return not self.conditions and self.consecutive_failures() < self.max_failures

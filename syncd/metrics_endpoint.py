@@ -41,7 +41,7 @@ def metrics_app(metrics: Metrics, refresh: Callable[[], Awaitable[object]]) -> S
             "max_failures": verdict.max_failures,
             "period_seconds": verdict.period,
             "last_error": verdict.last_error,
-            "blocked": verdict.blocked,
+            "conditions": verdict.conditions,
         }
         return JSONResponse(body, 200 if verdict.healthy else 503)
 

@@ -16,6 +16,13 @@ SyncItem = dict[str, Any]
 """One SyncData item: {"type": "session"|"message"|"part"|"session_diff"|"model", "data": ...}."""
 
 
+def digest(value: Any) -> str:
+    """sha256 of `value`'s canonical JSON. A lone surrogate (opencode can store one) hashes as
+    its code point: the digest never fails on text that has no UTF-8 form."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @dataclass(frozen=True)
 class Share:
     """Credentials of one share on the receiver; the secret is never logged (repr hides it)."""
@@ -35,10 +42,7 @@ class Batch:
     @functools.cached_property
     def key(self) -> str:
         """Deterministic id: the same batch re-sent after a crash carries the same key."""
-        canonical = json.dumps(
-            [self.session_id, self.items], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        return digest([self.session_id, self.items])[:32]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from syncd.archive import ShareNotFound
 from syncd.errors import UserError
 from syncd.model import Batch, Share
 from syncd.transports.a2a import A2aTransport
-from syncd.transports.base import RejectedError, RetryableError
+from syncd.transports.base import KeyRefusedError, RejectedError, RetryableError
 from tests.support import FIXTURES
 from tests.support.receiver import Receiver, running_receiver
 
@@ -203,7 +203,7 @@ async def test_key_refusal_names_the_header_not_the_key(
     async with running_receiver(tmp_path, key="right-key-value") as receiver:
         transport = A2aTransport(receiver.url, key=sent_key, binding=binding)
         try:
-            with pytest.raises(RejectedError, match="x-opencode-share-key") as raised:
+            with pytest.raises(KeyRefusedError, match="x-opencode-share-key") as raised:
                 await transport.create(SESSION, None)
         finally:
             await transport.aclose()

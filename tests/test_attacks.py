@@ -37,6 +37,7 @@ from syncd.transports.base import RetryableError, SecretRefusedError, Transport
 from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.http import HttpTransport
 from syncd.wire.keys import KEY_HEADER
+from tests.support import FIXTURES
 from tests.support.env import free_port, isolated_env
 from tests.support.fake_opencode import one_session_db
 from tests.support.receiver import running_receiver
@@ -375,7 +376,8 @@ async def test_plain_http_beyond_loopback_is_warned_at_start_and_in_status(
     finally:
         structlog.reset_defaults()
     await (await StateStore.open(config.state)).close()
-    flags = ["--url", url, "--transport", "http", "--state", str(config.state)]
+    db = one_session_db(tmp_path / "opencode.db", FIXTURES)  # status is unhealthy without one
+    flags = ["--url", url, "--transport", "http", "--state", str(config.state), "--db", str(db)]
     code, status = await run_syncd("status", *flags, env=isolated_env(tmp_path))
     started = capsys.readouterr().err
     for output in (started, status):

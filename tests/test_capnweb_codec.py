@@ -114,8 +114,8 @@ def test_special_values_have_their_wire_forms() -> None:
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        (2**53, "beyond 2**53"),
-        ({"a": [-(2**60)]}, "value.a[0]: integer"),
+        (2**53 + 1, "beyond 2**53"),
+        ({"a": [-(2**60) - 1]}, "value.a[0]: integer"),
         (datetime(2025, 1, 1), "naive datetime"),
         (datetime(2025, 1, 1, microsecond=1, tzinfo=UTC), "whole milliseconds"),
         ({"toString": 1}, "'toString' would be dropped"),
@@ -129,6 +129,14 @@ def test_what_cannot_travel_is_refused_by_name(value: Any, problem: str) -> None
     with pytest.raises(CodecError, match=r"cannot|beyond|naive|whole|dropped|not a string") as exc:
         encode(value)
     assert problem in str(exc.value)
+
+
+@pytest.mark.parametrize("number", [2**60, -(2**60), 10**20, 2**53 + 2])
+def test_integers_opencode_writes_beyond_2_53_travel_as_the_numbers_they_are(number: int) -> None:
+    """JSON.stringify prints a large double as its digits; a JavaScript receiver parses those
+    digits back into the same double, so they go as a number, exactly."""
+    assert float(number) == number
+    assert wire(number) == number and type(wire(number)) is int
 
 
 def test_nesting_is_refused_beyond_the_reference_limit() -> None:

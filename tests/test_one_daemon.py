@@ -43,6 +43,18 @@ async def test_second_run_refuses_and_sync_waits_for_the_daemon(
             assert f"another syncd (pid {daemon.process.pid}) is already running" in output
             assert "Traceback" not in output
 
+            # A sync naming what the daemon would ignore is refused, never answered for it.
+            elsewhere = common[common.index("--url") + 1].replace("127.0.0.1", "localhost")
+            for flag, value, named in (
+                ("--url", elsewhere, f"url {elsewhere}"),
+                ("--transport", "capnweb-batch", "transport capnweb"),
+            ):
+                asked = [*common]
+                asked[asked.index(flag) + 1] = value
+                code, output = await run_syncd("sync", *asked)
+                assert code == 2, output
+                assert named in output and "would ignore" in output
+                assert "everything delivered" not in output
             part = writer.part(sid, mid, {"type": "text", "text": "written while running"})
             code, output = await run_syncd("sync", *common)
             assert code == 0, output

@@ -72,3 +72,74 @@ async def _contents(store: ArchiveStore) -> list[Any]:
 def test_serve_binds_to_loopback_by_default(tmp_path: Path) -> None:
     config = load_config({"state": str(tmp_path / "s.db")}, {"HOME": str(tmp_path)})
     assert config.serve_host == "127.0.0.1"
+
+
+# -- the inputs that once made `syncd serve` answer 500, on every route ------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INTEGER = "7" * 5000
+LONE = "\\ud800"  # JSON text of a lone surrogate
+HOSTILE_VALUES = [DEEP, HUGE_INTEGER, f'"{LONE}"', f'"ses_{LONE}x"', '"ses_ab/cd/ef"',
+                  '"../../etc"', '"%2F%2e%2e"']  # fmt: skip
+A2A_HEADERS = {"A2A-Version": "1.0", "content-type": "application/json"}
+
+
+ROUTES = [
+    ("POST", "/api/share", '{"sessionID":$V}'),
+    ("POST", "/api/share/$ID/sync", '{"secret":$V,"data":[]}'),
+    ("POST", "/api/share/$ID/sync", '{"secret":"$SECRET","data":[$PART]}'),
+    ("DELETE", "/api/share/$ID", '{"secret":$V}'),
+    ("POST", "/rpc/share", '["push",["pipeline",0,["createShare"],[$V]]]\n["pull",1]'),
+    ("POST", "/rpc/share",
+     '["push",["pipeline",0,["syncShare"],["$ID","$SECRET",[[$PART]]]]]\n["pull",1]'),
+    ("POST", "/rpc/share", '["push",$V]\n["pull",1]'),
+    ("POST", "/a2a/jsonrpc",
+     '{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"messageId":"m",'
+     '"contextId":$V,"role":"ROLE_USER","parts":[{"data":$V}]}}}'),
+    ("POST", "/a2a/rest/message:send",
+     '{"message":{"messageId":"m","contextId":$V,"role":"ROLE_USER",'
+     '"parts":[{"text":$V,"mediaType":"application/json"}]}}'),
+]  # fmt: skip
+
+
+def hostile_requests(share_id: str, secret: str) -> list[tuple[str, str, str]]:
+    """(method, path, body) for every route, each hostile value in each place it can go."""
+    requests = []
+    for value in HOSTILE_VALUES:
+        part = '{"type":"part","data":{"id":$V,"messageID":$V,"x":$V}}'.replace("$V", value)
+        for method, path, body in ROUTES:
+            filled = body.replace("$PART", part).replace("$SECRET", secret)
+            requests.append(
+                (
+                    method,
+                    path.replace("$ID", share_id),
+                    filled.replace("$ID", share_id).replace("$V", value),
+                )
+            )
+    return requests
+
+
+async def test_hostile_inputs_on_every_route_get_an_answer_below_500_and_leave_shares_intact(
+    store: ArchiveStore,
+) -> None:
+    share = await store.create_share("ses_kept_intact", "http://receiver")
+    await store.sync(share.id, share.secret, [{"type": "session", "data": {"id": "s"}}])
+    before = await store.read_items(share.id)
+    transport = httpx.ASGITransport(app=build_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+        for method, path, body in hostile_requests(share.id, share.secret):
+            headers = A2A_HEADERS if path.startswith("/a2a") else {}
+            answer = await client.request(
+                method, path, content=body.encode("utf-8", "surrogatepass"), headers=headers
+            )
+            assert answer.status_code < 500, (path, body[:80], answer.text[:300])
+            if answer.status_code >= 400:
+                assert answer.text, (path, body[:80])  # a reason, not an empty 4xx
+        # What the share held is still there (accepted syncs may add to it), and every
+        # share, new ones included, reads back.
+        after = await store.read_items(share.id)
+        assert all(item in after for item in before)
+        for listed in (await client.get("/api/share")).json()["shares"]:
+            for suffix in ("", "/data"):
+                read = await client.get(f"/api/share/{listed['id']}{suffix}")
+                assert read.status_code == 200, (listed, read.text[:200])

@@ -14,7 +14,12 @@ from websockets.asyncio.client import connect
 
 from syncd.model import Batch, Share
 from syncd.receiver.capnweb_session import ServerSession
-from syncd.transports.base import RejectedError, SecretRefusedError, ShareNotFoundError
+from syncd.transports.base import (
+    KeyRefusedError,
+    RejectedError,
+    SecretRefusedError,
+    ShareNotFoundError,
+)
 from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.capnweb.share import CapnwebTransport
 from syncd.wire.capnweb.codec import JsError, dumps
@@ -110,7 +115,7 @@ async def test_the_key_is_required_on_both_modes(receiver: Receiver) -> None:
         for key in (None, "wrong-key-123"):
             bare = kind(receiver.url, key=key, timeout=10, verify=True)
             try:
-                with pytest.raises(RejectedError, match=r"401.*x-opencode-share-key") as refused:
+                with pytest.raises(KeyRefusedError, match=r"401.*x-opencode-share-key") as refused:
                     await bare.create("ses_nokey", None)
             finally:
                 await bare.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from syncd.cli import main
 from syncd.commands.sync import sync_once
 from syncd.config import Config, load_config
 from syncd.errors import UserError
+from syncd.state.lock import StateLock
 from syncd.state.store import StateStore
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import Receiver, running_receiver
@@ -104,12 +106,24 @@ async def test_receiver_down_is_retrying_then_lagging(
         await receiver.faults.stop()
         with pytest.raises(UserError, match="not delivered"):
             await sync_once(config, give_up_after=0.5)
+        # Nothing runs to retry: pending, with the error, and the daemon said not running.
         code, out, report = await status(capsys, config)
-        # Within the lag limit: retrying is still healthy.
         assert code == 0, out
         [session] = report["sessions"]
-        assert session["state"] == "retrying" and session["pending"] == 3
+        assert session["state"] == "pending" and session["pending"] == 3
         assert session["attempts"] >= 1 and session["last_error"]
+        assert report["daemon"] == {"running": False, "pid": None}
+        assert "daemon: not running" in out
+        # A daemon holds the state (its lock): the same session is being retried.
+        daemon = StateLock(config.state)
+        daemon.acquire()
+        try:
+            code, out, report = await status(capsys, config)
+        finally:
+            daemon.release()
+        assert code == 0, out
+        assert report["sessions"][0]["state"] == "retrying"
+        assert report["daemon"]["running"] and f"running (pid {os.getpid()})" in out
         assert "retrying" in next(line for line in out.splitlines() if line.startswith(sid))
         # Beyond it: unhealthy, with the reason.
         await asyncio.sleep(0.1)
@@ -185,7 +199,9 @@ async def test_derived_dead_letter_retry_recaptures_the_session(
         code, out, _ = await cli(capsys, "dead-letters", "retry",
                               str(kinds["session_diff"]["id"]), *flags(config))  # fmt: skip
         assert code == 0 and "1 dead letter(s) retried" in out
-        assert await sync_once(config) == 0
+        # Delivered, but the session's own letter is still there: not "everything delivered".
+        with pytest.raises(UserError, match=r"1 item\(s\) dead-lettered, 0 of them in this run"):
+            await sync_once(config)
         share = await only_share(receiver)
         assert share["session"]["id"] == sid and share["diffs"] == diffs
         code, out, _ = await cli(capsys, "dead-letters", "discard", "--all", *flags(config))

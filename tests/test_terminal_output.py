@@ -74,6 +74,8 @@ REPORT: dict[str, Any] = {
     "problems": ["57 dead letter(s): see `syncd dead-letters list`",
                  "oldest pending item is 320s old (limit 300s)"],
     "warnings": [],
+    "notices": [],
+    "daemon": {"running": True, "pid": 4242},
     "max_lag_seconds": 300.0,
     "totals": {"sessions": 3, "delivered": 1, "pending": 0, "retrying": 1,
                "dead_lettered_sessions": 1, "pending_items": 12, "dead_letters": 57,
@@ -98,6 +100,7 @@ CN2IRmB7  delivered            0  -    3m ago     -
 P7fHpmOB  retrying            12  5m   3h ago     HTTP 503 from https://opncd.a…
 DAG46UWU  dead-lettered        0  -    -          HTTP 401 from https://opncd.a…
 
+daemon: running (pid 4242)
 3 session(s): 1 delivered, 0 pending, 1 retrying, 1 dead-lettered; 12 item(s)
 pending, 57 dead letter(s), max lag 5m: UNHEALTHY
   - 57 dead letter(s): see `syncd dead-letters list`

@@ -57,6 +57,32 @@ def test_batch_key_is_deterministic() -> None:
     assert one.key == two.key != other.batch.key
 
 
+def test_halves_split_the_manifest_and_keep_deferred_acknowledgements_last() -> None:
+    """A refused batch goes again in halves: each acknowledges what it carries, except the
+    session row its diffs come from, acknowledged only with the half carrying the diff."""
+    loaded = loaded_parts(4)
+    session = PendingItem("s", "session", "s", 1)
+    loaded.items.insert(0, (session, {"type": "session", "data": {"id": "s"}}))
+    loaded.diffs = [{"file": "a", "additions": 1}]
+    [planned] = plan_batches("s", loaded, None, max_items=10, max_bytes=10**6)
+    assert session in planned.acknowledges
+    first, second = planned.halves()
+    assert first.batch.items + second.batch.items == planned.batch.items
+    assert first.carried + second.carried == planned.carried
+    assert first.size + second.size == planned.size
+    assert set(first.acknowledges) | set(second.acknowledges) == set(planned.acknowledges)
+    assert session in first.carried and session in second.acknowledges
+    assert session not in first.acknowledges and second.deferred == [session]
+    assert set(first.acknowledges) <= set(first.carried)
+    assert (first.diff_hash, second.diff_hash) == (None, planned.diff_hash)
+    # Halved again, the deferred session row stays with the diff.
+    third, fourth = second.halves()
+    assert "session_diff" in [i["type"] for i in fourth.batch.items]
+    assert session in fourth.acknowledges and session not in third.acknowledges
+    [one] = plan_batches("s", loaded_parts(1), None, max_items=10, max_bytes=10**6)
+    assert one.halves() == []
+
+
 async def test_window_gathers_touches_into_one_delivery() -> None:
     calls: list[str] = []
 

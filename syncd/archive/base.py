@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import re
 import secrets
 import time
 import uuid
@@ -40,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .. import jsontext
 from ..model import Share, SyncItem
 
 SYNC_KINDS = ("session", "message", "part", "session_diff", "model")
@@ -47,6 +49,9 @@ SYNC_KINDS = ("session", "message", "part", "session_diff", "model")
 # newer batches arrive.
 DEDUP_KEYS_KEPT = 1000
 SHARE_ID_LENGTH = 8
+# A share id must name the share in a url path as it is: a session id whose last characters
+# are not all of these gets a random share id instead.
+SHARE_ID_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ShareNotFound(Exception):
@@ -223,16 +228,27 @@ def now_ms() -> int:
 
 def _json_text(value: Any, where: str) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise BadSyncData(f"{where}: data is not plain JSON ({exc})") from exc
+        jsontext.check_depth(value)
+        return jsontext.dumps(value)
+    except jsontext.JsonTextError as exc:
+        raise BadSyncData(f"{where}: data {exc}") from exc
+
+
+def require_text(value: Any, name: str) -> str:
+    """`value` as a non-empty string both stores can keep as text (an id, a secret, a batch
+    key): a UTF-8 form (no lone surrogate), and no NUL (PostgreSQL text holds none);
+    BadSyncData naming `name` otherwise."""
+    if not isinstance(value, str) or not value:
+        raise BadSyncData(f"{name} must be a non-empty string")
+    if not jsontext.is_text(value):
+        raise BadSyncData(f"{name} holds a lone surrogate, which is not text")
+    if "\x00" in value:
+        raise BadSyncData(f"{name} must not contain NUL characters")
+    return value
 
 
 def _require_str(data: dict[str, Any], field: str, where: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value:
-        raise BadSyncData(f"{where}: data.{field} must be a non-empty string")
-    return value
+    return require_text(data.get(field), f"{where}: data.{field}")
 
 
 def item_key(index: int, item: Any) -> tuple[str, str, str]:
@@ -264,8 +280,11 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
 
 def share_ids(session_id: str) -> Iterator[str]:
     """The ids to try, in order, for a new share of `session_id`: the session id's last
-    characters, as on opencode's server, then random ones (another share holds it)."""
-    yield session_id[-SHARE_ID_LENGTH:]
+    characters, as on opencode's server (unless they cannot name a share in a url path as
+    they are), then random ones (another share holds it)."""
+    derived = session_id[-SHARE_ID_LENGTH:]
+    if SHARE_ID_CHARACTERS.fullmatch(derived):
+        yield derived
     while True:
         yield secrets.token_hex(SHARE_ID_LENGTH // 2)
 
@@ -275,17 +294,17 @@ def new_secret() -> str:
 
 
 def secret_matches(stored: str, given: Any) -> bool:
-    """Whether `given` is the share's secret, compared in constant time."""
-    return isinstance(given, str) and hmac.compare_digest(stored.encode(), given.encode())
+    """Whether `given` is the share's secret, compared in constant time (a given secret with
+    a lone surrogate is simply not it)."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(stored.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 def check_session_id(session_id: Any) -> None:
-    """BadSyncData unless a share can be made for `session_id`: a non-empty string without
-    NUL (which PostgreSQL text cannot hold; both stores refuse it alike)."""
-    if not isinstance(session_id, str) or not session_id:
-        raise BadSyncData("sessionID must be a non-empty string")
-    if "\x00" in session_id:
-        raise BadSyncData("sessionID must not contain NUL characters")
+    """BadSyncData unless a share can be made for `session_id` (`require_text`: both stores
+    refuse alike)."""
+    require_text(session_id, "sessionID")
 
 
 class ChangeWaiters:
@@ -330,7 +349,8 @@ class ArchiveStore(ABC):
     @abstractmethod
     async def create_share(self, session_id: str, base_url: str) -> Share:
         """A new share of `session_id`. Its id is the session id's last 8 characters, as on
-        opencode's server, or a random one when another share holds that id already."""
+        opencode's server, or a random one when another share holds that id already or those
+        characters cannot name a share in a url (`share_ids`)."""
 
     @abstractmethod
     async def delete_share(self, share_id: str, secret: str) -> None: ...

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import UserError
+from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
 from ..sqlite import open_private, transaction
 from .base import (
@@ -28,6 +28,7 @@ from .base import (
     item_key,
     new_secret,
     now_ms,
+    require_text,
     secret_matches,
     session_list_query,
     share_ids,
@@ -51,7 +52,9 @@ class SqliteArchive(ArchiveStore):
         """Open (creating, mode 0600: it holds share secrets) and migrate the archive."""
         try:
             conn = await open_private(path, MIGRATIONS)
-        except (OSError, aiosqlite.Error) as exc:
+        except OSError as exc:
+            raise UserError(f"cannot open the archive {path}: {os_problem(exc, path)}") from None
+        except aiosqlite.Error as exc:
             raise UserError(f"cannot open the archive {path}: {exc}") from exc
         archive = cls(path, conn)
         try:
@@ -126,6 +129,8 @@ class SqliteArchive(ArchiveStore):
         if not isinstance(data, list):
             raise BadSyncData("data must be an array of SyncData items")
         merged = [item_key(index, item) for index, item in enumerate(data)]
+        if dedup_key is not None:
+            require_text(dedup_key, "the batch key")
         stamp = now_ms()
         async with self._transaction() as db:
             await self._check_secret(db, share_id, secret)

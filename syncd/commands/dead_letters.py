@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from .. import jsontext
 from ..config import Config
 from ..errors import UserError
 from ..source.changes import ChangeDetector
@@ -176,8 +177,7 @@ async def show_letter(config: Config, letter_id: int) -> int:
         await state.close()
     if not found:
         raise UserError(f"no dead letter {letter_id}: `syncd dead-letters list` shows them")
-    json.dump({**found[0], "payload": payload}, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(jsontext.dumps({**found[0], "payload": payload}, indent=2) + "\n")
     return 0
 
 

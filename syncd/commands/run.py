@@ -1,12 +1,16 @@
 """`syncd run`: the daemon. It tails the database until SIGTERM/SIGINT, then flushes what is
 pending (within STOP_FLUSH_SECONDS) and exits 0; SIGHUP reloads the config in place. Under
-systemd it reports READY, STATUS and STOPPING and feeds the watchdog."""
+systemd it reports READY, STATUS and STOPPING and feeds the watchdog.
+
+What can heal never stops it: an opencode database that does not exist yet, cannot be read
+(not a database, corrupted, an unknown schema), is replaced or truncated is waited for
+(unhealthy, the reason in the log, `syncd status`, /health and STATUS=), so that a service
+manager never restarts it in a loop."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -19,15 +23,12 @@ from ..config import Config, load_config
 from ..errors import UserError
 from ..metrics_endpoint import serving_metrics
 from ..pipeline.deliver import RetryPolicy
-from ..pipeline.pipeline import Pipeline, capture_and_drain, follow
-from ..source import json_store
-from ..source.storage import storage_dir
+from ..pipeline.pipeline import Pipeline, follow
 from ..state.lock import StateLock, StateLocked
 from . import Subcommands, config_flags
 
 log = structlog.get_logger("syncd")
 STOP_FLUSH_SECONDS = 20.0
-WAIT_FOR_DB_SECONDS = 2.0
 STATUS_EVERY_SECONDS = 5.0  # STATUS= line and pending gauges, when no watchdog asks for more
 
 
@@ -52,9 +53,6 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
     lock = _lock(config)
     try:
-        await _wait_for_database(config, stop)
-        if stop.is_set():
-            return 0
         return await _serve_until(stop, hangup, config, reload_config)
     finally:
         lock.release()
@@ -66,14 +64,17 @@ async def _serve_until(
     config: Config,
     reload_config: Callable[[], Config] | None,
 ) -> int:
-    pipeline = await Pipeline.open(config, RetryPolicy(backoff_max=config.backoff_max))
+    policy = RetryPolicy(backoff_max=config.backoff_max, request_timeout=config.request_timeout)
+    pipeline = await Pipeline.open(config, policy, daemon=True)
     helpers: list[asyncio.Task[None]] = []
     try:
         async with serving_metrics(
             config.metrics_address, pipeline.metrics, pipeline.refresh_pending
         ):
-            # Ready: the state, the database and the endpoint are open.
-            systemd.notify("READY=1")
+            # Ready: the state and the endpoint are open, the database too unless it is being
+            # waited for (then STATUS= says so).
+            problems = status_problems(pipeline)
+            systemd.notify("READY=1" + (f"\nSTATUS={problems}" if problems else ""))
             helpers.append(asyncio.create_task(_watchdog(pipeline), name="watchdog"))
             helpers.append(
                 asyncio.create_task(_reloader(pipeline, hangup, reload_config), name="reload")
@@ -90,8 +91,7 @@ async def _serve_until(
             helpers[-1].cancel()  # no reload while stopping
             log.info("stopping: flushing pending items", seconds=STOP_FLUSH_SECONDS)
             try:
-                # A commit whose file event had not arrived yet still belongs in the flush.
-                await asyncio.wait_for(capture_and_drain(pipeline), STOP_FLUSH_SECONDS)
+                await asyncio.wait_for(_flush(pipeline), STOP_FLUSH_SECONDS)
             except TimeoutError:
                 log.warning(
                     "flush did not finish in time; what is left stays pending for next start"
@@ -106,6 +106,12 @@ async def _serve_until(
     return 0
 
 
+async def _flush(pipeline: Pipeline) -> None:
+    # A commit whose file event had not arrived yet still belongs in the flush.
+    await pipeline.look()
+    await pipeline.window.drain()
+
+
 def _lock(config: Config) -> StateLock:
     lock = StateLock(config.state)
     try:
@@ -116,37 +122,6 @@ def _lock(config: Config) -> StateLock:
             f"{config.state}: stop it first, or give this one its own --state"
         ) from None
     return lock
-
-
-async def _wait_for_database(config: Config, stop: asyncio.Event) -> None:
-    """A service installed before opencode's first run waits for its database (an opencode
-    that keeps its sessions as JSON files needs none)."""
-    if config.db.is_file():
-        return
-    storage = storage_dir(config.db)
-    if json_store.has_sessions(storage):
-        log.info(
-            "no opencode database; delivering the JSON sessions under storage/ "
-            "(opencode <= 1.1) until opencode creates one",
-            db=str(config.db),
-            sessions=json_store.count_sessions(storage),
-        )
-        return
-    log.warning(
-        "opencode database not found yet; waiting for opencode to create it", db=str(config.db)
-    )
-    # Started and healthy, only idle: ready for systemd (a start that never completes would be
-    # restarted in a loop), pinging its watchdog while it waits.
-    interval = systemd.watchdog_interval()
-    watchdog = "\nWATCHDOG=1" if interval else ""
-    period = min(WAIT_FOR_DB_SECONDS, interval / 2) if interval else WAIT_FOR_DB_SECONDS
-    systemd.notify(f"READY=1\nSTATUS=waiting for the opencode database at {config.db}")
-    # Once the file is there, a schema still being created (or one syncd cannot read) holds
-    # only the capture: the daemon reads it again at every wake-up (pipeline.follow).
-    while not (stop.is_set() or config.db.is_file() or json_store.has_sessions(storage)):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), period)
-        systemd.notify(f"STATUS=waiting for the opencode database at {config.db}{watchdog}")
 
 
 async def _reloader(
@@ -181,9 +156,14 @@ async def _watchdog(pipeline: Pipeline) -> None:
                 f"STATUS={items} item(s) pending, oldest {lag:.0f}s; "
                 f"{pipeline.window.busy} session(s) in flight"
             )
-            if pipeline.metrics.health.blocked:
-                status += f"; waiting: {pipeline.metrics.health.blocked}"
+            if problems := status_problems(pipeline):
+                status = f"STATUS={problems}; {status.removeprefix('STATUS=')}"
         except Exception as error:  # the ping matters more than the status line
             status = f"STATUS=cannot read the state: {error}"
         systemd.notify(status + ("\nWATCHDOG=1" if interval else ""))
         await asyncio.sleep(period)
+
+
+def status_problems(pipeline: Pipeline) -> str:
+    """The conditions that make the daemon unhealthy, for systemd's STATUS= line."""
+    return "; ".join(pipeline.conditions.current.values())

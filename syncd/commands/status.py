@@ -1,10 +1,13 @@
 """`syncd status`: per session, where its remote copy stands; dead letters; a health verdict.
 
 Reads the state database read-only (safe while the daemon runs: a WAL reader neither blocks
-it nor is blocked by it; and it works as well when no daemon runs). Exit code 0 when healthy,
-1 when anything is dead-lettered or the oldest pending item is older than `max_lag` seconds,
-so the command can serve as a health check. On a terminal the table fits its width (short
-ids, relative times); `--wide`, a pipe, or `status SESSION` give every detail.
+it nor is blocked by it; and it works as well when no daemon runs). Whether a daemon runs is
+what the state lock says: a session is "retrying" only while one does. Exit code 0 when
+healthy; 1 when anything is dead-lettered, the oldest pending item is older than `max_lag`
+seconds, opencode's database cannot be read, or the daemon reported a problem beyond one
+session (the receiver refusing the key, deletions held back), so the command can serve as a
+health check. On a terminal the table fits its width (short ids, relative times); `--wide`,
+a pipe, or `status SESSION` give every detail.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..config import Config
+from ..errors import UserError
 from ..source import json_store
+from ..source.opencode_db import OpencodeDb
 from ..source.storage import storage_dir
+from ..state.lock import StateLock
 from ..state.store import StateStore
 from ..transports.local import page_url
 from . import Subcommands
@@ -65,10 +71,10 @@ def _command(config: Config, args: argparse.Namespace) -> Any:
     return show(config, args.json, args.max_lag, session=args.session, wide=args.wide)
 
 
-def verdict(row: dict[str, Any]) -> str:
+def verdict(row: dict[str, Any], daemon_running: bool) -> str:
     if row["dead_letters"]:
         return "dead-lettered"
-    if row["pending"] and row["attempts"]:
+    if row["pending"] and row["attempts"] and daemon_running:
         return "retrying"
     if row["pending"]:
         return "pending"
@@ -83,8 +89,11 @@ async def collect(
     try:
         rows = await state.session_report()
         dead = await state.dead_letters()
+        conditions = await state.conditions()
     finally:
         await state.close()
+    holder = StateLock(config.state).holder()
+    running = holder is not None
     if session is not None:
         session_id = find_session(rows, session)["session_id"]
         rows = [row for row in rows if row["session_id"] == session_id]
@@ -95,7 +104,8 @@ async def collect(
         lag = now - row["oldest_pending"] / 1000 if row["oldest_pending"] else 0.0
         if row["share_url"]:
             row["share_url"] = page_url(row["share_url"], config.serve_url)
-        sessions.append({**row, "state": verdict(row), "lag_seconds": round(max(lag, 0.0), 1)})
+        state_name = verdict(row, running)
+        sessions.append({**row, "state": state_name, "lag_seconds": round(max(lag, 0.0), 1)})
     worst_lag = max((s["lag_seconds"] for s in sessions), default=0.0)
     states = [s["state"] for s in sessions]
     totals = {
@@ -108,6 +118,10 @@ async def collect(
     }
     warnings = [warning] if (warning := config.cleartext_warning()) else []
     problems = []
+    if unreadable := await _opencode_unreadable(config):
+        problems.append(unreadable)
+    # The source's condition is not taken from the state: status reads the database itself.
+    problems += [c["message"] for c in conditions if c["problem"] and c["name"] != "source"]
     if dead:
         problems.append(f"{len(dead)} dead letter(s): see `syncd dead-letters list`")
     if worst_lag > max_lag:
@@ -116,13 +130,32 @@ async def collect(
         "healthy": not problems,
         "problems": problems,
         "warnings": warnings,
+        "notices": [f"{timestamp(c['time_created'])}: {c['message']}"
+                    for c in conditions if not c["problem"]],
+        "daemon": {"running": running, "pid": holder or None},
         "max_lag_seconds": max_lag,
         "totals": totals,
         "sessions": sessions,
         "dead_letters": dead,
         "opencode": opencode_source(config),
         "time": now,
-    }
+    }  # fmt: skip
+
+
+async def _opencode_unreadable(config: Config) -> str | None:
+    """Why opencode's database cannot be read now, or None when it can (read by status itself,
+    so that it holds with or without a daemon)."""
+    try:
+        db = await OpencodeDb.open(config.db)
+    except UserError as error:
+        return str(error)
+    try:
+        await db.readable()
+    except UserError as error:
+        return str(error)
+    finally:
+        await db.close()
+    return None
 
 
 def opencode_source(config: Config) -> dict[str, Any]:
@@ -165,6 +198,8 @@ def render(
         head: list[RenderableType] = [table, ""] if report["sessions"] else []
         for renderable in (
             *head,
+            _daemon(report),
+            *_notices(report),
             _summary(report),
             *_problems(report),
             *_warnings(report),
@@ -233,6 +268,17 @@ def source_lines(source: dict[str, Any]) -> list[Text]:
             )
         )
     return lines
+
+
+def _daemon(report: dict[str, Any]) -> Text:
+    daemon = report["daemon"]
+    return Text(
+        f"daemon: running (pid {daemon['pid']})" if daemon["running"] else "daemon: not running"
+    )
+
+
+def _notices(report: dict[str, Any]) -> list[Text]:
+    return [Text(f"note: {notice}") for notice in report["notices"]]
 
 
 def _warnings(report: dict[str, Any]) -> list[Text]:

@@ -1,11 +1,16 @@
 """`syncd sync` and `syncd backfill`: catch up once and exit 0 only when everything was
 delivered, for headless hosts after `opencode run`; backfill shows progress. While a daemon
-owns the state, they wait for it to deliver instead of racing it."""
+owns the state, they wait for it to deliver instead of racing it, and refuse settings that
+daemon would ignore (another url or transport).
+
+"Everything delivered" means it: nothing pending and nothing dead-lettered in the state of the
+receiver asked about, whenever it was dead-lettered."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,7 +20,7 @@ from ..config import Config
 from ..errors import UserError
 from ..model import Cursor
 from ..pipeline.deliver import RetryPolicy
-from ..pipeline.pipeline import Pipeline, capture_and_drain
+from ..pipeline.pipeline import DELIVERING_META, Pipeline, capture_and_drain, delivering
 from ..source.changes import ChangeDetector, SessionChange
 from ..source.opencode_db import OpencodeDb
 from ..state.lock import StateLock, StateLocked
@@ -24,6 +29,7 @@ from . import Subcommands
 from .progress import follow_backfill, plan_backfill
 
 log = structlog.get_logger("syncd")
+DAEMON_STARTING_POLLS = 50
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -72,6 +78,7 @@ async def sync_once(
     try:
         lock.acquire()
     except StateLocked as held:
+        await _require_daemons_receiver(config, held.pid)
         log.info("a syncd daemon owns this state; waiting for it to catch up", pid=held.pid)
         return await _wait_for_daemon(config, give_up_after)
     try:
@@ -81,15 +88,14 @@ async def sync_once(
 
 
 async def _sync_owned(config: Config, give_up_after: float, show_progress: bool) -> int:
-    pipeline = await Pipeline.open(
-        config,
-        RetryPolicy(
-            backoff_max=min(config.backoff_max, 10.0),
-            give_up_after=give_up_after,
-            # Evidence about a share must fit in the time `sync` has.
-            ambiguous_after=min(RetryPolicy.ambiguous_after, give_up_after / 3),
-        ),
+    policy = RetryPolicy(
+        backoff_max=min(config.backoff_max, 10.0),
+        give_up_after=give_up_after,
+        request_timeout=config.request_timeout,
+        # Evidence about a share must fit in the time `sync` has.
+        ambiguous_after=min(RetryPolicy.ambiguous_after, give_up_after / 3),
     )
+    pipeline = await Pipeline.open(config, policy)
     try:
         dead_before = len(await pipeline.state.dead_letters())
         pipeline.window.window = 0.0  # catching up: no window to wait for
@@ -101,7 +107,7 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
         else:
             await capture_and_drain(pipeline, deep=True)
         pending = await pipeline.state.pending_sessions()
-        dead = len(await pipeline.state.dead_letters()) - dead_before
+        dead = len(await pipeline.state.dead_letters())
     finally:
         await pipeline.window.cancel()
         await pipeline.close()
@@ -113,41 +119,91 @@ async def _sync_owned(config: Config, give_up_after: float, show_progress: bool)
             f"{'; '.join(sorted(errors)) or 'unknown error'} (items stay pending; run again)",
             exit_code=1,
         )
-    if dead:
-        raise UserError(
-            f"{dead} item(s) dead-lettered (refused by the receiver, or unreadable in the "
-            "opencode database); see `syncd status` and `syncd dead-letters`",
-            exit_code=1,
-        )
+    _require_no_dead_letters(dead, dead - dead_before)
     log.info("everything delivered")
     return 0
+
+
+def _require_no_dead_letters(dead: int, new: int | None = None) -> None:
+    if dead:
+        this_run = "" if new is None else f", {new} of them in this run"
+        raise UserError(
+            f"{dead} item(s) dead-lettered{this_run} (refused by the receiver, or unreadable "
+            "in the opencode database), so not everything is delivered; see `syncd status` "
+            "and `syncd dead-letters` (retry them once the cause is fixed)",
+            exit_code=1,
+        )
+
+
+async def _require_daemons_receiver(config: Config, pid: str) -> None:
+    """A sync answers only for the receiver the running daemon delivers to: a flag (or a
+    config) naming another url or transport is an error, not a claim about a receiver that
+    nobody contacted."""
+    state = await StateStore.open_readonly(config.state)
+    try:
+        recorded = await state.meta(DELIVERING_META)
+        for _ in range(DAEMON_STARTING_POLLS):
+            if recorded is not None:
+                break
+            await asyncio.sleep(0.1)  # a daemon that just took the lock records it next
+            recorded = await state.meta(DELIVERING_META)
+    finally:
+        await state.close()
+    if recorded is None:
+        return  # not a daemon (another sync), or one from before syncd recorded it
+    daemons = json.loads(recorded)
+    asked = delivering(config)
+    conflicts = [
+        f"{name} {asked[name] or 'none'} (the daemon's: {daemons.get(name) or 'none'})"
+        for name in asked
+        if asked[name] != daemons.get(name)
+    ]
+    if conflicts:
+        raise UserError(
+            f"a syncd daemon (pid {pid or 'unknown'}) owns state {config.state} and delivers "
+            f"elsewhere; this sync asks for {', '.join(conflicts)}, which that daemon would "
+            "ignore: drop those flags, reload the daemon with them (SIGHUP), or give this sync "
+            "its own --state"
+        )
 
 
 async def _wait_for_daemon(config: Config, give_up_after: float) -> int:
     """Until the daemon has captured every change now in the database and delivered it."""
     db = await OpencodeDb.open(config.db)
-    state = await StateStore.open(config.state)
-    detector = ChangeDetector(db, only_shared=config.sessions == "shared")
-    deadline = asyncio.get_running_loop().time() + give_up_after
     try:
-        while True:
-            cursors = await state.cursors()
-            changes = await detector.detect(cursors)
-            behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id))]
-            pending = await state.pending_sessions()
-            if not behind and not pending:
-                log.info("everything delivered (by the running daemon)")
-                return 0
-            if asyncio.get_running_loop().time() > deadline:
-                raise UserError(
-                    f"the running daemon has not delivered {len(pending) + len(behind)} "
-                    f"session(s) within {give_up_after:.0f}s; see `syncd status`",
-                    exit_code=1,
-                )
-            await asyncio.sleep(0.5)
+        state = await StateStore.open(config.state)
+        try:
+            return await _until_delivered(config, db, state, give_up_after)
+        finally:
+            await state.close()
     finally:
         await db.close()
-        await state.close()
+
+
+async def _until_delivered(
+    config: Config, db: OpencodeDb, state: StateStore, give_up_after: float
+) -> int:
+    detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+    deadline = asyncio.get_running_loop().time() + give_up_after
+    while True:
+        cursors = await state.cursors()
+        changes = await detector.detect(cursors)
+        behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id))]
+        pending = await state.pending_sessions()
+        if not behind and not pending:
+            _require_no_dead_letters(len(await state.dead_letters()))
+            log.info("everything delivered (by the running daemon)")
+            return 0
+        if asyncio.get_running_loop().time() > deadline:
+            problems = [c["message"] for c in await state.conditions() if c["problem"]]
+            raise UserError(
+                f"the running daemon has not delivered {len(pending) + len(behind)} "
+                f"session(s) within {give_up_after:.0f}s"
+                + "".join(f"; {problem}" for problem in problems)
+                + "; see `syncd status`",
+                exit_code=1,
+            )
+        await asyncio.sleep(0.5)
 
 
 def _ahead_of(change: SessionChange, cursor: Cursor | None) -> bool:

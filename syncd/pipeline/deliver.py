@@ -2,8 +2,15 @@
 
 Retryable failures (transport errors, timeouts, 5xx, 429, a dropped socket) are retried with
 full-jitter exponential backoff, honouring `Retry-After`; the concurrency slot is held only
-during a call, never while backing off. A refusal dead-letters exactly the batch's manifest
-with the server's message. A lost share is re-created once and the whole session sent again.
+during a call, never while backing off. Every call has a whole-call deadline (request_timeout,
+and never past `--give-up-after`). A refused key is the whole receiver's condition: the items
+stay pending and are retried, with backoff, until the key is fixed (a reload wakes them).
+
+A batch the receiver refuses, or that cannot travel (a value the transport cannot carry, a body
+too large, anything a call raises unexpectedly), is sent again in halves, so that only the
+items refused alone are dead-lettered, each with its reason, and the rest of the session goes
+on. A refused create dead-letters the batch. A lost share is re-created once and the whole
+session sent again.
 
 opencode's own share server answers a lost share, a refused secret, an existing share and a
 failing storage with the same bare 500. The evidence that tells them apart: the same call
@@ -18,6 +25,7 @@ with a reason a person can act on; the credentials syncd holds are kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -40,6 +48,9 @@ from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
 from ..state.store import StateStore
 from ..transports.base import (
+    DeliveryError,
+    KeyRefusedError,
+    OversizeSuspectedError,
     ReceiverProbe,
     RejectedError,
     RetryableError,
@@ -48,16 +59,22 @@ from ..transports.base import (
     ShareProblem,
     ThrownError,
     Transport,
+    UnsendableError,
 )
 from ..urls import same_server
+from .conditions import RECEIVER, Conditions
 from .planner import PlannedBatch, plan_batches
 
 log = structlog.get_logger("syncd.deliver")
 T = TypeVar("T")
-# Bare 500s in a row on one call, at the least, before the receiver is probed.
+# Bare 500s in a row on one call, at the least, before the receiver is probed; also the
+# connections dropped in a row under one item alone before it counts as too large.
 AMBIGUOUS_LIMIT = 3
 # Errors a remote method threw that syncd does not know, in a row, before the batch is refused.
 THROWN_LIMIT = 5
+# A call's deadline grows with the body it sends, at this rate: an upload on a slow link is
+# not a receiver that stalls.
+UPLOAD_BYTES_PER_SECOND = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,8 @@ class RetryPolicy:
     # None: retry for ever (the daemon). `sync` gives up this many seconds after it started,
     # across all its sessions and calls, so that it answers in bounded time.
     give_up_after: float | None = None
+    # Every call's deadline: connect, send and the whole answer.
+    request_timeout: float = 30.0
     # How long the same call must keep failing with a bare 500 before it counts as evidence
     # about the share rather than a passing failure of the server.
     ambiguous_after: float = 120.0
@@ -85,7 +104,17 @@ class RetryPolicy:
         return max(self.started + self.give_up_after - time.monotonic(), 0.0)
 
     def stop(self, state: RetryCallState) -> bool:
-        return self.give_up_after is not None and self.left() <= 0
+        # Reached once the wait before the next attempt takes what time is left.
+        return self.give_up_after is not None and self.left() - state.upcoming_sleep <= 0
+
+    def deadline(self, sent: int = 0) -> float:
+        """Seconds one call may take, `sent` bytes of body included; 0 once given up."""
+        seconds = self.request_timeout + sent / UPLOAD_BYTES_PER_SECOND
+        return min(seconds, self.left()) if self.give_up_after is not None else seconds
+
+
+class GivenUp(RetryableError):
+    """The policy's time to give up ended a call in flight, or left none for it."""
 
 
 class KeepsFailing(Exception):
@@ -117,8 +146,9 @@ class SessionDelivery:
         max_items: int,
         max_bytes: int,
         metrics: Metrics,
+        conditions: Conditions,
     ) -> None:
-        self._db = db
+        self.db = db
         self.only_shared = only_shared
         self._state = state
         self._transport = transport
@@ -132,9 +162,12 @@ class SessionDelivery:
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._metrics = metrics
+        self._conditions = conditions
         # Calls in flight per transport, so that a replaced transport is closed only when idle.
         self._calls: Counter[Transport] = Counter()
         self._idle = asyncio.Condition()
+        # Set (and replaced) when the transport is: retries waiting on the old one wake up.
+        self._replaced = asyncio.Event()
 
     def reconfigure(
         self, *, policy: RetryPolicy, concurrency: int, max_items: int, max_bytes: int
@@ -156,6 +189,8 @@ class SessionDelivery:
         A batch whose call to the old receiver succeeded is acknowledged as usual."""
         old = self._transport
         self._transport, self._target, self._origin = transport, target, origin
+        self._replaced.set()
+        self._replaced = asyncio.Event()
         async with self._idle:
             await self._idle.wait_for(lambda: self._calls[old] == 0)
         del self._calls[old]
@@ -170,14 +205,14 @@ class SessionDelivery:
             log.info("receiver reconfigured; batch stays pending for it", session=session_id)
 
     async def _deliver_pending(self, session_id: str) -> None:
-        if self.only_shared and not await self._db.is_shared(session_id):
+        if self.only_shared and not await self.db.is_shared(session_id):
             # Unshared in opencode while items waited: publishing them now would share again
             # what the user took back. A new share in opencode captures the session anew.
             log.info("session no longer shared in opencode; not sent", session=session_id)
             await self._state.forget_session(session_id)
             return
         while pending := await self._state.pending(session_id, self._max_items):
-            loaded = await load(self._db, pending, self._catalogue)
+            loaded = await load(self.db, pending, self._catalogue)
             if loaded.bad:
                 for item, reason, raw in loaded.bad:
                     log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
@@ -214,16 +249,19 @@ class SessionDelivery:
         batch = planned.batch
         target = self._target
         known = None
+        creating = False
         try:
             known = await self._share(session_id)
             if known is None:
-                created = await self._create(session_id, batch, target)
+                creating = True
+                created = await self._create(session_id, batch, target, planned)
+                creating = False
                 await self._state.save_share(session_id, target, created.share)
                 log.info("share created", session=session_id, url=created.share.url)
                 if not created.synced:
-                    await self._sync(session_id, created.share, batch, target)
+                    await self._sync(session_id, created.share, planned, target)
             else:
-                await self._sync(session_id, known[0], batch, target)
+                await self._sync(session_id, known[0], planned, target)
         except ShareNotFoundError as error:
             return await self._recreate(session_id, planned, str(error))
         except KeepsFailing as error:
@@ -233,8 +271,11 @@ class SessionDelivery:
         except ShareProblem as error:  # a refused secret, or an existing share
             return await self._reclaim(session_id, planned, known and known[0], str(error))
         except RejectedError as error:
-            await self._reject(session_id, planned, str(error))
-            return True
+            if creating and not isinstance(error, UnsendableError):
+                # The receiver refuses to share the session at all: no half would fare better.
+                await self._reject(session_id, planned, str(error))
+                return True
+            return await self._refused(session_id, planned, error)
         await self._state.ack(session_id, planned.acknowledges, planned.diff_hash)
         if known is not None and known[1]:
             # Delivered to the re-created share: a later loss is a new loss, not the same one.
@@ -243,17 +284,49 @@ class SessionDelivery:
         log.debug("batch delivered", session=session_id, items=len(batch.items))
         return True
 
+    async def _refused(self, session_id: str, planned: PlannedBatch, error: Exception) -> bool:
+        """The receiver refused the batch, or it cannot travel: its halves go one after the
+        other, so that only what is refused alone is dead-lettered."""
+        halves = planned.halves()
+        if not halves:
+            await self._reject(session_id, planned, str(error))
+            return True
+        log.info(
+            "batch refused; sending it in halves to find the items refused",
+            session=session_id,
+            items=len(planned.batch.items),
+            error=str(error),
+        )
+        for half in halves:
+            if not await self._send(session_id, half):
+                return False
+        return True
+
     async def _create(
-        self, session_id: str, batch: Batch | None, target: str, *, probing: bool = False
+        self,
+        session_id: str,
+        batch: Batch | None,
+        target: str,
+        planned: PlannedBatch | None = None,
+        *,
+        probing: bool = False,
     ) -> Created:
-        """Create the share. `probing`: a bare 500 is the answer (the share exists), not a
-        failure to wait out."""
+        """Create the share (with `planned`'s batch, when the transport carries one along).
+        `probing`: a bare 500 is the answer (the share exists), not a failure to wait out."""
         return await self._retrying(
-            session_id, "create", lambda t: t.create(session_id, batch), target, probing=probing
+            session_id,
+            "create",
+            lambda t: t.create(session_id, batch),
+            target,
+            planned,
+            probing=probing,
         )
 
-    async def _sync(self, session_id: str, share: Share, batch: Batch, target: str) -> None:
-        await self._retrying(session_id, "sync", lambda t: t.sync(share, batch), target)
+    async def _sync(
+        self, session_id: str, share: Share, planned: PlannedBatch, target: str
+    ) -> None:
+        batch = planned.batch
+        await self._retrying(session_id, "sync", lambda t: t.sync(share, batch), target, planned)
 
     async def _share(self, session_id: str) -> tuple[Share, bool] | None:
         known = await self._state.share(session_id, self._target)
@@ -270,7 +343,7 @@ class SessionDelivery:
         """opencode's own share of the session, when it is on the server syncd delivers to."""
         if not self._transport.reuses_opencode_shares or not self._origin:
             return None
-        share = await self._db.share_of(session_id)
+        share = await self.db.share_of(session_id)
         if share is None or not same_server(share.url, self._origin):
             return None
         return share
@@ -348,25 +421,47 @@ class SessionDelivery:
         operation: str,
         call: Callable[[Transport], Awaitable[T]],
         target: str | None = None,
+        carries: PlannedBatch | None = None,
         *,
         probing: bool = False,
     ) -> T:
         """`call` on the current transport until it succeeds, is refused, or the policy gives
         up; raises TargetChanged when the receiver is reconfigured away from `target`, and
-        KeepsFailing when the evidence says the share, not the server, is the problem."""
+        KeepsFailing when the evidence says the share, not the server, is the problem.
+        `carries`: the batch the call sends (its size stretches the deadline; a connection
+        that drops under it may be refusing its size)."""
         ambiguous_since: float | None = None
-        ambiguous = thrown = 0
+        ambiguous = thrown = dropped = 0
+        items = len(carries.batch.items) if carries is not None else 0
+        sent = carries.size if carries is not None else 0
+        failed: RetryableError | None = None  # the last failure, what giving up reports
 
         async def attempt() -> T:
-            nonlocal ambiguous_since, ambiguous, thrown
+            nonlocal ambiguous_since, ambiguous, thrown, dropped, failed
             try:
                 return await call_once()
+            except GivenUp as given_up:
+                # What failed before tells more than the attempt there was no time left for.
+                raise (failed or given_up) from None
+            except OversizeSuspectedError as error:
+                dropped += 1
+                if items > 1:
+                    raise UnsendableError(str(error)) from error
+                if dropped >= AMBIGUOUS_LIMIT:
+                    raise UnsendableError(
+                        f"{error}: dropped {dropped} times in a row under this item alone, "
+                        "which is larger than the receiver accepts"
+                    ) from error
+                failed = error
+                raise
             except ThrownError as error:
                 thrown += 1
                 if thrown >= THROWN_LIMIT:
                     raise RejectedError(f"{error} ({thrown} times in a row)") from error
+                failed = error
                 raise
             except RetryableError as error:
+                failed = error
                 if not error.ambiguous:
                     ambiguous_since, ambiguous = None, 0
                     raise
@@ -378,7 +473,7 @@ class SessionDelivery:
                 if (
                     ambiguous >= AMBIGUOUS_LIMIT
                     and now - ambiguous_since >= self._policy.ambiguous_after
-                    and await self._transport.probe() is ReceiverProbe.AMBIGUOUS
+                    and await self._probe_receiver() is ReceiverProbe.AMBIGUOUS
                 ):
                     raise KeepsFailing(str(error)) from error
                 raise
@@ -392,7 +487,7 @@ class SessionDelivery:
                 started = time.monotonic()
                 ok = False
                 try:
-                    result = await call(transport)
+                    result = await self._bounded(operation, call(transport), sent)
                     ok = True
                     return result
                 finally:
@@ -405,6 +500,8 @@ class SessionDelivery:
             error = state.outcome.exception() if state.outcome else None
             self._metrics.record_retry(str(error))
             await self._state.record_error(session_id, str(error))
+            if isinstance(error, KeyRefusedError):
+                await self._conditions.set(RECEIVER, f"the receiver refuses the key: {error}")
             log.warning(
                 "delivery failed; retrying",
                 session=session_id,
@@ -417,7 +514,48 @@ class SessionDelivery:
             retry=retry_if_exception_type(RetryableError),
             wait=self._policy.wait,
             stop=self._policy.stop,
+            sleep=self._sleep,
             before_sleep=note,
             reraise=True,
         )
-        return await retrying(attempt)
+        result: T = await retrying(attempt)
+        await self._conditions.clear(RECEIVER)
+        return result
+
+    async def _bounded(self, operation: str, call: Awaitable[T], sent: int = 0) -> T:
+        """One call within its deadline, its failure in the delivery loop's terms: what the
+        transport did not classify is a connection problem (OSError) or the batch's own."""
+        deadline = self._policy.deadline(sent)
+        if deadline <= 0:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise GivenUp(f"{operation}: not tried: the time to give up has passed")
+        try:
+            async with asyncio.timeout(deadline):
+                return await call
+        except TimeoutError:
+            if deadline < self._policy.request_timeout:
+                raise GivenUp(f"{operation}: given up while the call was in flight") from None
+            raise RetryableError(
+                f"{operation}: no complete answer within {deadline:.3g}s (request_timeout)"
+            ) from None
+        except DeliveryError:
+            raise
+        except OSError as error:
+            raise RetryableError(f"{operation}: {type(error).__name__}: {error}") from None
+        except Exception as error:
+            raise UnsendableError(
+                f"{operation}: cannot be sent: {type(error).__name__}: {error}"
+            ) from error
+
+    async def _probe_receiver(self) -> ReceiverProbe:
+        try:
+            return await self._bounded("probe", self._transport.probe())
+        except DeliveryError:
+            return ReceiverProbe.DOWN
+
+    async def _sleep(self, seconds: float) -> None:
+        """A retry's wait, cut short when the transport is replaced (a reload with a fixed key
+        or url takes effect now, not after the longest backoff)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._replaced.wait(), seconds)

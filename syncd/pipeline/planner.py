@@ -3,11 +3,10 @@ manifest (the pending items it acknowledges, and the items it carries)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..model import Batch, PendingItem, SyncItem
+from .. import jsontext
+from ..model import Batch, PendingItem, SyncItem, digest
 from ..source.loader import Loaded
 from ..source.syncdata import diff_item, model_item, user_model_ref
 
@@ -23,7 +22,49 @@ class PlannedBatch:
     # The pending items that leave the state when the receiver acknowledges the batch.
     acknowledges: list[PendingItem]
     diff_hash: str | None  # the session_diff this batch carries, if any
-    size: int  # bytes of the items' JSON
+    sizes: list[int]  # bytes of each item's JSON, parallel to batch.items
+    # Of `acknowledges`, the items the derived ones come from: acknowledged only together
+    # with the last derived item (see plan_batches).
+    deferred: list[PendingItem] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def halves(self) -> list[PlannedBatch]:
+        """The batch in two, for a receiver that refused it whole (the first half goes first).
+        Each half acknowledges the pending items it carries; the deferred ones go with the half
+        that carries the last derived item, and what is neither carried nor deferred with the
+        second half. [] for one item."""
+        count = len(self.batch.items)
+        if count < 2:
+            return []
+        cut = count // 2
+        derived = [index for index, pending in enumerate(self.carried) if pending is None]
+        deferred_first = bool(derived) and derived[-1] < cut
+        first_carries = {pending for pending in self.carried[:cut] if pending is not None}
+
+        def in_first(pending: PendingItem) -> bool:
+            if pending in self.deferred:
+                return deferred_first
+            return pending in first_carries
+
+        halves = []
+        for part in (slice(0, cut), slice(cut, count)):
+            first = part.start == 0
+            items = self.batch.items[part]
+            carries_diff = any(item["type"] == "session_diff" for item in items)
+            halves.append(
+                PlannedBatch(
+                    Batch(self.batch.session_id, items),
+                    self.carried[part],
+                    [p for p in self.acknowledges if in_first(p) == first],
+                    self.diff_hash if carries_diff else None,
+                    self.sizes[part],
+                    [p for p in self.deferred if deferred_first == first],
+                )
+            )
+        return halves
 
     def refused(self) -> list[tuple[PendingItem, SyncItem | None]]:
         """What a refusal dead-letters: every item carried, under its own pending item (a
@@ -39,8 +80,7 @@ class PlannedBatch:
 
 
 def diff_hash(diffs: list) -> str:
-    canonical = json.dumps(diffs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return digest(diffs)
 
 
 def plan_batches(
@@ -79,24 +119,31 @@ def plan_batches(
     items: list[SyncItem] = []
     carried: list[PendingItem | None] = []
     acknowledges: list[PendingItem] = []
+    sizes: list[int] = []
     size = 0
     carries_diff = False
+    released: list[PendingItem] = []  # the deferred items this batch acknowledges
 
     def close() -> None:
-        nonlocal items, carried, acknowledges, size, carries_diff
+        nonlocal items, carried, acknowledges, sizes, size, carries_diff, released
         if items:
             digest = new_diff_hash if carries_diff else None
-            planned.append(
-                PlannedBatch(Batch(session_id, items), carried, acknowledges, digest, size)
-            )
-        items, carried, acknowledges, size, carries_diff = [], [], [], 0, False
+            batch = Batch(session_id, items)
+            planned.append(PlannedBatch(batch, carried, acknowledges, digest, sizes, released))
+        items, carried, acknowledges, sizes, size, carries_diff = [], [], [], [], 0, False
+        released = []
 
     for item, pending in entries:
-        item_size = len(json.dumps(item, ensure_ascii=False).encode())
+        try:
+            item_size = len(jsontext.encode(item))
+        except jsontext.JsonTextError:
+            # It travels alone, where the transport's refusal dead-letters it alone.
+            item_size = max_bytes + 1
         if items and (len(items) >= max_items or size + item_size > max_bytes):
             close()
         items.append(item)
         carried.append(pending)
+        sizes.append(item_size)
         size += item_size
         if pending is not None:
             (deferred if is_source(item) else acknowledges).append(pending)
@@ -105,5 +152,6 @@ def plan_batches(
         derived_left -= 1
         if derived_left == 0:
             acknowledges.extend(deferred)
+            released = list(deferred)
     close()
     return planned

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import __version__
+from .. import __version__, jsontext
 from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound, StoreUnavailable
 from ..wire.a2a import (
     CREATE_OPERATION,
@@ -40,6 +40,7 @@ from ..wire.a2a import (
     part_item,
     silence_sdk_debug,
 )
+from .body_limit import replaying
 from .share_key import KEY_HEADER, key_problem
 
 if TYPE_CHECKING:
@@ -209,6 +210,27 @@ def _failed_task(context: RequestContext, reason: str) -> Task:
     return task
 
 
+class _ReadableJson:
+    """400 naming the problem for a body syncd cannot read as JSON (nested past MAX_DEPTH, an
+    integer past Python's digit limit, ...), before the SDK would fail on it internally."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            body = await Request(scope, receive).body()
+            try:
+                jsontext.loads(body, jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
+            except jsontext.JsonTextError as exc:
+                answer = {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                    "message": f"request body {exc}"}}  # fmt: skip
+                await JSONResponse(answer, status_code=400)(scope, receive, send)
+                return
+            receive = replaying(body, receive)
+        await self._app(scope, receive, send)
+
+
 class _RequireKey:
     """401 for A2A calls without the receiver's key (the card itself stays public)."""
 
@@ -309,6 +331,6 @@ def a2a_routes(
                 *create_jsonrpc_routes(handler, JSONRPC_PATH, context_builder=builder),
                 Mount(REST_PATH, routes=create_rest_routes(handler, context_builder=builder)),
             ],
-            middleware=[Middleware(_RequireKey, key=key)],
+            middleware=[Middleware(_RequireKey, key=key), Middleware(_ReadableJson)],
         ),
     ]

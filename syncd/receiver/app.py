@@ -131,6 +131,8 @@ async def _serve(config: Config, app_server: list[_Server], stopping: asyncio.Ev
                 access_log=False,
                 http=deadline_protocol(config.serve_header_timeout, config.serve_body_timeout),
                 limit_concurrency=config.serve_max_connections,
+                # One size limit for a request, whether it comes as a body or a message.
+                ws_max_size=DEFAULT_MAX_BODY,
             )
         )
         app_server.append(server)

@@ -7,12 +7,17 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+# How much of a refused body is read (and dropped) before the 413: answered while the client
+# still sends, the connection is reset under it and the client never reads the 413 that
+# names the limit. Past this, the answer goes out anyway.
+DRAIN_FACTOR = 4
 
 
 class BodyLimit:
-    """ASGI middleware: an HTTP body larger than `max_body` bytes gets 413. A body sent
-    without Content-Length is read (up to the limit) before the route runs, so a route never
-    starts on a body it would have to abandon halfway."""
+    """ASGI middleware: an HTTP body larger than `max_body` bytes gets 413, after the body
+    has been read and dropped (up to DRAIN_FACTOR times the limit), so that the client reads
+    the answer. A body sent without Content-Length is read (up to the limit) before the route
+    runs, so a route never starts on a body it would have to abandon halfway."""
 
     def __init__(self, app: ASGIApp, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.app = app
@@ -23,9 +28,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await self._refuse(send)
-            return
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_body
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -34,23 +37,15 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                await self._refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
+            too_large = too_large or size > self.max_body
+            if not too_large:
+                chunks.append(chunk)
+            if not message.get("more_body", False) or size > self.max_body * DRAIN_FACTOR:
                 break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        if too_large:
+            await self._refuse(send)
+            return
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _refuse(self, send: Send) -> None:
         payload = json.dumps(
@@ -68,3 +63,17 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app `body`, already read, then what `receive` gives."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

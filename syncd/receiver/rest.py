@@ -7,13 +7,13 @@ gets a 400 naming what is wrong, before anything is stored.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .. import jsontext
 from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
 from .share_key import key_problem
 
@@ -25,16 +25,19 @@ class BadRequest(Exception):
     pass
 
 
-def _refuse_constant(name: str) -> Any:
-    raise BadRequest(f"request body is not valid JSON: {name} is not a JSON number")
+class JsonText(JSONResponse):
+    """A JSON answer that renders whatever was stored, lone surrogates included (as escapes)."""
+
+    def render(self, content: Any) -> bytes:
+        return jsontext.encode(content)
 
 
 async def _json_object(request: Request, *fields: str) -> dict[str, Any]:
     """The body as a JSON object holding string `fields` (plus anything else)."""
     try:
-        body = json.loads(await request.body(), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+        body = jsontext.loads(await request.body(), jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
+    except jsontext.JsonTextError as exc:
+        raise BadRequest(f"request body {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     for field in fields:
@@ -44,7 +47,7 @@ async def _json_object(request: Request, *fields: str) -> dict[str, Any]:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JsonText({"error": message}, status_code=status)
 
 
 def _answer(exc: Exception) -> JSONResponse:
@@ -101,13 +104,13 @@ def rest_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -
 
     async def read(request: Request) -> Response:
         try:
-            return JSONResponse(await store.read_share(request.path_params["share_id"]))
+            return JsonText(await store.read_share(request.path_params["share_id"]))
         except ShareNotFound as exc:
             return _answer(exc)
 
     async def read_items(request: Request) -> Response:
         try:
-            return JSONResponse(await store.read_items(request.path_params["share_id"]))
+            return JsonText(await store.read_items(request.path_params["share_id"]))
         except ShareNotFound as exc:
             return _answer(exc)
 
@@ -115,7 +118,7 @@ def rest_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -
         problem = key_problem(request.headers, key)  # the list names every archived session
         if problem is not None:
             return _error(401, problem)
-        return JSONResponse({"shares": await store.list_shares()})
+        return JsonText({"shares": await store.list_shares()})
 
     return [
         Route("/api/share", listing, methods=["GET"]),

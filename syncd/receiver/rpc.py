@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
-from ..archive.base import item_key
+from ..archive.base import item_key, require_text
 from ..wire.capnweb.codec import UNDEFINED
 from ..wire.capnweb.protocol import PATH
 from .capnweb_session import ProtocolError, ServerSession, Thrown
@@ -81,9 +81,10 @@ def _arity(method: str, args: list[Any], least: int, most: int) -> list[Any]:
 
 
 def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise Thrown(f"{name} must be a non-empty string", "TypeError")
-    return value
+    try:
+        return require_text(value, name)
+    except BadSyncData as exc:
+        raise Thrown(str(exc), "TypeError") from None
 
 
 def _items(value: Any, name: str) -> list[Any]:

@@ -6,17 +6,19 @@ Two ways to see a change, chosen per session:
 - the tables alone, for a database without a journal (or a session the journal does not
   know yet): rows whose `time_updated`, or a diff file whose modification time, reached the
   session's watermark.
-A session seen for the first time, or whose journal has a gap, is captured whole. A session
-that vanished from the `session` table was deleted (no deletion event survives).
+A session seen for the first time, or whose journal has a gap or went backwards (another
+database under the same name), is captured whole; so is every session of a database captured
+afresh (`fresh`: the file was replaced). A session that vanished from the `session` table was
+deleted (no deletion event survives).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from .. import jsontext
 from ..model import Cursor
 from . import storage
 from .opencode_db import OpencodeDb
@@ -50,6 +52,7 @@ class Scan:
     candidates: list[tuple[str, int | None, int]]  # (id, journal head, time_updated)
     deleted: list[str]
     rows_read: int = 0
+    fresh: bool = False  # every candidate is captured whole, whatever its cursor
 
 
 class ChangeDetector:
@@ -60,12 +63,17 @@ class ChangeDetector:
         # must not miss a row committed later in the same millisecond) does not re-capture.
         self._at_watermark: dict[str, set[str]] = {}
 
-    async def scan(self, cursors: dict[str, Cursor], *, deep: bool = False) -> Scan:
+    async def scan(
+        self, cursors: dict[str, Cursor], *, deep: bool = False, fresh: bool = False
+    ) -> Scan:
         """The session list, the journal heads and the shares, in one snapshot: two rows per
-        session, whatever the number of messages and parts. Raises SchemaError when the
-        database cannot be read as it is now."""
+        session, whatever the number of messages and parts. `fresh`: every session is a
+        candidate, to be captured whole (the cursors still tell which sessions vanished).
+        Raises SchemaError when the database cannot be read as it is now."""
         db = self._db
         await db.readable()
+        if fresh:
+            self._at_watermark.clear()
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -87,10 +95,10 @@ class ChangeDetector:
                 continue
             head, cursor = heads.get(session_id), cursors.get(session_id)
             check_rows = deep or now - time_updated < ACTIVE_WINDOW_MS
-            if self._may_have_changed(session_id, head, time_updated, cursor, check_rows):
+            if fresh or self._may_have_changed(session_id, head, time_updated, cursor, check_rows):
                 candidates.append((session_id, head, time_updated))
         deleted = [sid for sid in cursors if sid not in sessions]
-        return Scan(candidates, deleted, len(sessions) + len(heads) + len(shared))
+        return Scan(candidates, deleted, len(sessions) + len(heads) + len(shared), fresh)
 
     def _may_have_changed(
         self,
@@ -103,7 +111,7 @@ class ChangeDetector:
         """Whether the session is worth a read: the cheap test, so that a wake-up opens no
         snapshot for the sessions that did not move."""
         if head is not None:
-            return cursor is None or cursor.journal_seq is None or head > cursor.journal_seq
+            return cursor is None or cursor.journal_seq is None or head != cursor.journal_seq
         if check_rows or cursor is None or cursor.time_updated is None:
             return True
         watermark = cursor.time_updated
@@ -115,7 +123,7 @@ class ChangeDetector:
         handed over before the next is read, so neither memory nor a read transaction grows
         with the database (a first capture of a million parts included)."""
         for session_id, head, time_updated in scan.candidates:
-            cursor = cursors.get(session_id)
+            cursor = None if scan.fresh else cursors.get(session_id)
             async with self._db.snapshot():
                 if head is not None:
                     # The head as of this snapshot, so that the rows read with it are exactly
@@ -142,7 +150,7 @@ class ChangeDetector:
     ) -> SessionChange | None:
         last = cursor.journal_seq if cursor else None
         change = SessionChange(session_id, journal_seq=head)
-        if last is None:
+        if last is None or head < last:  # new to syncd, or a journal that went backwards
             change.keys = await self.whole_session(session_id)
             return change
         events = await self._db.rows(
@@ -254,7 +262,7 @@ def _keys_from_events(session_id: str, events: list) -> set[ItemKey] | None:
     for _, event_type, data in events:
         name = event_type.rsplit(".", 1)[0]
         try:
-            payload = json.loads(data)
+            payload = jsontext.loads(data)
         except (TypeError, ValueError):
             return None
         try:

@@ -12,7 +12,6 @@ or part's file time is its `time_updated`: the table watermarks see a file rewri
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 
 import aiosqlite
 import structlog
+
+from .. import jsontext
 
 log = structlog.get_logger("syncd.source")
 
@@ -151,7 +152,7 @@ def _rows(kind: str, files: list[_File]) -> list[dict[str, Any]]:
     rows = []
     for file in files:
         try:
-            data = json.loads(file.path.read_bytes())
+            data = jsontext.loads(file.path.read_bytes())
             stamp_ms = file.path.stat().st_mtime_ns // 1_000_000
         except (OSError, ValueError) as error:
             log.debug("JSON file unreadable for now", path=str(file.path), error=str(error))
@@ -192,7 +193,7 @@ def _row(kind: str, file: _File, data: dict[str, Any], stamp_ms: int) -> dict[st
         "id": file.id,
         "time_created": time.get("created", stamp_ms),
         "time_updated": stamp_ms,
-        "data": json.dumps(rest, ensure_ascii=False),
+        "data": jsontext.dumps(rest),
         "stamp": file.stamp,
     }
     if kind == "message":
@@ -224,4 +225,4 @@ def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else jsontext.dumps(value)

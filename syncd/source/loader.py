@@ -55,6 +55,10 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
         except syncdata.BadRow as exc:
             loaded.bad.append((item, str(exc), _raw(row)))
             continue
+        except Exception as exc:  # whatever one row does, it is that row's problem alone
+            reason = f"{item.kind} {item.item_id} cannot be read: {type(exc).__name__}: {exc}"
+            loaded.bad.append((item, reason, _raw(row)))
+            continue
         loaded.items.append((item, converted))
         if item.kind == "message" and (ref := syncdata.user_model_ref(converted)):
             model_refs.add(ref)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,26 @@ class Schema:
 
 NO_SCHEMA = Schema(version=-1, missing=(), has_journal=False, has_shares=False)
 Row = dict[str, Any]
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file a path names, and how large it is: a database deleted, recreated, renamed
+    over or truncated while syncd reads it shows here, not in SQLite (an open connection
+    keeps reading the file it opened)."""
+
+    device: int
+    inode: int
+    size: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return cls(found.st_dev, found.st_ino, found.st_size)
 
 
 class OpencodeDb:
@@ -67,58 +89,91 @@ class OpencodeDb:
     `storage/` (json_store). Its schema is read when opened and again whenever opencode
     migrates it (`refresh_schema`): an unreadable one does not stop the connection, only the
     reads (`readable` raises SchemaError naming what is missing). Without a database file,
-    the JSON sessions are read alone, until opencode creates its database."""
+    the JSON sessions are read alone, until opencode creates its database. The file at `path`
+    is followed, not the one first opened: `moved` tells when it was replaced, `reopen`
+    connects to the one there now."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, busy_timeout_ms: int) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
         self.path = path
         self.storage = storage_dir(path)  # opencode's JSON files beside the database
-        self._conn = conn
+        self._conn: aiosqlite.Connection | None = None
         self._busy_timeout_ms = busy_timeout_ms
-        self._attached = path.is_file()  # False: no database file yet, JSON sessions alone
+        self._attached = False  # False: no database file yet, JSON sessions alone
+        self.identity: FileIdentity | None = None  # the database file open, when attached
         self.schema = NO_SCHEMA
         # The JSON files must be read again before the next look (json_store.refresh).
         self.json_stale = True
         # Session workers share the connection; their snapshots take turns.
         self._snapshot_lock = asyncio.Lock()
+        # Reads in flight per connection: a replaced connection is closed by its last reader.
+        self._readers: Counter[aiosqlite.Connection] = Counter()
 
     @property
     def has_journal(self) -> bool:
         return self.schema.has_journal
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> OpencodeDb:
-        storage = storage_dir(path)
-        if not path.is_file() and not json_store.has_sessions(storage):
-            raise UserError(
-                f"opencode database not found at {path}, and no JSON sessions under {storage}: "
-                "run opencode once, or point syncd at its database with --db "
-                "(`opencode db path` prints it)"
-            )
-        db = cls(path, await _connect(path, busy_timeout_ms), busy_timeout_ms)
+        """The database at `path` (or its JSON sessions), open; UserError naming why not,
+        with nothing left open."""
+        db = cls(path, busy_timeout_ms)
         try:
-            await db.refresh_schema()
+            await db.reopen()
         except BaseException:
             await db.close()
             raise
         return db
 
+    async def reopen(self) -> None:
+        """Read from the file now at `path` from here on (the first time: open it), and its
+        schema; snapshots in progress end on the old connection first. UserError when there
+        is nothing to read (the new connection, if made, stays, so that a schema error is
+        reported by `readable` as usual)."""
+        if not self.path.is_file() and not json_store.has_sessions(self.storage):
+            raise UserError(
+                f"opencode database not found at {self.path}, and no JSON sessions under "
+                f"{self.storage}: run opencode once, or point syncd at its database with --db "
+                "(`opencode db path` prints it)"
+            )
+        await self._swap(*await _connect(self.path, self._busy_timeout_ms))
+        await self.refresh_schema()
+
+    def moved(self) -> str | None:
+        """How the file at `path` differs from the database file open: "deleted", "replaced"
+        (another file under the name), "truncated" (smaller than it was), or None (also while
+        no file is open: `refresh_schema` attaches one that appears)."""
+        if self.identity is None:
+            return None
+        now = FileIdentity.of(self.path)
+        if now is None:
+            return "deleted"
+        if (now.device, now.inode) != (self.identity.device, self.identity.inode):
+            return "replaced"
+        if now.size < self.identity.size:
+            return "truncated"
+        self.identity = now
+        return None
+
     async def refresh_schema(self) -> Schema:
         """The schema as it is now, read again when opencode has migrated it or the JSON
         sessions have moved."""
+        if not self._attached and self.path.is_file():  # opencode created it now
+            await self._swap(*await _connect(self.path, self._busy_timeout_ms))
+        conn = self._require()
         async with self._snapshot_lock:
             try:
-                if not self._attached and self.path.is_file():  # opencode created it now
-                    await self._conn.close()
-                    self._conn = await _connect(self.path, self._busy_timeout_ms)
-                    self._attached, self.schema, self.json_stale = True, NO_SCHEMA, True
                 version = int((await self.one("PRAGMA main.schema_version"))[0])
                 json_moved = self.json_stale and self.storage.is_dir()
                 if json_moved:
-                    await json_store.refresh(self._conn, self.storage)
+                    await json_store.refresh(conn, self.storage)
                 self.json_stale = False
                 if version != self.schema.version or json_moved:
-                    self.schema = await _read_schema(self._conn, version)
-            except aiosqlite.Error as exc:
+                    self.schema = await _read_schema(conn, version)
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: a closed connection
                 raise UserError(f"cannot read opencode database {self.path}: {exc}") from exc
         return self.schema
 
@@ -134,7 +189,39 @@ class OpencodeDb:
             )
 
     async def close(self) -> None:
-        await self._conn.close()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await _close(conn)
+
+    async def _swap(self, conn: aiosqlite.Connection, identity: FileIdentity | None) -> None:
+        """Read through `conn` from now on; the old connection closes once its reads end."""
+        async with self._snapshot_lock:
+            old, self._conn = self._conn, conn
+            self._attached, self.identity = identity is not None, identity
+            self.schema, self.json_stale = NO_SCHEMA, True
+        if old is not None and not self._readers[old]:
+            await _close(old)
+
+    def _require(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise UserError(f"the opencode database {self.path} is not open")
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for one read; a failed read is a UserError naming the database
+        (corrupted, unreadable, gone), never a raw sqlite3 error."""
+        conn = self._require()
+        self._readers[conn] += 1
+        try:
+            yield conn
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a connection closed under it
+            raise UserError(f"cannot read opencode database {self.path}: {exc}") from exc
+        finally:
+            self._readers[conn] -= 1
+            if conn is not self._conn and not self._readers[conn]:
+                del self._readers[conn]
+                await _close(conn)
 
     async def data_version(self) -> int:
         """Changes whenever another connection commits: the cheap "did anything change?".
@@ -144,13 +231,13 @@ class OpencodeDb:
         return int((await self.one("PRAGMA data_version"))[0])
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
+        async with self._reading() as conn, conn.execute(sql, tuple(params)) as cursor:
             row = await cursor.fetchone()
         assert row is not None, sql
         return row
 
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
+        async with self._reading() as conn, conn.execute(sql, tuple(params)) as cursor:
             return list(await cursor.fetchall())
 
     async def is_shared(self, session_id: str) -> bool:
@@ -177,12 +264,12 @@ class OpencodeDb:
     async def snapshot(self) -> AsyncIterator[OpencodeDb]:
         """A consistent view across several reads, ended before control returns to the loop
         that waits for the next wake-up."""
-        async with self._snapshot_lock:
-            await self._conn.execute("BEGIN")
+        async with self._snapshot_lock, self._reading() as conn:
+            await conn.execute("BEGIN")
             try:
                 yield self
             finally:
-                await self._conn.execute("COMMIT")
+                await conn.execute("COMMIT")
 
 
 def _text(raw: bytes) -> str | bytes:
@@ -194,19 +281,47 @@ def _text(raw: bytes) -> str | bytes:
         return raw
 
 
-async def _connect(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
-    """A read-only connection to the database, or, while it does not exist, to an empty
-    in-memory one (the JSON sessions' TEMP tables need a connection)."""
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro" if path.is_file() else ":memory:"
+async def _connect(
+    path: Path, busy_timeout_ms: int
+) -> tuple[aiosqlite.Connection, FileIdentity | None]:
+    """A read-only connection to the database and the file it is, or, while there is none, an
+    empty in-memory one (the JSON sessions' TEMP tables need a connection) and None. UserError
+    naming why not, the connection closed (its thread would keep the process alive)."""
+    attached = path.is_file()
+    if attached and not is_sqlite(path):
+        raise UserError(
+            f"{path} is not an SQLite database: point --db (or db in the config file) at "
+            "opencode's database (`opencode db path` prints it)"
+        )
+    identity = FileIdentity.of(path) if attached else None
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" if attached else ":memory:"
+    conn = None
     try:
         conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.row_factory = aiosqlite.Row
         conn.text_factory = _text
         await json_store.create_tables(conn)
-    except aiosqlite.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
+        if conn is not None:
+            await _close(conn)
         raise UserError(f"cannot read opencode database {path}: {exc}") from exc
-    return conn
+    return conn, identity
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether the file at `path` is an SQLite database, or empty (one being created)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return True  # unreadable: opening it says why
+    return not header or header == SQLITE_HEADER
+
+
+async def _close(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(Exception):  # a broken database may fail even to close
+        await conn.close()
 
 
 async def _read_schema(conn: aiosqlite.Connection, version: int) -> Schema:

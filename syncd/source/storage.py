@@ -8,11 +8,12 @@ newer than what was captured of its session means the session must be read again
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from .. import jsontext
 
 log = structlog.get_logger("syncd.source")
 
@@ -45,7 +46,7 @@ def read_diffs(storage: Path, session_id: str) -> list[Any] | None:
     if path is None:
         return None
     try:
-        value = json.loads(path.read_bytes())
+        value = jsontext.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:

@@ -9,10 +9,10 @@ ints, as JavaScript would print them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from .. import jsontext
 from ..model import SyncItem
 
 
@@ -144,9 +144,9 @@ def _parse(raw: Any, where: str) -> Any:
     if not isinstance(raw, str):
         raise BadRow(f"{where} is not JSON text")
     try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise BadRow(f"{where} is not valid JSON ({exc})") from exc
+        return jsontext.loads(raw)
+    except jsontext.JsonTextError as exc:
+        raise BadRow(f"{where} {exc}") from exc
 
 
 def _number(value: Any) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import UserError
+from .. import jsontext
+from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..redact import scrub
 from ..sqlite import open_private, transaction
@@ -56,7 +56,12 @@ class StateStore:
             # newest commits as a whole (a capture with its cursor, or an ack: re-sent).
             conn = await open_private(path, MIGRATIONS, synchronous="NORMAL")
             conn.row_factory = aiosqlite.Row
-        except (OSError, aiosqlite.Error) as exc:
+        except OSError as exc:
+            raise UserError(
+                f"cannot open the state database {path}: {os_problem(exc, path)}; choose a "
+                "writable state location (--state, or state in the config file)"
+            ) from None
+        except aiosqlite.Error as exc:
             raise UserError(f"cannot open the state database {path}: {exc}") from exc
         store = cls(path, conn)
         if target is not None:
@@ -67,11 +72,18 @@ class StateStore:
     async def open_readonly(cls, path: Path) -> StateStore:
         """Open an existing state without ever writing to it (`syncd status`, safe while the
         daemon runs: a WAL reader neither blocks the writer nor is blocked by it)."""
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:
+            raise UserError(
+                f"cannot read the state database {path}: {os_problem(exc, path)}"
+            ) from None
+        if not exists:
             raise UserError(
                 f"no state database at {path}: syncd has not run with this state yet "
                 "(start `syncd run` or `syncd sync`, or pass --state)"
             )
+        conn = None
         try:
             conn = await aiosqlite.connect(
                 f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
@@ -80,6 +92,8 @@ class StateStore:
             conn.row_factory = aiosqlite.Row
             await conn.execute("SELECT 1 FROM pending_item LIMIT 1")
         except (OSError, aiosqlite.Error) as exc:
+            if conn is not None:  # its thread would keep the process alive
+                await conn.close()
             raise UserError(f"cannot read the state database {path}: {exc}") from exc
         return cls(path, conn)
 
@@ -104,6 +118,22 @@ class StateStore:
                 "INSERT INTO meta (key, value) VALUES ('target', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (target,),
+            )
+
+    async def meta(self, key: str) -> str | None:
+        rows = await self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def set_meta(self, key: str, value: str | None) -> None:
+        """Record `value` under `key` (None: forget it)."""
+        async with self._write() as db:
+            if value is None:
+                await db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                return
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
             )
 
     # -- source side -------------------------------------------------------------------------
@@ -135,9 +165,10 @@ class StateStore:
             )
 
     async def forget_session(self, session_id: str) -> None:
-        """A session gone from opencode whose remote copy is kept: stop tracking it."""
+        """A session gone from opencode (its remote copy kept or deleted): stop tracking it,
+        a deletion held for it included."""
         async with self._write() as db:
-            for table in ("pending_item", "session_cursor", "share"):
+            for table in ("pending_item", "session_cursor", "share", "held_deletion"):
                 await db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
 
     # -- delivery side -----------------------------------------------------------------------
@@ -195,6 +226,7 @@ class StateStore:
         """Move items the receiver refused (or that could not be read) to the dead letters,
         with their payload, so that nothing disappears unseen."""
         letters = list(letters)
+        reason = jsontext.readable_text(reason)  # it may quote what was refused
         stamp = now_ms()
         async with self._write() as db:
             reason = await self._scrubbed(db, session_id, reason)
@@ -202,14 +234,7 @@ class StateStore:
                 "INSERT INTO dead_letter (session_id, kind, item_id, payload, reason, "
                 "time_created) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        session_id,
-                        item.kind,
-                        item.item_id,
-                        None if payload is None else json.dumps(payload, ensure_ascii=False),
-                        reason,
-                        stamp,
-                    )
+                    (session_id, item.kind, item.item_id, _payload(payload), reason, stamp)
                     for item, payload in letters
                 ],
             )
@@ -252,6 +277,7 @@ class StateStore:
         return count
 
     async def record_error(self, session_id: str, message: str) -> None:
+        message = jsontext.readable_text(message)
         async with self._write() as db:
             message = await self._scrubbed(db, session_id, message)
             await db.execute(
@@ -357,4 +383,64 @@ class StateStore:
     async def dead_letter_payload(self, letter_id: int) -> Any:
         """What was refused (the SyncData item, or the raw row), as JSON; None if unknown."""
         rows = await self._rows("SELECT payload FROM dead_letter WHERE id = ?", (letter_id,))
-        return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
+        return jsontext.loads(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- conditions and held deletions -------------------------------------------------------
+
+    async def set_condition(self, name: str, message: str | None, *, problem: bool = True) -> None:
+        """Record (or, with None, clear) a condition that is not one session's."""
+        message = None if message is None else jsontext.readable_text(message)
+        async with self._write() as db:
+            if message is None:
+                await db.execute("DELETE FROM condition WHERE name = ?", (name,))
+                return
+            await db.execute(
+                "INSERT INTO condition (name, message, problem, time_created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET message = excluded.message, "
+                "problem = excluded.problem, time_created = excluded.time_created",
+                (name, message, int(problem), now_ms()),
+            )
+
+    async def conditions(self) -> list[dict[str, Any]]:
+        rows = await self._rows(
+            "SELECT name, message, problem, time_created FROM condition ORDER BY name"
+        )
+        return [
+            {"name": row[0], "message": row[1], "problem": bool(row[2]), "time_created": row[3]}
+            for row in rows
+        ]
+
+    async def hold_deletions(self, session_ids: Iterable[str]) -> None:
+        stamp = now_ms()
+        async with self._write() as db:
+            await db.executemany(
+                "INSERT INTO held_deletion (session_id, time_created) VALUES (?, ?) "
+                "ON CONFLICT (session_id) DO NOTHING",
+                [(session_id, stamp) for session_id in session_ids],
+            )
+
+    async def held_deletions(self) -> dict[str, bool]:
+        """Sessions whose remote deletion is held back, and whether it was confirmed."""
+        rows = await self._rows("SELECT session_id, confirmed FROM held_deletion")
+        return {row[0]: bool(row[1]) for row in rows}
+
+    async def release_held(self, session_id: str) -> None:
+        """The session is back in opencode: nothing to hold any more."""
+        async with self._write() as db:
+            await db.execute("DELETE FROM held_deletion WHERE session_id = ?", (session_id,))
+
+    async def confirm_deletions(self) -> int:
+        async with self._write() as db:
+            cursor = await db.execute("UPDATE held_deletion SET confirmed = 1")
+            return cursor.rowcount
+
+
+def _payload(payload: Any) -> str | None:
+    """A dead letter's payload as JSON text; None when it has none or cannot be written (the
+    item stays readable in opencode by its id)."""
+    if payload is None:
+        return None
+    try:
+        return jsontext.dumps(payload)
+    except jsontext.JsonTextError:
+        return None

@@ -35,9 +35,9 @@ from ..wire.a2a import (
 )
 from ..wire.keys import KEY_HEADER
 from ..wire.text import excerpt
-from .base import RejectedError, RetryableError, ShareNotFoundError, Transport
+from .base import RejectedError, RetryableError, ShareNotFoundError, Transport, UnsendableError
+from .httpclient import http_client
 from .outcome import created_share, response_refusal, share_refusal
-from .tls import verify_setting
 
 if TYPE_CHECKING:
     from a2a.client import Client
@@ -83,11 +83,8 @@ class A2aTransport(Transport):
         self._base_url = base_url.rstrip("/")
         self._binding = BINDINGS[binding]
         self._key = key
-        self._http = httpx.AsyncClient(
-            headers={KEY_HEADER: key} if key else {},
-            timeout=timeout,
-            verify=verify_setting(verify),
-            follow_redirects=False,
+        self._http = http_client(
+            timeout=timeout, verify=verify, headers={KEY_HEADER: key} if key else {}
         )
         self._client: Client | None = None
         self._connecting = asyncio.Lock()
@@ -112,7 +109,10 @@ class A2aTransport(Transport):
         return Created(share, synced=False)
 
     async def sync(self, share: Share, batch: Batch) -> None:
-        parts = [item_part(item) for item in batch.items]
+        try:
+            parts = [item_part(item) for item in batch.items]
+        except ValueError as exc:
+            raise UnsendableError(f"A2A cannot carry this batch: an item {exc}") from None
         await self._send(
             "sync", batch.session_id, batch.key, parts, _credentials(share), secret=share.secret
         )

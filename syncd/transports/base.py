@@ -3,7 +3,7 @@
 A transport knows how to put SyncData items on the wire; it knows nothing of retries,
 coalescing or durable state. It reports the outcome of one call by returning (the receiver
 acknowledged) or by raising one of the errors below, which the delivery loop turns into a
-retry, a re-created share or a dead letter.
+retry, a pause, a re-created share, a batch sent in halves or a dead letter.
 """
 
 from __future__ import annotations
@@ -32,14 +32,32 @@ class RetryableError(DeliveryError):
         self.ambiguous = ambiguous
 
 
+class KeyRefusedError(RetryableError):
+    """The receiver refuses syncd's key (a 401): a condition of the whole receiver, not of a
+    batch. Items stay pending and are retried, with backoff, until the key is fixed."""
+
+
+class OversizeSuspectedError(RetryableError):
+    """The receiver dropped the connection while a large body was on its way, as servers that
+    refuse a body by its size often do without an answer: the delivery loop sends the batch in
+    halves, and an item that keeps meeting it alone is too large for the receiver."""
+
+
 class ThrownError(RetryableError):
     """A remote method threw an error syncd does not know (capnweb): it may pass (a storage
     hiccup) or not (a batch the server will never take); retried a few times, then refused."""
 
 
 class RejectedError(DeliveryError):
-    """The receiver refused the batch for good (4xx, a thrown error): the batch is dead-lettered
-    with this message."""
+    """The receiver refused the batch for good (4xx, a thrown error): a batch of several items
+    is sent again in halves, so that only the items refused alone are dead-lettered, with this
+    message."""
+
+
+class UnsendableError(RejectedError):
+    """The batch cannot travel as it is: a value this transport cannot carry, or a body larger
+    than the receiver accepts (413). Sent in halves; an item that cannot travel alone is
+    dead-lettered with this message."""
 
 
 class ShareProblem(DeliveryError):

@@ -19,11 +19,12 @@ import httpx
 
 from syncd import __version__
 
+from .. import jsontext
 from ..model import Batch, Created, Share
 from ..wire.keys import KEY_HEADER
-from .base import ReceiverProbe, RetryableError, ShareNotFoundError, Transport
+from .base import ReceiverProbe, RetryableError, ShareNotFoundError, Transport, UnsendableError
+from .httpclient import http_client
 from .outcome import created_share, response_refusal, unreachable
-from .tls import verify_setting
 
 # A share id no server holds: reading it shows whether the receiver answers at all.
 PROBE_SHARE_ID = "syncd-probe"
@@ -47,12 +48,7 @@ class HttpTransport(Transport):
         headers = {"user-agent": f"syncd/{__version__}"}
         if key is not None:
             headers[KEY_HEADER] = key
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout,
-            verify=verify_setting(verify),
-            follow_redirects=False,
-            headers=headers,
-        )
+        self._client = client or http_client(timeout=timeout, verify=verify, headers=headers)
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:
         # The REST API cannot carry data with the create call: the batch goes with sync().
@@ -110,11 +106,18 @@ class HttpTransport(Transport):
         """One request; returns a 2xx answer or raises the error the answer means."""
         what = f"{method} {path}"
         try:
+            content = jsontext.encode(body)
+        except jsontext.JsonTextError as error:
+            raise UnsendableError(f"{what}: the batch {error}") from None
+        try:
             response = await self._client.request(
-                method, self._base_url + path, json=body, headers=headers
+                method,
+                self._base_url + path,
+                content=content,
+                headers={"content-type": "application/json", **(headers or {})},
             )
         except httpx.TransportError as error:
-            raise unreachable(what, error, [secret, self._key]) from None
+            raise unreachable(what, error, [secret, self._key], sent=len(content)) from None
         if 200 <= response.status_code < 300:
             return response
         raise response_refusal(
@@ -124,8 +127,8 @@ class HttpTransport(Transport):
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return jsontext.loads(response.content)
+    except jsontext.JsonTextError:
         raise RetryableError(
             f"{response.request.method} {response.request.url.path}: not acknowledged: "
             f"{response.status_code} answer is not JSON "

@@ -23,17 +23,22 @@ from ..wire.keys import KEY_HEADER
 from ..wire.text import excerpt
 from .base import (
     DeliveryError,
+    KeyRefusedError,
+    OversizeSuspectedError,
     RejectedError,
     RetryableError,
     SecretRefusedError,
     ShareExistsError,
     ShareNotFoundError,
     ThrownError,
+    UnsendableError,
 )
 
 # The thrown messages of opencode's share functions (`Share not found: ID` and friends), as a
 # capnweb method wrapping them shows them; older servers said `Share not found` alone.
 SHARE_FIELDS = ("id", "secret", "url")
+# A body this large that meets a dropped connection may have been refused for its size.
+LARGE_BODY = 1024 * 1024
 _THROWN = (
     (re.compile(r"^Share not found\b"), ShareNotFoundError),
     (re.compile(r"^Share secret invalid\b|^Invalid secret\b"), SecretRefusedError),
@@ -57,20 +62,30 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def unreachable(what: str, error: Exception, secrets: Iterable[str | None]) -> RetryableError:
-    """A call that got no answer (connection refused, reset, timed out)."""
-    return RetryableError(scrub(f"{what}: {type(error).__name__}: {error}", secrets))
+def unreachable(
+    what: str, error: Exception, secrets: Iterable[str | None], *, sent: int = 0
+) -> RetryableError:
+    """A call that got no answer (connection refused, reset, timed out). A connection dropped
+    while a body of `sent` bytes, larger than LARGE_BODY, was on its way: maybe refused by its
+    size."""
+    message = scrub(f"{what}: {type(error).__name__}: {error}", secrets)
+    dropped = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
+    if sent > LARGE_BODY and isinstance(error, dropped):
+        return OversizeSuspectedError(
+            f"{message} (connection dropped while a {sent}-byte body was sent)"
+        )
+    return RetryableError(message)
 
 
-def key_refused(what: str, key: str | None, status: int, server_says: str) -> RejectedError:
-    """A 401: name the missing or refused key header, never the key."""
-    if key is None:
-        problem = f"the receiver requires {KEY_HEADER} and none is configured"
+def key_refused(what: str, has_key: bool, status: int, server_says: str) -> KeyRefusedError:
+    """A 401 (any transport): name the missing or refused key header, never the key."""
+    if has_key:
+        problem = f"the receiver refuses the key ({KEY_HEADER})"
     else:
-        problem = f"the receiver refused the configured key ({KEY_HEADER})"
-    return RejectedError(
+        problem = f"the receiver requires a key ({KEY_HEADER}) and none is configured"
+    return KeyRefusedError(
         f"{what}: {status} {server_says}: {problem}; set key in the config file "
-        "(or OPENCODE_SHARE_RPC_KEY)"
+        "(or OPENCODE_SHARE_RPC_KEY), then reload syncd (SIGHUP)"
     )
 
 
@@ -98,7 +113,9 @@ def refusal(
             "set url to the final address (redirects are not followed)"
         )
     if status == 401:
-        return key_refused(what, key, status, server_says)
+        return key_refused(what, key is not None, status, server_says)
+    if status == 413:
+        return UnsendableError(f"{what}: 413: larger than the receiver accepts: {server_says}")
     if share_call and status == 404:
         return ShareNotFoundError(f"{what}: share not found (404): {server_says}")
     if share_call and status == 403:

@@ -6,9 +6,10 @@ the batch key, carrying one part per SyncData item.
 Numbers: an A2A data part is a `google.protobuf.Value`, where every number is a double, so the
 SDK sends `1790000000000` as `1790000000000.0` and a receiver reads a float. The rule both ends
 follow (`item_part` / `part_item`): in a data part a whole number is an integer, as in the
-JSON opencode (JavaScript) writes. An item the rule cannot carry exactly (an integer beyond
-2**53, a float with no fraction, NaN) travels as a text part holding its JSON text, media type
-`application/json`.
+JSON opencode (JavaScript) writes. An item a data part cannot carry exactly (an integer beyond
+2**53, a float with no fraction, NaN, a lone surrogate, which protobuf strings cannot hold,
+nesting deeper than protobuf parses) travels as a text part holding its JSON text (lone
+surrogates as escapes), media type `application/json`.
 
 Shares and their credentials, as over REST: a message with metadata
 `{"syncd.operation": "create"}` creates a new share of its context and is answered with its id
@@ -20,11 +21,11 @@ metadata `{"syncd.operation": "delete"}` and the share's credentials.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from .. import jsontext
 from ..model import SyncItem
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ EXACT_INT = 2**53  # doubles hold every integer up to this exactly
 
 def _exact_as_double(value: Any) -> bool:
     """Whether `value` comes back unchanged through a data part and `_whole_to_int`."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return jsontext.is_text(value)
+    if isinstance(value, bool) or value is None:
         return True
     if isinstance(value, int):
         return abs(value) <= EXACT_INT
@@ -50,7 +53,9 @@ def _exact_as_double(value: Any) -> bool:
     if isinstance(value, list):
         return all(_exact_as_double(element) for element in value)
     if isinstance(value, dict):
-        return all(_exact_as_double(element) for element in value.values())
+        return all(
+            jsontext.is_text(key) and _exact_as_double(element) for key, element in value.items()
+        )
     return False
 
 
@@ -65,16 +70,17 @@ def _whole_to_int(value: Any) -> Any:
 
 
 def item_part(item: SyncItem) -> Part:
-    """The A2A part carrying one SyncData item (see the module docstring for numbers)."""
+    """The A2A part carrying one SyncData item (see the module docstring); ValueError (a
+    JsonTextError) for an item no part can carry."""
     from a2a.types.a2a_pb2 import Part
     from google.protobuf import json_format, struct_pb2
 
-    if _exact_as_double(item):
-        return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
-    return Part(
-        text=json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":")),
-        media_type=JSON_MEDIA_TYPE,
-    )
+    try:
+        if _exact_as_double(item):
+            return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
+    except (json_format.ParseError, RecursionError):
+        pass  # deeper than protobuf parses: the text part carries it
+    return Part(text=jsontext.dumps(item), media_type=JSON_MEDIA_TYPE)
 
 
 def part_item(part: Part) -> Any:
@@ -86,9 +92,9 @@ def part_item(part: Part) -> Any:
         return _whole_to_int(json_format.MessageToDict(part.data))
     if content == "text" and part.media_type == JSON_MEDIA_TYPE:
         try:
-            return json.loads(part.text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"text part is not valid JSON ({exc})") from exc
+            return jsontext.loads(part.text, jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
+        except jsontext.JsonTextError as exc:
+            raise ValueError(f"text part {exc}") from exc
     raise ValueError(f"must be a data part or an {JSON_MEDIA_TYPE} text part, not {content}")
 
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import random as random_module
 import socket
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +124,12 @@ class Faults:
 
 
 class Receiver:
-    def __init__(self, store: ArchiveStore, app: ASGIApp, port: int) -> None:
+    def __init__(
+        self, store: ArchiveStore, app: ASGIApp, port: int, max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
         self.store = store
         self.port = port
+        self.max_body = max_body
         self.url = ""
         self.faults = Faults(self)
         self.create_count = 0
@@ -248,6 +253,7 @@ class Receiver:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=0.2,
+            ws_max_size=self.max_body,  # as `syncd serve`: one limit, body or message
         )
         server = _Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -292,7 +298,8 @@ async def running_receiver(
     opened = await open_archive(store or tmp_path / "receiver-archive.db", pool_size=TEST_POOL_SIZE)
     try:
         # Share urls take the request's host, which is this receiver's address.
-        receiver = Receiver(opened, build_app(opened, key=key, max_body=max_body), port=0)
+        app = build_app(opened, key=key, max_body=max_body)
+        receiver = Receiver(opened, app, port=0, max_body=max_body)
         await receiver._listen()
         try:
             yield receiver
@@ -300,3 +307,36 @@ async def running_receiver(
             await receiver._close()
     finally:
         await opened.close()
+
+
+@contextlib.contextmanager
+def receiver_in_thread(
+    tmp_path: Path, key: str | None = None, max_body: int = DEFAULT_MAX_BODY
+) -> Iterator[Receiver]:
+    """`running_receiver` on its own event loop in a thread, for tests that run several event
+    loops of their own (one per hypothesis example). Read its archive from another loop by
+    opening the file (`tmp_path / "receiver-archive.db"`), not through `store`."""
+    ready: queue.Queue[Receiver | BaseException] = queue.Queue()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        try:
+            async with running_receiver(tmp_path, key=key, max_body=max_body) as receiver:
+                ready.put(receiver)
+                await stop.wait()
+        except BaseException as error:
+            ready.put(error)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    started = ready.get(timeout=30)
+    if isinstance(started, BaseException):
+        raise started
+    try:
+        yield started
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        loop.close()

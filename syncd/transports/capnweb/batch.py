@@ -19,8 +19,8 @@ from ...wire.capnweb.codec import CodecError, JsError, dumps
 from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer
 from ...wire.keys import KEY_HEADER
 from ..base import RetryableError
+from ..httpclient import MAX_ANSWER, http_client
 from ..outcome import response_refusal, unreachable
-from ..tls import verify_setting
 from .share import CapnwebTransport
 
 
@@ -35,6 +35,7 @@ class CapnwebBatchTransport(CapnwebTransport):
         timeout: float,
         verify: bool | str | Path,
         client: httpx.AsyncClient | None = None,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         self.url = base_url.rstrip("/") + PATH
         self._key = key
@@ -45,20 +46,18 @@ class CapnwebBatchTransport(CapnwebTransport):
         }
         if key is not None:
             headers[KEY_HEADER] = key
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout,
-            verify=verify_setting(verify),
-            follow_redirects=False,
-            headers=headers,
+        self._client = client or http_client(
+            timeout=timeout, verify=verify, headers=headers, max_answer=max_answer
         )
 
     async def round_trip(self, calls: list[Call], *, secret: str | None = None) -> list[Any]:
         what = f"POST {PATH}"
         body = "\n".join(dumps(message) for message in frame_calls(calls, first_id=1))
+        content = body.encode("utf-8")
         try:
-            response = await self._client.post(self.url, content=body.encode("utf-8"))
+            response = await self._client.post(self.url, content=content)
         except httpx.TransportError as exc:
-            raise unreachable(what, exc, [secret, self._key]) from None
+            raise unreachable(what, exc, [secret, self._key], sent=len(content)) from None
         if response.status_code != 200:
             if 200 <= response.status_code < 300:
                 raise RetryableError(f"{what}: not acknowledged: {response.status_code}")

@@ -17,7 +17,7 @@ from typing import Any
 from ...model import Batch, Created, Share
 from ...wire.capnweb.codec import CodecError, JsError
 from ...wire.capnweb.protocol import Call, Result
-from ..base import DeliveryError, RejectedError, ShareNotFoundError, Transport
+from ..base import DeliveryError, ShareNotFoundError, Transport, UnsendableError
 from ..outcome import created_share, thrown
 
 
@@ -64,7 +64,7 @@ class CapnwebTransport(Transport):
         try:
             return await self.round_trip(calls, secret=secret)
         except CodecError as exc:
-            raise RejectedError(f"{what}: capnweb cannot carry this batch: {exc}") from None
+            raise UnsendableError(f"{what}: capnweb cannot carry this batch: {exc}") from None
 
 
 def _thrown(what: str, error: JsError, secret: str | None) -> DeliveryError:

@@ -6,7 +6,10 @@ no longer needs. A session is broken by an `abort`, a close, a failed ping (sile
 `timeout`) or a call unanswered within `timeout`: every call in flight then raises
 RetryableError (unacknowledged, so the delivery loop sends it again) and the next call opens a
 fresh session. Nothing reconnects in the background. Redirects are never followed (websockets
-would follow them, key header included): a 3xx answer to the upgrade is a refusal.
+would follow them, key header included): a 3xx answer to the upgrade is a refusal. A receiver
+that closes the socket with 1009 (message too big) refuses the large message it was sent:
+that call cannot be sent (UnsendableError, naming the receiver's limit), the others are
+retried.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ from ...wire.capnweb.codec import CodecError, JsError, dumps
 from ...wire.capnweb.protocol import PATH, Call, aborted, frame_calls, parse_answer, release
 from ...wire.keys import KEY_HEADER
 from ...wire.text import excerpt
-from ..base import RetryableError
-from ..outcome import refusal
+from ..base import RetryableError, UnsendableError
+from ..httpclient import MAX_ANSWER
+from ..outcome import LARGE_BODY, refusal
 from ..tls import verify_setting
 from .share import CapnwebTransport
 
-# The reference receiver's own limit on one message.
-MAX_MESSAGE = 32 * 1024 * 1024
 PING_INTERVAL = 20.0
+MESSAGE_TOO_BIG = 1009  # the WebSocket close code of a receiver refusing a message's size
 
 
 class _Connect(connect):
@@ -49,7 +52,13 @@ class CapnwebWsTransport(CapnwebTransport):
     name: ClassVar[str] = "capnweb-ws"
 
     def __init__(
-        self, base_url: str, *, key: str | None, timeout: float, verify: bool | str | Path
+        self,
+        base_url: str,
+        *,
+        key: str | None,
+        timeout: float,
+        verify: bool | str | Path,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         base = base_url.rstrip("/")
         if base.startswith("https://"):
@@ -60,6 +69,7 @@ class CapnwebWsTransport(CapnwebTransport):
         self._key = key
         self._timeout = timeout
         self._verify = verify_setting(verify)
+        self._max_answer = max_answer
         self._session: _Session | None = None
         self._opening = asyncio.Lock()
         self.sessions_opened = 0
@@ -84,7 +94,7 @@ class CapnwebWsTransport(CapnwebTransport):
                     ping_interval=min(PING_INTERVAL, self._timeout),
                     ping_timeout=self._timeout,
                     close_timeout=min(self._timeout, 5.0),
-                    max_size=MAX_MESSAGE,
+                    max_size=self._max_answer,
                     ssl=self._ssl(),
                 )
             except InvalidStatus as exc:
@@ -130,6 +140,7 @@ class _Session:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._sending = asyncio.Lock()
         self.broken: str | None = None
+        self.too_big = False  # the receiver closed with MESSAGE_TOO_BIG
         self._closing: asyncio.Task[None] | None = None
         self._reader = asyncio.create_task(self._read())
 
@@ -148,10 +159,20 @@ class _Session:
                 for text in texts:
                     await self._socket.send(text)
             except ConnectionClosed as exc:
-                self._break(f"socket closed while sending: {_closed(exc)}")
-        _, unanswered = await asyncio.wait(futures, timeout=self._timeout)
-        if unanswered:
-            self._break(f"no answer within {self._timeout:g} s")
+                self._closed_by(exc, "socket closed while sending")
+        try:
+            _, unanswered = await asyncio.wait(futures, timeout=self._timeout)
+            if unanswered:
+                self._break(f"no answer within {self._timeout:g} s")
+        finally:  # a call abandoned by its caller (a deadline) leaves nothing behind
+            for offset in range(len(calls)):
+                self._pending.pop(first + offset, None)
+        largest = max(len(text) for text in texts)
+        if self.too_big and largest > LARGE_BODY and any(f.exception() for f in futures):
+            raise UnsendableError(
+                f"WebSocket {PATH}: a message of {largest} characters is larger than the "
+                f"receiver accepts: {self.broken}"
+            )
         # A broken session has set RetryableError on every call it left unanswered.
         results = [future.result() for future in futures]
         return [
@@ -183,9 +204,14 @@ class _Session:
                     await self._socket.send(dumps(release(answer.import_id)))  # type: ignore[arg-type]
             self._break(f"socket closed: {_closed_code(self._socket)}")
         except ConnectionClosed as exc:
-            self._break(f"socket closed: {_closed(exc)}")
+            self._closed_by(exc, "socket closed")
         except Exception as exc:  # the session is over whatever broke the reader
             self._break(f"reader failed: {type(exc).__name__}: {exc}")
+
+    def _closed_by(self, exc: ConnectionClosed, what: str) -> None:
+        if exc.rcvd is not None and exc.rcvd.code == MESSAGE_TOO_BIG:
+            self.too_big = True
+        self._break(f"{what}: {_closed(exc)}")
 
     def _break(self, reason: str) -> None:
         if self.broken is None:

@@ -13,8 +13,9 @@ Every array is escaped as `[[...]]`, at every depth, so that a user array such a
 | `JsError(name, message, ...)`        | `["error", name, message, ...]` |
 
 What the reference receiver would change silently is refused with a CodecError naming it: a
-plain int beyond 2**53 (a JavaScript number would round it; wrap it in BigInt to send a
-bigint), a naive or sub-millisecond datetime, an object key the receiver drops (`__proto__`,
+plain int no JavaScript number holds exactly (beyond 2**53 and not a double: a number would
+round it; wrap it in BigInt to send a bigint; the integers opencode writes are doubles, so
+they travel), a naive or sub-millisecond datetime, an object key the receiver drops (`__proto__`,
 `toString`, ... `toJSON`), a non-string key, nesting deeper than the receiver accepts.
 """
 
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from ... import jsontext
 
 MAX_SAFE_INTEGER = 2**53 - 1
 # The reference evaluator refuses messages nested 256 deep; a call argument starts two levels
@@ -115,10 +118,10 @@ def _encode(value: Any, depth: int, where: str) -> Any:
     if isinstance(value, BigInt):
         return ["bigint", str(int(value))]
     if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
+        if abs(value) > MAX_SAFE_INTEGER and not _is_double(value):
             raise CodecError(
-                f"{where}: integer {value} is beyond 2**53 and would be rounded by the receiver "
-                "(wrap it in BigInt to send a bigint)"
+                f"{where}: integer {value} is beyond 2**53 and no double, so the receiver "
+                "would round it (wrap it in BigInt to send a bigint)"
             )
         return value
     if isinstance(value, float):
@@ -151,6 +154,14 @@ def _encode(value: Any, depth: int, where: str) -> Any:
     if isinstance(value, Pipeline):
         return ["pipeline", value.import_id, list(value.path)]
     raise CodecError(f"{where}: cannot send a value of type {type(value).__name__}")
+
+
+def _is_double(value: int) -> bool:
+    """Whether a JavaScript number holds `value` exactly (as JSON.stringify wrote it)."""
+    try:
+        return int(float(value)) == value
+    except OverflowError:
+        return False
 
 
 def _milliseconds(value: datetime, where: str) -> int:
@@ -257,13 +268,11 @@ def _excerpt(value: Any) -> str:
 
 def dumps(message: Any) -> str:
     """One message as one line of JSON (no NaN/Infinity: encode() tagged them), always valid
-    UTF-8: a string holding a lone surrogate is escaped instead."""
-    text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    UTF-8: a string holding a lone surrogate travels as an escape."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text
+        return jsontext.dumps(message)
+    except jsontext.JsonTextError as exc:
+        raise CodecError(f"message {exc}") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -274,6 +283,8 @@ def loads(text: str | bytes) -> Any:
     """One message parsed; bare NaN/Infinity (not JSON) are refused."""
     try:
         return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise CodecError("message is nested too deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, CodecError):
             raise
