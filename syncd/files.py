@@ -63,6 +63,36 @@ def open_own_file(path: Path, flags: int) -> int:
     return fd
 
 
+def prepare_database_file(path: Path) -> None:
+    """Make `path` ready for SQLite: created 0600 when missing; an existing one must be a
+    regular file with one name, not a link, and is made 0600. An existing database is never
+    opened here: closing any descriptor on it would drop the POSIX locks SQLite holds on it
+    for this process's other connections, and corrupt it ("How To Corrupt An SQLite Database
+    File", section 2.2). The directory is private (checked before), so nothing can swap the
+    file between this look and SQLite's open."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            PRIVATE_FILE_MODE,
+        )  # fmt: skip
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)  # a new, empty file: no connection of this process has it open
+        return
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise refused_link(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path} is not a regular file: move it away, syncd creates its own")
+    if info.st_nlink > 1:
+        raise UserError(
+            f"{path} has other names (hard links): syncd writes only files of its own; move it away"
+        )
+    if stat.S_IMODE(info.st_mode) != PRIVATE_FILE_MODE:
+        os.chmod(path, PRIVATE_FILE_MODE)
+
+
 def refuse_links(*paths: Path) -> None:
     """UserError when any of `paths` is a symbolic link (files SQLite opens by name)."""
     for path in paths:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
 
-from .files import PRIVATE_FILE_MODE, open_own_file, private_directory, refuse_links
+from .files import prepare_database_file, private_directory, refuse_links
 from .migrate import migrate
 
 # The files SQLite opens beside a WAL database, by name.
@@ -25,11 +24,7 @@ async def open_private(
     open it in WAL mode and apply `migrations`. Raises UserError for a directory others can
     write or a linked file (`syncd.files`), OSError or aiosqlite.Error for the caller to word."""
     private_directory(path.parent)
-    fd = open_own_file(path, os.O_RDWR | os.O_CREAT)
-    try:
-        os.fchmod(fd, PRIVATE_FILE_MODE)
-    finally:
-        os.close(fd)
+    prepare_database_file(path)
     refuse_links(*(path.with_name(path.name + suffix) for suffix in COMPANIONS))
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
