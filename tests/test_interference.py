@@ -58,3 +58,4 @@ async def test_a_reader_pinning_a_snapshot_would_be_caught(
         write_workload, tmp_path / "baseline.db", fixtures_dir, SECONDS / 2, RATE
     )
     assert figures.wal_max_bytes > 2 * baseline.wal_max_bytes
+    assert figures.final_checkpoint_busy == 1

@@ -14,7 +14,7 @@ import aiosqlite
 
 from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
-from ..sqlite import open_private, transaction
+from ..sqlite import fetch_all, open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
@@ -71,8 +71,7 @@ class SqliteArchive(ArchiveStore):
         return transaction(self._conn, self._lock)
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self._lock, self._conn.execute(sql, tuple(params)) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        return [tuple(row) for row in await fetch_all(self._conn, self._lock, sql, params)]
 
     @staticmethod
     async def _fetch(db: aiosqlite.Connection, sql: str, params: Iterable[Any]) -> Any:

@@ -231,14 +231,15 @@ class OpencodeDb:
         return int((await self.one("PRAGMA data_version"))[0])
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row:
-        async with self._reading() as conn, conn.execute(sql, tuple(params)) as cursor:
-            row = await cursor.fetchone()
-        assert row is not None, sql
-        return row
+        rows = await self.rows(sql, params)
+        assert rows, sql
+        return rows[0]
 
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._reading() as conn, conn.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        # Run whole in one hop to the connection's thread: a statement left open across an
+        # await would walk the JSON tables while a refresh rewrites them (syncd.sqlite).
+        async with self._reading() as conn:
+            return list(await conn.execute_fetchall(sql, tuple(params)))
 
     async def is_shared(self, session_id: str) -> bool:
         """Whether opencode shares the session: its `session_share` row, or its share url."""

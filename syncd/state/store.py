@@ -21,7 +21,7 @@ from .. import jsontext
 from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..redact import scrub
-from ..sqlite import open_private, transaction
+from ..sqlite import fetch_all, open_private, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -44,7 +44,7 @@ class StateStore:
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
         self.path = path
         self._conn = conn
-        self._write_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, target: str | None = None) -> StateStore:
@@ -101,11 +101,10 @@ class StateStore:
         await self._conn.close()
 
     def _write(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
-        return transaction(self._conn, self._write_lock)
+        return transaction(self._conn, self._lock)
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        return await fetch_all(self._conn, self._lock, sql, params)
 
     async def bind_target(self, target: str) -> None:
         rows = await self._rows("SELECT value FROM meta WHERE key = 'target'")
