@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .daemon import REPO
+
 CHUNK = 64 * 1024
 BUFFER_CHUNKS = 64  # per direction: at most 4 MiB in flight each way
 MAX_CONNECTIONS = 256
@@ -202,6 +204,7 @@ async def running_link(receiver_url: str, rtt_ms: float) -> AsyncIterator[Link]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.proxy", "--upstream", f"{host}:{port}",
         "--rtt-ms", str(rtt_ms), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
     )  # fmt: skip
     try:
         assert process.stdout is not None

@@ -72,13 +72,18 @@ def render(text: str, results: dict[Path, dict[str, Any]]) -> str:
     return MARKED.sub(block, text)
 
 
-def publish(pages: tuple[Path, ...] = PAGES) -> list[str]:
-    """Rewrite the blocks of `pages` from the results on disk; returns the pages changed."""
-    results = {
+def load_results() -> dict[Path, dict[str, Any]]:
+    """The results on disk, by directory."""
+    return {
         directory: json.loads((directory / "results.json").read_text())
         for directory in {source for source, _ in BLOCKS.values()}
         if (directory / "results.json").is_file()
     }
+
+
+def publish(pages: tuple[Path, ...] = PAGES) -> list[str]:
+    """Rewrite the blocks of `pages` from the results on disk; returns the pages changed."""
+    results = load_results()
     changed = []
     for page in pages:
         text = page.read_text()
