@@ -171,20 +171,11 @@ async def measure(
                     )
                     if "error" not in measured["live"]:
                         measured.update(measured.pop("live"))
-                if "backfill" in wanted:
-                    await _phase(
-                        measured,
-                        "backfill",
-                        label,
-                        phases.backfill(here / "backfill", big, name, scale, rtt_ms),
-                    )
-                if "batches" in wanted:
-                    await _phase(
-                        measured,
-                        "batches",
-                        label,
-                        phases.backfill(here / "batches", small, name, scale, rtt_ms),
-                    )
+                # Both are `syncd sync` over a database: big sessions, or many small ones.
+                for phase, database in (("backfill", big), ("batches", small)):
+                    if phase in wanted:
+                        work = phases.backfill(here / phase, database, name, scale, rtt_ms)
+                        await _phase(measured, phase, label, work)
         if "idle" in wanted:
             note(f"idle: {', '.join(transports)} side by side for {scale.idle_seconds:g} s")
             for name, figures in (
