@@ -107,6 +107,10 @@ class GroupWriter:
                         )
                 except Exception as error:  # BEGIN or COMMIT failed: none of them happened
                     outcomes = [(False, error)] * len(group)
+                except BaseException:  # cancelled (shutdown): no caller waits for ever
+                    for _, future in group:
+                        future.cancel()
+                    raise
                 for (_, future), (ok, value) in zip(group, outcomes, strict=True):
                     if future.done():
                         continue  # its caller was cancelled while the group committed
