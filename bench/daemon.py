@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_SECONDS = 25.0
+SYNC_GIVE_UP_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Setup:
             *target,
             "--transport",
             self.transport,
+            # `sync` gives up a fixed time after it started, however well delivery goes: a
+            # measurement lets a slow transport (A2A's backfill takes minutes) finish.
+            *(["--give-up-after", str(SYNC_GIVE_UP_SECONDS)] if command == "sync" else []),
         ]
 
     def env(self) -> dict[str, str]:
