@@ -18,13 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from tests.support import FIXTURES
 
-from . import dbgen, phases, report
+from . import dbgen, phases, publish, report
 from .daemon import REPO
 from .phases import FULL, QUICK, note
 
@@ -35,7 +35,7 @@ TRANSPORTS: dict[str, tuple[str, str, str]] = {
     "capnweb-ws": ("syncd.transports.capnweb", "CapnwebWsTransport", "syncd.receiver.rpc"),
     "a2a": ("syncd.transports.a2a", "A2aTransport", "syncd.receiver.a2a"),
 }
-PHASES = ("live", "backfill", "batches", "idle")
+PHASES = ("live", "backfill", "archive", "batches", "idle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--phases", default=",".join(PHASES), help="subset of " + ",".join(PHASES))
     parser.add_argument(
+        "--rtt",
+        metavar="MS,...",
+        help="round-trip times (ms) to measure through a delaying proxy besides bare loopback "
+        "(every phase but idle); default 20,80 (--quick: 20); 0 for none",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
@@ -73,16 +79,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no transport left to measure")
     if args.replay is not None and not args.replay.is_file():
         parser.error(f"--replay {args.replay}: no such database")
-    out = args.out or (None if args.quick else Path(__file__).parent)
-    results = asyncio.run(
-        measure(args, transports, skipped, wanted_phases, QUICK if args.quick else FULL)
-    )
+    scale = QUICK if args.quick else FULL
+    if args.rtt is not None:
+        try:
+            rtts = tuple(float(ms) for ms in args.rtt.split(",") if ms.strip())
+        except ValueError:
+            parser.error(f"--rtt {args.rtt}: expected milliseconds, comma-separated")
+        scale = replace(scale, rtts_ms=tuple(ms for ms in rtts if ms > 0))
+    default_out = publish.REPLAY_DIR if args.replay else publish.RESULTS_DIR
+    out = args.out or (None if args.quick else default_out)
+    results = asyncio.run(measure(args, transports, skipped, wanted_phases, scale))
     text = json.dumps(_finite(results), indent=2)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(text + "\n")
         (out / "results.md").write_text(report.markdown(results))
         note(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+        if out.resolve() == default_out.resolve():
+            note(f"updated the figures in {', '.join(publish.publish())}")
     if args.json:
         print(text)
     else:
@@ -129,31 +143,39 @@ async def measure(
     with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
         workdir = Path(tmp)
         replay = _replay_copy(args.replay, workdir) if args.replay else None
-        for name in transports:
-            measured = results["transports"][name]
-            if "live" in wanted:
-                await _phase(
-                    measured,
-                    "live",
-                    name,
-                    phases.live(workdir / name / "live", fixtures_dir, name, scale, replay),
-                )
-                if "error" not in measured["live"]:
-                    measured.update(measured.pop("live"))
-            if "backfill" in wanted:
-                await _phase(
-                    measured,
-                    "backfill",
-                    name,
-                    phases.backfill(workdir / name / "backfill", big, name, scale),
-                )
-            if "batches" in wanted:
-                await _phase(
-                    measured,
-                    "batches",
-                    name,
-                    phases.backfill(workdir / name / "batches", small, name, scale),
-                )
+        if "archive" in wanted:  # next to the raw read it is compared with
+            await _phase(
+                results,
+                "archive",
+                "local",
+                phases.archive_backfill(workdir / "archive", big, scale),
+            )
+        for rtt_ms in (0.0, *scale.rtts_ms):
+            network = f"rtt{rtt_ms:g}"
+            # Bare loopback keeps the place it always had; each round-trip time gets its own.
+            measured_here = (
+                results["transports"]
+                if rtt_ms == 0
+                else results.setdefault("rtt", {}).setdefault(f"{rtt_ms:g}", {})
+            )
+            for name in transports:
+                measured = measured_here.setdefault(name, {})
+                label = name if rtt_ms == 0 else f"{name} at {rtt_ms:g} ms RTT"
+                here = workdir / network / name
+                if "live" in wanted:
+                    await _phase(
+                        measured,
+                        "live",
+                        label,
+                        phases.live(here / "live", fixtures_dir, name, scale, replay, rtt_ms),
+                    )
+                    if "error" not in measured["live"]:
+                        measured.update(measured.pop("live"))
+                # Both are `syncd sync` over a database: big sessions, or many small ones.
+                for phase, database in (("backfill", big), ("batches", small)):
+                    if phase in wanted:
+                        work = phases.backfill(here / phase, database, name, scale, rtt_ms)
+                        await _phase(measured, phase, label, work)
         if "idle" in wanted:
             note(f"idle: {', '.join(transports)} side by side for {scale.idle_seconds:g} s")
             for name, figures in (

@@ -18,8 +18,9 @@ from tests.support.fake_opencode import FakeOpencode
 
 from . import dbgen
 from .daemon import REPO, Daemon, Setup, running_daemon, sync_once
+from .proxy import Link, running_link
 from .receiver import Receiver, running_receiver
-from .stats import acknowledgement_delays, percentile
+from .stats import Write, acknowledgement_delays, percentile
 
 SETTLE_SECONDS = 60.0  # longest wait for a workload's last versions to be acknowledged
 
@@ -38,6 +39,7 @@ class Scale:
     idle_seconds: float
     replay_max_gap: float
     quiet: float  # wait after the last expected arrival, for stragglers
+    rtts_ms: tuple[float, ...]  # round-trip times measured besides bare loopback
 
 
 FULL = Scale(
@@ -53,6 +55,7 @@ FULL = Scale(
     idle_seconds=60,
     replay_max_gap=2.0,
     quiet=3.0,
+    rtts_ms=(20, 80),
 )
 QUICK = Scale(
     window=0.5,
@@ -67,6 +70,7 @@ QUICK = Scale(
     idle_seconds=8,
     replay_max_gap=0.5,
     quiet=1.0,
+    rtts_ms=(20,),
 )
 
 
@@ -82,44 +86,58 @@ class PhaseError(Exception):
 
 
 async def live(
-    workdir: Path, fixtures_dir: Path, transport: str, scale: Scale, replay: Path | None
+    workdir: Path,
+    fixtures_dir: Path,
+    transport: str,
+    scale: Scale,
+    replay: Path | None,
+    rtt_ms: float = 0.0,
 ) -> dict[str, Any]:
-    """Requests and bytes per session lifecycle, and change-to-acknowledgement latency, against
-    one `syncd run`. With `replay`, one replayed database supplies both."""
+    """Requests and bytes per session lifecycle, change-to-acknowledgement latency and the
+    first data of new sessions, against one `syncd run` (`rtt_ms` away from its receiver).
+    With `replay`, one replayed database supplies all of them."""
     workdir.mkdir(parents=True)
     db = workdir / "opencode.db"
     FakeOpencode(db, fixtures_dir).close()
-    async with running_receiver(workdir / "receiver") as receiver:
-        setup = Setup(workdir / "syncd", db, receiver.url, transport, scale.window)
+    async with (
+        running_receiver(workdir / "receiver") as receiver,
+        running_link(receiver.url, rtt_ms) as link,
+    ):
+        setup = Setup(workdir / "syncd", db, link.url, transport, scale.window)
         async with running_daemon(setup) as daemon:
             await _probe(db, fixtures_dir, receiver, daemon)
+            run = _WorkloadRunner(workdir, db, fixtures_dir, receiver, link, daemon, scale.quiet)
             if replay is not None:
                 spec = {
                     "workload": "replay",
                     "source": str(replay),
                     "max_gap": scale.replay_max_gap,
                 }
-                run = await _workload(
-                    workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet
-                )
-                return {"lifecycle": run.traffic_per_session(), "latency": run.latency(scale)}
+                replayed = await run(spec)
+                return {
+                    "lifecycle": replayed.traffic_per_session(),
+                    "latency": replayed.latency(scale),
+                    "new_session": new_session_figures([replayed], scale),
+                }
             spec = {
                 "workload": "lifecycle",
                 "sessions": scale.lifecycle_sessions,
                 "updates": scale.lifecycle_updates,
                 "gap": scale.window * 1.5,
             }
-            lifecycle = await _workload(
-                workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet
-            )
+            lifecycle = await run(spec)
             spec = {
                 "workload": "steady",
                 "sessions": scale.steady_sessions,
                 "rate": scale.steady_rate,
                 "seconds": scale.steady_seconds,
             }
-            steady = await _workload(workdir, db, fixtures_dir, spec, receiver, daemon, scale.quiet)
-            return {"lifecycle": lifecycle.traffic_per_session(), "latency": steady.latency(scale)}
+            steady = await run(spec)
+            return {
+                "lifecycle": lifecycle.traffic_per_session(),
+                "latency": steady.latency(scale),
+                "new_session": new_session_figures([lifecycle, steady], scale),
+            }
 
 
 async def _probe(db: Path, fixtures_dir: Path, receiver: Receiver, daemon: Daemon) -> None:
@@ -135,17 +153,23 @@ async def _probe(db: Path, fixtures_dir: Path, receiver: Receiver, daemon: Daemo
 @dataclass
 class WorkloadRun:
     sessions: int
-    writes: list[tuple[str, str, str, float]]
-    arrivals: list[tuple[str, str, str, float]]
+    writes: list[Write]
+    births: dict[str, float]  # session id -> when the writer committed its row
+    arrivals: list[Write]
+    first_arrivals: dict[str, float]  # session id -> its first acknowledged batch
     traffic: dict[str, int]
+    wire: dict[str, int] | None  # the delaying proxy's counts (None on bare loopback)
     batches: int
 
     def traffic_per_session(self) -> dict[str, float]:
         per = {name: value / self.sessions for name, value in self.traffic.items()}
+        wire = {f"tcp_{name}": value / self.sessions for name, value in (self.wire or {}).items()
+                if name.startswith("bytes")}  # fmt: skip
         return {
             "sessions": self.sessions,
             "batches_per_session": self.batches / self.sessions,
             **per,
+            **wire,
         }
 
     def latency(self, scale: Scale) -> dict[str, float]:
@@ -163,47 +187,92 @@ class WorkloadRun:
         }
 
 
-async def _workload(
-    workdir: Path,
-    db: Path,
-    fixtures_dir: Path,
-    spec: dict[str, Any],
-    receiver: Receiver,
-    daemon: Daemon,
-    quiet: float,
-) -> WorkloadRun:
-    name = spec["workload"]
-    spec_file, out = workdir / f"{name}.spec.json", workdir / f"{name}.writes.jsonl"
-    spec_file.write_text(json.dumps({**spec, "db": str(db), "fixtures_dir": str(fixtures_dir)}))
-    receiver.traffic.reset()
-    receiver.arrivals.reset(track_versions=True)
-    sessions_before = _sessions_in(db)
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.writer", str(spec_file), str(out), cwd=REPO
-    )
-    try:
-        if await writer.wait() != 0:
-            raise PhaseError(f"the {name} writer failed (exit {writer.returncode})")
-    finally:
-        if writer.returncode is None:
-            writer.kill()
-            await writer.wait()
-    writes = [tuple(json.loads(line)) for line in out.read_text().splitlines()]
-    final = {(kind, item_id): digest for kind, item_id, digest, _ in writes}
+def new_session_figures(runs: list[WorkloadRun], scale: Scale) -> dict[str, float]:
+    """A new session's first data: from the commit of its row to the acknowledgement of its
+    first batch (share created and data stored), minus the window that batch waited."""
+    beyond = [
+        run.first_arrivals[session_id] - born - scale.window
+        for run in runs
+        for session_id, born in run.births.items()
+        if session_id in run.first_arrivals
+    ]
+    return {
+        "samples": len(beyond),
+        "missing": sum(len(run.births) for run in runs) - len(beyond),
+        "p50_beyond_window_ms": percentile(beyond, 0.50) * 1000,
+        "max_beyond_window_ms": max(beyond, default=float("nan")) * 1000,
+    }
 
-    def delivered() -> bool:
-        seen = {(kind, item_id, digest) for kind, item_id, digest, _ in receiver.arrivals.versions}
-        return all((kind, item_id, digest) in seen for (kind, item_id), digest in final.items())
 
-    await _until(delivered, daemon, f"the {name} workload's last versions", quiet=quiet)
-    arrivals = receiver.arrivals
-    return WorkloadRun(
-        sessions=max(1, _sessions_in(db) - sessions_before),
-        writes=writes,  # type: ignore[arg-type]
-        arrivals=list(arrivals.versions),
-        traffic=asdict(receiver.traffic.reset()),
-        batches=arrivals.batches,
-    )
+@dataclass
+class _WorkloadRunner:
+    """Runs one writer workload against the live daemon and collects what arrived."""
+
+    workdir: Path
+    db: Path
+    fixtures_dir: Path
+    receiver: Receiver
+    link: Link
+    daemon: Daemon
+    quiet: float
+
+    async def __call__(self, spec: dict[str, Any]) -> WorkloadRun:
+        name, receiver = spec["workload"], self.receiver
+        spec_file = self.workdir / f"{name}.spec.json"
+        out = self.workdir / f"{name}.writes.jsonl"
+        spec_file.write_text(
+            json.dumps({**spec, "db": str(self.db), "fixtures_dir": str(self.fixtures_dir)})
+        )
+        receiver.traffic.reset()
+        receiver.arrivals.reset(track_versions=True)
+        wire_before = await self.link.counts()
+        sessions_before = _sessions_in(self.db)
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.writer", str(spec_file), str(out), cwd=REPO
+        )
+        try:
+            if await writer.wait() != 0:
+                raise PhaseError(f"the {name} writer failed (exit {writer.returncode})")
+        finally:
+            if writer.returncode is None:
+                writer.kill()
+                await writer.wait()
+        logged = [tuple(json.loads(line)) for line in out.read_text().splitlines()]
+        births: dict[str, float] = {}
+        for kind, item_id, _, at in logged:
+            if kind == "session":
+                births.setdefault(item_id, at)  # a replay rewrites the row; the first counts
+        writes: list[Write] = [w for w in logged if w[0] != "session"]  # type: ignore[misc]
+        final = {(kind, item_id): digest for kind, item_id, digest, _ in writes}
+
+        def delivered() -> bool:
+            seen = {
+                (kind, item_id, digest) for kind, item_id, digest, _ in receiver.arrivals.versions
+            }
+            return all((kind, item_id, digest) in seen for (kind, item_id), digest in final.items())
+
+        await _until(
+            delivered, self.daemon, f"the {name} workload's last versions", quiet=self.quiet
+        )
+        arrivals = receiver.arrivals
+        return WorkloadRun(
+            sessions=max(1, _sessions_in(self.db) - sessions_before),
+            writes=writes,
+            births=births,
+            arrivals=list(arrivals.versions),
+            first_arrivals=dict(arrivals.sessions_first),
+            traffic=asdict(receiver.traffic.reset()),
+            wire=_difference(await self.link.counts(), wire_before),
+            batches=arrivals.batches,
+        )
+
+
+def _difference(
+    after: dict[str, int] | None, before: dict[str, int] | None
+) -> dict[str, int] | None:
+    if after is None or before is None:
+        return None
+    return {name: after[name] - before[name] for name in after}
 
 
 def _sessions_in(db: Path) -> int:
@@ -227,11 +296,16 @@ async def _until(check: Any, daemon: Daemon, what: str, *, quiet: float = 0.0) -
 # -- backfill: `syncd sync` over a generated database ------------------------------------------
 
 
-async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dict[str, Any]:
-    async with running_receiver(workdir / "receiver") as receiver:
+async def backfill(
+    workdir: Path, db: Path, transport: str, scale: Scale, rtt_ms: float = 0.0
+) -> dict[str, Any]:
+    async with (
+        running_receiver(workdir / "receiver") as receiver,
+        running_link(receiver.url, rtt_ms) as link,
+    ):
         receiver.arrivals.reset(track_versions=False)
         receiver.traffic.reset()
-        setup = Setup(workdir / "syncd", db, receiver.url, transport, scale.window)
+        setup = Setup(workdir / "syncd", db, link.url, transport, scale.window)
         own_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.time()
         run = await sync_once(setup)
@@ -242,7 +316,8 @@ async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dic
         receiver_cpu = (own_after.ru_utime - own_before.ru_utime) + (
             own_after.ru_stime - own_before.ru_stime
         )
-        return {
+        wire = await link.counts()
+        figures = {
             "items": arrivals.items,
             "batches": arrivals.batches,
             "requests": traffic.requests + traffic.frames_up,
@@ -254,8 +329,35 @@ async def backfill(workdir: Path, db: Path, transport: str, scale: Scale) -> dic
             "delivery_items_per_s": arrivals.items / _span(arrivals.first, arrivals.last),
             "batches_per_s": arrivals.batches / run.seconds,
             "syncd_cpu_s": run.cpu_seconds,
+            "syncd_max_rss_mb": run.max_rss_mb,
             "receiver_cpu_s": receiver_cpu,
+            # Includes the instruments around the receiver (cheap: counters, no hashing here).
+            "receiver_cpu_us_per_item": receiver_cpu / max(arrivals.items, 1) * 1e6,
         }
+        if wire is not None:  # what crossed the delaying proxy, framing included
+            figures.update(tcp_bytes_up=wire["bytes_up"], tcp_bytes_down=wire["bytes_down"])
+        return figures
+
+
+async def archive_backfill(workdir: Path, db: Path, scale: Scale) -> dict[str, Any]:
+    """`syncd sync` into the embedded archive (transport `local`): no receiver, no wire, so
+    what remains is syncd's own work from opencode's rows to the archive's."""
+    setup = Setup(workdir / "syncd", db, "", "local", scale.window)
+    run = await sync_once(setup)
+    if run.exit_code != 0:
+        raise PhaseError(f"syncd sync exited with {run.exit_code}: {run.log}")
+    conn = sqlite3.connect(f"file:{setup.archive}?mode=ro", uri=True)
+    try:
+        items = int(conn.execute("SELECT count(*) FROM share_item").fetchone()[0])
+    finally:
+        conn.close()
+    return {
+        "items": items,
+        "seconds": run.seconds,
+        "items_per_s": items / run.seconds,
+        "syncd_cpu_s": run.cpu_seconds,
+        "syncd_max_rss_mb": run.max_rss_mb,
+    }
 
 
 def _span(first: float | None, last: float | None) -> float:

@@ -106,12 +106,14 @@ class Arrivals:
     first: float | None = None
     last: float | None = None
     versions: list[tuple[str, str, str, float]] = field(default_factory=list)  # kind, id, hash, t
+    sessions_first: dict[str, float] = field(default_factory=dict)  # session id -> first batch
 
     def reset(self, *, track_versions: bool) -> None:
         self.track_versions = track_versions
         self.batches = self.items = 0
         self.first = self.last = None
         self.versions = []
+        self.sessions_first = {}
 
     def record(self, data: list[dict[str, Any]]) -> None:
         now = time.time()
@@ -121,9 +123,11 @@ class Arrivals:
         self.last = now
         if self.track_versions:
             for item in data:
+                body = item["data"]
                 if item.get("type") in ("message", "part"):
-                    body = item["data"]
                     self.versions.append((item["type"], body["id"], content_hash(body), now))
+                elif item.get("type") == "session":
+                    self.sessions_first.setdefault(body["id"], now)
 
 
 class _Server(uvicorn.Server):

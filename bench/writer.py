@@ -38,7 +38,10 @@ class LoggedWriter:
         self.log: list[Write] = []
 
     def session(self, title: str, **columns: Any) -> str:
-        return self.opencode.session(title, **columns)
+        session_id = self.opencode.session(title, **columns)
+        # A new session's row: when its first data could start on its way.
+        self.log.append(("session", session_id, "", time.time()))
+        return session_id
 
     def message(self, session_id: str, data: dict[str, Any], message_id: str) -> None:
         self.opencode.message(session_id, data, message_id)

@@ -8,6 +8,13 @@ Python reads and writes JSON recursively, so a value nested near the interpreter
 limit fails or not depending on how deep the stack already is where it is parsed again (a
 receiver, a dead letter, a re-send). Values nested deeper than MAX_DEPTH are refused where they
 enter (the source, the receiver), which leaves every later step room to spare.
+
+orjson does the work where it agrees with the standard library, several times faster where a
+backfill and the receiver spend their time; where the two differ the standard library decides,
+so the text and the errors are the same either way. orjson writes NaN and Infinity as null and
+refuses integers beyond 64 bits, lone surrogates, non-string keys and more than
+ORJSON_WRITE_DEPTH levels; it reads integers beyond 64 bits as floats and refuses NaN,
+Infinity and lone surrogates.
 """
 
 from __future__ import annotations
@@ -15,10 +22,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 MAX_DEPTH = 500
 # Levels a request puts around the values it carries (body, batch, item, data): a receiver
 # parses bodies this much deeper than the values themselves may go.
 ENVELOPE_DEPTH = 8
+# The deepest value orjson writes (deeper: an error).
+ORJSON_WRITE_DEPTH = 254
+# An integer literal orjson would read as a float has at least 19 digits. A run that long
+# anywhere (inside a string too) sends the text to the standard library; found by mapping every
+# digit to "9" and everything else to " " (UTF-8 continuation bytes are never digits), in C.
+_DIGITS_AS_NINES = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_INTEGER = b"9" * 19
 
 
 class JsonTextError(ValueError):
@@ -30,14 +46,27 @@ def dumps(value: Any, indent: int | None = None) -> str:
     """JSON text (compact, or indented by `indent`) whose UTF-8 encoding cannot fail:
     non-ASCII text as is, or, when a lone surrogate is in the way, everything non-ASCII as
     escapes (the same JSON value)."""
+    if indent is None and (fast := _orjson_dumps(value)) is not None:
+        return fast.decode()
     text = _dumps(value, ensure_ascii=False, indent=indent)
     if text.isascii() or is_text(text):
         return text
     return _dumps(value, ensure_ascii=True, indent=indent)
 
 
+def dumps_within(value: Any, max_depth: int = MAX_DEPTH) -> str:
+    """`dumps`, JsonTextError when `value` is nested deeper than `max_depth` (walked only when
+    orjson cannot write it: it writes no more than ORJSON_WRITE_DEPTH levels)."""
+    if max_depth >= ORJSON_WRITE_DEPTH and (fast := _orjson_dumps(value)) is not None:
+        return fast.decode()
+    check_depth(value, max_depth)
+    return dumps(value)
+
+
 def encode(value: Any) -> bytes:
     """`dumps` as UTF-8 bytes (a request body)."""
+    if (fast := _orjson_dumps(value)) is not None:
+        return fast
     try:
         return _dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -48,6 +77,16 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """The value `text` holds; JsonTextError naming why when it is not JSON syncd accepts:
     invalid JSON or UTF-8, NaN/Infinity, an integer too long for Python to convert, nesting
     deeper than `max_depth`."""
+    raw = _orjson_readable(text)
+    if raw is not None:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard library words the error, or reads what orjson refuses
+        else:
+            if not _shallow(raw, value, max_depth):
+                check_depth(value, max_depth)
+            return value
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
@@ -88,6 +127,41 @@ def is_text(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _orjson_dumps(value: Any) -> bytes | None:
+    """orjson's compact text for `value` when it is the standard library's too, else None."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return None if b"null" in text else text  # NaN and Infinity come out as null
+
+
+def _orjson_readable(text: str | bytes) -> bytes | None:
+    """`text` as bytes when orjson reads it as the standard library would, else None."""
+    try:
+        raw = text if isinstance(text, bytes) else text.encode()
+    except UnicodeEncodeError:  # a lone surrogate in the str itself
+        return None
+    return None if _LONG_INTEGER in raw.translate(_DIGITS_AS_NINES) else raw
+
+
+def _shallow(raw: bytes, value: Any, max_depth: int) -> bool:
+    """Whether `value` (read by orjson from `raw`) is surely no deeper than `max_depth`,
+    without walking it: fewer brackets than levels allowed, or a value orjson can write
+    (which it does only up to ORJSON_WRITE_DEPTH levels)."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return True
+    return max_depth >= ORJSON_WRITE_DEPTH and _orjson_written(value)
+
+
+def _orjson_written(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a value orjson read is refused only for its depth
         return False
     return True
 

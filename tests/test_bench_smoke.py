@@ -15,19 +15,23 @@ REPO = Path(__file__).resolve().parent.parent
 PER_TRANSPORT = {
     "lifecycle": ("batches_per_session", "requests", "frames_up", "bytes_up", "bytes_down"),
     "latency": ("samples", "p50_beyond_window_ms", "p99_beyond_window_ms", "p50_total_ms"),
-    "backfill": ("items", "items_per_s", "first_ack_after_s", "syncd_cpu_s"),
+    "new_session": ("samples", "p50_beyond_window_ms", "max_beyond_window_ms"),
+    "backfill": ("items", "items_per_s", "first_ack_after_s", "syncd_cpu_s",
+                 "syncd_max_rss_mb", "receiver_cpu_us_per_item"),
     "batches": ("batches", "batches_per_s"),
-    "idle": ("cpu_percent", "rss_mb", "rss_max_mb"),
-}
+}  # fmt: skip
+IDLE = ("cpu_percent", "rss_mb", "rss_max_mb")
 HEADLINE = (
     "latency_p50_beyond_window_ms",
     "latency_p99_beyond_window_ms",
-    "backfill_items_per_s",
+    "archive_backfill_items_per_s",
     "raw_read_rows_per_s",
-    "backfill_share_of_raw",
+    "archive_share_of_raw",
+    "receiver_cpu_us_per_item",
     "idle_cpu_percent",
     "idle_rss_mb",
 )
+QUICK_RTT_MS = 20
 
 
 def is_number(value: Any) -> bool:
@@ -36,33 +40,46 @@ def is_number(value: Any) -> bool:
 
 def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(tmp_path),
+         "--rtt", str(QUICK_RTT_MS)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
-    )
+        timeout=900,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout)
     assert "http" in results["transports"], results["meta"]["skipped_transports"]
-    for transport, measured in results["transports"].items():
-        for phase, names in PER_TRANSPORT.items():
-            figures = measured.get(phase, {})
-            assert "error" not in figures and "error" not in measured.get("live", {}), (
-                transport,
-                phase,
-                measured,
-            )
-            for name in names:
-                assert is_number(figures.get(name)), (transport, phase, name, figures)
-        # Every write the workload committed was acknowledged, none lost.
-        assert measured["latency"]["samples"] > 0 and measured["latency"]["missing"] == 0
-        assert measured["backfill"]["items"] > 0
+    networks = {"loopback": results["transports"], "rtt": results["rtt"][str(QUICK_RTT_MS)]}
+    assert set(networks["rtt"]) == set(results["transports"])
+    for network, transports in networks.items():
+        for transport, measured in transports.items():
+            where = (network, transport)
+            assert "error" not in measured.get("live", {}), (where, measured)
+            for phase, names in PER_TRANSPORT.items():
+                figures = measured.get(phase, {})
+                assert "error" not in figures, (where, phase, figures)
+                for name in names:
+                    assert is_number(figures.get(name)), (where, phase, name, figures)
+            # Every write the workload committed was acknowledged, none lost.
+            assert measured["latency"]["samples"] > 0 and measured["latency"]["missing"] == 0
+            assert measured["new_session"]["missing"] == 0, (where, measured["new_session"])
+            assert measured["backfill"]["items"] > 0
+            if network == "loopback":
+                assert all(is_number(measured["idle"].get(name)) for name in IDLE), where
+            else:
+                # The delaying proxy was in the path: it carried the traffic, and a new
+                # session's first data cannot beat one round trip past its window.
+                assert measured["lifecycle"]["tcp_bytes_up"] > 0, (where, measured["lifecycle"])
+                assert measured["backfill"]["tcp_bytes_up"] > 0, (where, measured["backfill"])
+                assert measured["new_session"]["p50_beyond_window_ms"] >= QUICK_RTT_MS, where
+    assert results["archive"]["items"] == results["transports"]["http"]["backfill"]["items"]
     for name in HEADLINE:
         assert is_number(results["headline"][name]), (name, results["headline"])
     assert is_number(results["raw_read"]["rows_per_s"])
     report = (tmp_path / "results.md").read_text()
-    assert all(f"| {transport} |" in report for transport in results["transports"])
+    assert all(f"| `{transport}` |" in report for transport in results["transports"])
+    assert f"| {QUICK_RTT_MS} ms | `http` |" in report
 
 
 def test_transport_comparison_command_runs_on_the_recorded_workload(
@@ -84,6 +101,8 @@ def test_transport_comparison_command_runs_on_the_recorded_workload(
             str(sample),
             "--phases",
             "live",
+            "--rtt",
+            "0",
         ],
         cwd=REPO,
         capture_output=True,

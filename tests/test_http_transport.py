@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from syncd import jsontext
 from syncd.errors import UserError
 from syncd.model import Batch, Share
 from syncd.transports.base import (
@@ -291,3 +292,31 @@ def test_ca_bundle_must_be_a_pem_file(tmp_path: Path) -> None:
         verify_setting(str(not_pem))
     assert isinstance(verify_setting(tmp_path), ssl.SSLContext)  # a certificate directory
     assert verify_setting(False) is False
+
+
+async def test_a_planned_batch_travels_as_the_same_json_as_an_unplanned_one() -> None:
+    """The planner's texts make the sync body (no item encoded twice), byte for byte the body
+    the transport encodes from the items themselves, non-ASCII text and numbers of every kind
+    included."""
+    items = [
+        {"type": "session", "data": {"id": "ses_1", "title": "café ☕", "cost": 0.1 + 0.2}},
+        {"type": "part", "data": {"id": "p", "messageID": "m", "n": -(2**70), "x": [1.5, None]}},
+        {"type": "session_diff", "data": [{"file": "a\nb", "additions": 1}]},
+    ]
+    texts = [jsontext.dumps(item["data"]) for item in items]
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"success": True, "syncCount": 1})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    async with client:
+        transport = HttpTransport("http://receiver", timeout=5, verify=True, client=client)
+        await transport.sync(SHARE, Batch("ses_1", items, texts=texts))
+        await transport.sync(SHARE, Batch("ses_1", items))
+    planned, unplanned = sent
+    assert (
+        planned.content == unplanned.content == jsontext.encode({"secret": SECRET, "data": items})
+    )
+    assert planned.headers["content-type"] == "application/json"

@@ -3,15 +3,19 @@ archive. (The end-to-end tests with the real opencode and a remote receiver are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.commands.sync import sync_once
 from syncd.errors import UserError
+from syncd.pipeline import deliver
 from syncd.state.store import StateStore
+from syncd.transports.local import LocalTransport
 from tests.support.archive_check import archived, expected_state, make_config
 from tests.support.fake_opencode import FakeOpencode
 
@@ -92,3 +96,44 @@ async def test_deleted_session_keeps_its_archived_copy(tmp_path: Path, fixtures_
     await store.close()
     assert share_row["session_id"] == sid
     writer.close()
+
+
+async def test_a_backfill_reads_sessions_only_so_far_ahead_of_its_calls(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Capture runs far ahead of delivery in a backfill; the sessions whose rows are read and
+    not yet sent stay bounded (their rows are in memory), however many sessions there are."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    for number in range(40):
+        sid = writer.session(f"s{number}")
+        mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+        writer.part(sid, mid, {"type": "text", "text": "x" * 200})
+    writer.close()
+    read, most = 0, 0
+    load, send = deliver.load, deliver.SessionDelivery._send
+
+    async def reading(*args: Any) -> Any:
+        nonlocal read, most
+        read += 1
+        most = max(most, read)
+        return await load(*args)
+
+    async def sending(self: deliver.SessionDelivery, *args: Any) -> bool:
+        nonlocal read
+        try:
+            return await send(self, *args)
+        finally:
+            read -= 1
+
+    async def slow_sync(self: LocalTransport, share: Any, batch: Any) -> None:
+        await asyncio.sleep(0.005)  # the receiver slower than the capture, as in a backfill
+        await sync(self, share, batch)
+
+    sync = LocalTransport.sync
+    monkeypatch.setattr(deliver, "load", reading)
+    monkeypatch.setattr(deliver.SessionDelivery, "_send", sending)
+    monkeypatch.setattr(LocalTransport, "sync", slow_sync)
+    config = make_config(tmp_path, tmp_path / "opencode.db", concurrency=1)
+    assert await sync_once(config) == 0
+    assert len(await archived(config)) == 40
+    assert 1 <= most <= 1 * deliver.READ_AHEAD_PER_CALL

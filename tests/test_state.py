@@ -108,6 +108,32 @@ async def test_upgrade_keeps_pending_items(tmp_path: Path) -> None:
             assert [row[0] for row in await cursor.fetchall()] == ["p1"]
 
 
+async def test_pending_items_survive_the_move_to_one_b_tree(tmp_path: Path) -> None:
+    """A state written before pending_item lost its rowid keeps its pending items."""
+    root = tmp_path / "migration"
+    first = migration_folders(MIGRATIONS)[0]
+    (root / first.name).mkdir(parents=True)
+    (root / first.name / "migration.sql").write_text((first / "migration.sql").read_text())
+    path = tmp_path / "state.db"
+    async with aiosqlite.connect(path) as db:
+        await migrate(db, root)
+        await db.execute(
+            "INSERT INTO pending_item (session_id, kind, item_id, version, time_created) "
+            "VALUES ('ses_1', 'part', 'p1', 3, 5)"
+        )
+        await db.commit()
+    store = await StateStore.open(path)
+    try:
+        assert await store.pending("ses_1", 10) == [PendingItem("ses_1", "part", "p1", 3)]
+    finally:
+        await store.close()
+    async with aiosqlite.connect(path) as db:
+        sql = await db.execute_fetchall(
+            "SELECT type, sql FROM sqlite_master WHERE tbl_name = 'pending_item'"
+        )
+    assert [row[0] for row in sql] == ["table"] and "WITHOUT ROWID" in sql[0][1]
+
+
 async def test_bad_migration_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "not-a-migration").mkdir()
     with pytest.raises(UserError, match="must be named"):

@@ -228,8 +228,7 @@ def now_ms() -> int:
 
 def _json_text(value: Any, where: str) -> str:
     try:
-        jsontext.check_depth(value)
-        return jsontext.dumps(value)
+        return jsontext.dumps_within(value)
     except jsontext.JsonTextError as exc:
         raise BadSyncData(f"{where}: data {exc}") from exc
 
@@ -251,8 +250,9 @@ def _require_str(data: dict[str, Any], field: str, where: str) -> str:
     return require_text(data.get(field), f"{where}: data.{field}")
 
 
-def item_key(index: int, item: Any) -> tuple[str, str, str]:
-    """(merge key, kind, JSON text) of one SyncData item; BadSyncData names what is wrong."""
+def item_key(index: int, item: Any, text: str | None = None) -> tuple[str, str, str]:
+    """(merge key, kind, JSON text) of one SyncData item; BadSyncData names what is wrong.
+    `text`: the item's data as syncd encoded it already (not encoded again)."""
     where = f"item {index}"
     if not isinstance(item, dict):
         raise BadSyncData(f"{where}: must be an object with 'type' and 'data'")
@@ -275,7 +275,17 @@ def item_key(index: int, item: Any) -> tuple[str, str, str]:
         key = f"message/{_require_str(data, 'id', where)}"
     else:
         key = f"part/{_require_str(data, 'messageID', where)}/{_require_str(data, 'id', where)}"
-    return key, kind, _json_text(data, where)
+    return key, kind, _json_text(data, where) if text is None else text
+
+
+def merged_items(data: Any, texts: list[str] | None) -> list[tuple[str, str, str]]:
+    """(merge key, kind, JSON text) of every item of a sync, all checked before anything is
+    written; `texts`: the items' data already encoded (see `ArchiveStore.sync`)."""
+    if not isinstance(data, list):
+        raise BadSyncData("data must be an array of SyncData items")
+    if texts is None:
+        return [item_key(index, item) for index, item in enumerate(data)]
+    return [item_key(i, item, text) for i, (item, text) in enumerate(zip(data, texts, strict=True))]
 
 
 def share_ids(session_id: str) -> Iterator[str]:
@@ -361,10 +371,17 @@ class ArchiveStore(ABC):
 
     @abstractmethod
     async def sync(
-        self, share_id: str, secret: str, data: list[Any], dedup_key: str | None = None
+        self,
+        share_id: str,
+        secret: str,
+        data: list[Any],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
     ) -> int:
         """Merge `data` into the share; returns how many syncs the share has taken. A batch
-        whose `dedup_key` was applied already changes nothing."""
+        whose `dedup_key` was applied already changes nothing. `texts`, parallel to `data`:
+        each item's data as syncd.jsontext encoded it already (the embedded archive's caller
+        has them, from opencode rows read within jsontext's limits), stored as they are."""
 
     @abstractmethod
     async def read_items(self, share_id: str) -> list[SyncItem]:

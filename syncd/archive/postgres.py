@@ -39,14 +39,13 @@ from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
     ArchiveStore,
-    BadSyncData,
     InvalidSecret,
     SessionCursor,
     SessionSummary,
     ShareNotFound,
     StoreUnavailable,
     check_session_id,
-    item_key,
+    merged_items,
     new_secret,
     now_ms,
     secret_matches,
@@ -226,11 +225,14 @@ class PostgresArchive(ArchiveStore):
     # -- content ---------------------------------------------------------------------------
 
     async def sync(
-        self, share_id: str, secret: str, data: list[Any], dedup_key: str | None = None
+        self,
+        share_id: str,
+        secret: str,
+        data: list[Any],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
     ) -> int:
-        if not isinstance(data, list):
-            raise BadSyncData("data must be an array of SyncData items")
-        merged = [item_key(index, item) for index, item in enumerate(data)]
+        merged = merged_items(data, texts)
         stamp = now_ms()
         async with self._transaction() as conn:
             seq, sync_count = await self._lock_share(conn, share_id, secret)
@@ -253,10 +255,10 @@ class PostgresArchive(ArchiveStore):
             # each item's seq is its place in the batch.
             newest = {key: (kind, text, seq + n) for n, (key, kind, text) in enumerate(merged, 1)}
             if newest:
-                kinds, texts, seqs = zip(*newest.values(), strict=True)
+                kinds, bodies, seqs = zip(*newest.values(), strict=True)
                 await conn.execute(
                     UPSERT_ITEMS,
-                    (share_id, stamp, list(newest), list(kinds), list(texts), list(seqs)),
+                    (share_id, stamp, list(newest), list(kinds), list(bodies), list(seqs)),
                 )
             row = await self._fetchone(
                 conn,

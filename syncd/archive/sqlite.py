@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
-from ..sqlite import fetch_all, open_private, transaction
+from ..sqlite import GroupWriter, fetch_all, open_private, transaction
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
     ArchiveStore,
-    BadSyncData,
     InvalidSecret,
     SessionCursor,
     SessionSummary,
     ShareNotFound,
     check_session_id,
-    item_key,
+    merged_items,
     new_secret,
     now_ms,
     require_text,
@@ -37,6 +38,7 @@ from .base import (
 )
 
 MIGRATIONS = Path(__file__).with_name("migration")
+T = TypeVar("T")
 
 
 class SqliteArchive(ArchiveStore):
@@ -46,6 +48,7 @@ class SqliteArchive(ArchiveStore):
         self._conn = conn
         # One connection: reads must not see another call's transaction half done.
         self._lock = asyncio.Lock()
+        self._writer = GroupWriter(conn, self._lock)
 
     @classmethod
     async def open(cls, path: Path) -> SqliteArchive:
@@ -78,12 +81,10 @@ class SqliteArchive(ArchiveStore):
         async with db.execute(sql, tuple(params)) as cursor:
             return await cursor.fetchone()
 
-    async def _check_secret(self, db: aiosqlite.Connection, share_id: str, secret: str) -> None:
-        row = await self._fetch(db, "SELECT secret FROM share WHERE id = ?", (share_id,))
-        if row is None:
-            raise ShareNotFound()
-        if not secret_matches(row[0], secret):
-            raise InvalidSecret()
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in a transaction, in one hand-off to the connection's thread, grouped with
+        the writes made meanwhile (one commit for all of them)."""
+        return await self._writer(work)
 
     # -- shares ----------------------------------------------------------------------------
 
@@ -106,9 +107,11 @@ class SqliteArchive(ArchiveStore):
         return Share(id=share_id, secret=secret, url=url)
 
     async def delete_share(self, share_id: str, secret: str) -> None:
-        async with self._transaction() as db:
-            await self._check_secret(db, share_id, secret)
-            await db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+        def delete(db: sqlite3.Connection) -> None:
+            _check_secret(db, share_id, secret)
+            db.execute("DELETE FROM share WHERE id = ?", (share_id,))
+
+        await self._write(delete)
         self.waiters.wake(share_id)
 
     async def list_shares(self) -> list[dict[str, Any]]:
@@ -123,58 +126,22 @@ class SqliteArchive(ArchiveStore):
     # -- content ---------------------------------------------------------------------------
 
     async def sync(
-        self, share_id: str, secret: str, data: list[dict[str, Any]], dedup_key: str | None = None
+        self,
+        share_id: str,
+        secret: str,
+        data: list[dict[str, Any]],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
     ) -> int:
-        if not isinstance(data, list):
-            raise BadSyncData("data must be an array of SyncData items")
-        merged = [item_key(index, item) for index, item in enumerate(data)]
+        merged = merged_items(data, texts)
         if dedup_key is not None:
             require_text(dedup_key, "the batch key")
         stamp = now_ms()
-        async with self._transaction() as db:
-            await self._check_secret(db, share_id, secret)
-            if dedup_key is not None:
-                seen = await self._fetch(
-                    db,
-                    "SELECT 1 FROM share_sync WHERE share_id = ? AND dedup_key = ?",
-                    (share_id, dedup_key),
-                )
-                if seen:
-                    row = await self._fetch(
-                        db, "SELECT sync_count FROM share WHERE id = ?", (share_id,)
-                    )
-                    return int(row[0])
-                await db.execute(
-                    "INSERT INTO share_sync (share_id, dedup_key, time_applied) VALUES (?, ?, ?)",
-                    (share_id, dedup_key, stamp),
-                )
-                await db.execute(
-                    "DELETE FROM share_sync WHERE share_id = ? AND rowid NOT IN (SELECT rowid "
-                    "FROM share_sync WHERE share_id = ? ORDER BY rowid DESC LIMIT ?)",
-                    (share_id, share_id, DEDUP_KEYS_KEPT),
-                )
-            row = await self._fetch(db, "SELECT seq FROM share WHERE id = ?", (share_id,))
-            seq = int(row[0])
-            await db.executemany(
-                "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
-                "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
-                "seq = excluded.seq",
-                [
-                    (share_id, key, kind, text, stamp, seq + offset)
-                    for offset, (key, kind, text) in enumerate(merged, start=1)
-                ],
-            )
-            await db.execute(
-                "UPDATE share SET sync_count = sync_count + 1, time_updated = ?, seq = ? "
-                "WHERE id = ?",
-                (stamp, seq + len(merged), share_id),
-            )
-            if any(kind in ("session", "message") for _, kind, _ in merged):
-                await self._summarise(db, share_id)
-            row = await self._fetch(db, "SELECT sync_count FROM share WHERE id = ?", (share_id,))
+        count = await self._write(
+            lambda db: _apply_sync(db, share_id, secret, merged, dedup_key, stamp)
+        )
         self.waiters.wake(share_id)
-        return int(row[0])
+        return count
 
     async def read_items(self, share_id: str) -> list[dict[str, Any]]:
         async with self._lock:
@@ -209,20 +176,10 @@ class SqliteArchive(ArchiveStore):
 
     # -- the session list ------------------------------------------------------------------
 
-    async def _summarise(self, db: aiosqlite.Connection, share_id: str) -> None:
-        """Bring the share's summary columns up to date with its items."""
-        row = await self._fetch(
-            db,
-            "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
-            (share_id,),
-        )
-        await db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))
-
     async def _summarise_unsummarised(self) -> None:
         """Shares stored before the archive kept summaries have none yet (NULL update time)."""
         for (share_id,) in await self._rows("SELECT id FROM share WHERE session_updated IS NULL"):
-            async with self._transaction() as db:
-                await self._summarise(db, share_id)
+            await self._write(functools.partial(_summarise, share_id=share_id))
 
     async def list_sessions(
         self,
@@ -243,3 +200,72 @@ class SqliteArchive(ArchiveStore):
         if not rows:
             raise ShareNotFound()
         return summary_of_row(rows[0])
+
+
+# -- the writes, each run whole on the connection's thread ------------------------------------
+
+
+def _check_secret(db: sqlite3.Connection, share_id: str, secret: str) -> None:
+    row = db.execute("SELECT secret FROM share WHERE id = ?", (share_id,)).fetchone()
+    if row is None:
+        raise ShareNotFound()
+    if not secret_matches(row[0], secret):
+        raise InvalidSecret()
+
+
+def _one(db: sqlite3.Connection, sql: str, *params: Any) -> Any:
+    """The first column of the first row `sql` answers."""
+    return db.execute(sql, params).fetchone()[0]
+
+
+def _apply_sync(
+    db: sqlite3.Connection,
+    share_id: str,
+    secret: str,
+    merged: list[tuple[str, str, str]],
+    dedup_key: str | None,
+    stamp: int,
+) -> int:
+    """Merge the items into the share; the share's sync count."""
+    _check_secret(db, share_id, secret)
+    if dedup_key is not None:
+        seen = db.execute(
+            "SELECT 1 FROM share_sync WHERE share_id = ? AND dedup_key = ?", (share_id, dedup_key)
+        ).fetchone()
+        if seen:
+            return int(_one(db, "SELECT sync_count FROM share WHERE id = ?", share_id))
+        db.execute(
+            "INSERT INTO share_sync (share_id, dedup_key, time_applied) VALUES (?, ?, ?)",
+            (share_id, dedup_key, stamp),
+        )
+        db.execute(
+            "DELETE FROM share_sync WHERE share_id = ? AND rowid NOT IN (SELECT rowid "
+            "FROM share_sync WHERE share_id = ? ORDER BY rowid DESC LIMIT ?)",
+            (share_id, share_id, DEDUP_KEYS_KEPT),
+        )
+    seq = int(_one(db, "SELECT seq FROM share WHERE id = ?", share_id))
+    db.executemany(
+        "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
+        "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
+        "seq = excluded.seq",
+        [
+            (share_id, key, kind, text, stamp, seq + offset)
+            for offset, (key, kind, text) in enumerate(merged, start=1)
+        ],
+    )
+    db.execute(
+        "UPDATE share SET sync_count = sync_count + 1, time_updated = ?, seq = ? WHERE id = ?",
+        (stamp, seq + len(merged), share_id),
+    )
+    if any(kind in ("session", "message") for _, kind, _ in merged):
+        _summarise(db, share_id)
+    return int(_one(db, "SELECT sync_count FROM share WHERE id = ?", share_id))
+
+
+def _summarise(db: sqlite3.Connection, share_id: str) -> None:
+    """Bring the share's summary columns up to date with its items."""
+    row = db.execute(
+        "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'", (share_id,)
+    ).fetchone()
+    db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))

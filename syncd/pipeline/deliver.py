@@ -42,7 +42,7 @@ from tenacity import (
 )
 
 from ..metrics import Metrics
-from ..model import Batch, Created, Share
+from ..model import Batch, Created, PendingItem, Share
 from ..source.loader import load
 from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
@@ -75,6 +75,8 @@ THROWN_LIMIT = 5
 # A call's deadline grows with the body it sends, at this rate: an upload on a slow link is
 # not a receiver that stalls.
 UPLOAD_BYTES_PER_SECOND = 256 * 1024
+# Sessions read ahead of the calls, per call slot: enough to keep every slot busy.
+READ_AHEAD_PER_CALL = 4
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,11 @@ class SessionDelivery:
         self._whole_session = whole_session
         self._policy = policy
         self._slots = asyncio.Semaphore(concurrency)
+        # Sessions whose rows are read and not yet sent: bounded, so that a capture far ahead
+        # of delivery (a backfill) does not hold every session's rows in memory. A session
+        # that backs off gives its place up: a failing session must not hold up the others.
+        self._read_ahead = asyncio.Semaphore(concurrency * READ_AHEAD_PER_CALL)
+        self._reading: dict[str, asyncio.Semaphore] = {}
         self._concurrency = concurrency
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -179,6 +186,7 @@ class SessionDelivery:
         if concurrency != self._concurrency:
             # Calls holding a slot of the old semaphore release it; new calls take new slots.
             self._slots = asyncio.Semaphore(concurrency)
+            self._read_ahead = asyncio.Semaphore(concurrency * READ_AHEAD_PER_CALL)
             self._concurrency = concurrency
 
     async def replace_transport(
@@ -212,25 +220,41 @@ class SessionDelivery:
             await self._state.forget_session(session_id)
             return
         while pending := await self._state.pending(session_id, self._max_items):
-            loaded = await load(self.db, pending, self._catalogue)
-            if loaded.bad:
-                for item, reason, raw in loaded.bad:
-                    log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
-                    await self._state.dead_letter(session_id, [(item, raw)], reason)
-                self._metrics.record_dead_letters(len(loaded.bad))
-            if loaded.gone:  # deleted in opencode: nothing left to deliver
-                await self._state.ack(session_id, loaded.gone)
-            delivered_diff = await self._state.diff_hash(session_id)
-            batches = plan_batches(
-                session_id,
-                loaded,
-                delivered_diff,
-                max_items=self._max_items,
-                max_bytes=self._max_bytes,
-            )
-            for planned in batches:
-                if not await self._send(session_id, planned):
-                    break  # the share was re-created: pending now holds the whole session
+            read_ahead = self._read_ahead
+            await read_ahead.acquire()
+            self._reading[session_id] = read_ahead
+            try:
+                await self._deliver_read(session_id, pending)
+            finally:
+                self._stop_reading(session_id)
+
+    def _stop_reading(self, session_id: str) -> None:
+        """The session's rows are sent (or it backs off): its read-ahead place is free."""
+        read_ahead = self._reading.pop(session_id, None)
+        if read_ahead is not None:
+            read_ahead.release()
+
+    async def _deliver_read(self, session_id: str, pending: list[PendingItem]) -> None:
+        """Read `pending` and send it."""
+        loaded = await load(self.db, pending, self._catalogue)
+        if loaded.bad:
+            for item, reason, raw in loaded.bad:
+                log.warning("unreadable row dead-lettered", session=session_id, reason=reason)
+                await self._state.dead_letter(session_id, [(item, raw)], reason)
+            self._metrics.record_dead_letters(len(loaded.bad))
+        if loaded.gone:  # deleted in opencode: nothing left to deliver
+            await self._state.ack(session_id, loaded.gone)
+        delivered_diff = await self._state.diff_hash(session_id)
+        batches = plan_batches(
+            session_id,
+            loaded,
+            delivered_diff,
+            max_items=self._max_items,
+            max_bytes=self._max_bytes,
+        )
+        for planned in batches:
+            if not await self._send(session_id, planned):
+                break  # the share changed: pending now holds the whole session
 
     async def delete(self, session_id: str) -> None:
         """Remove the remote copy of a session deleted in opencode."""
@@ -497,6 +521,7 @@ class SessionDelivery:
                         self._idle.notify_all()
 
         async def note(state: RetryCallState) -> None:
+            self._stop_reading(session_id)  # backing off: others may read meanwhile
             error = state.outcome.exception() if state.outcome else None
             self._metrics.record_retry(str(error))
             await self._state.record_error(session_id, str(error))

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
+from asyncio import FIRST_COMPLETED
 from dataclasses import fields, replace
 
 import structlog
@@ -29,7 +30,7 @@ from ..config import Config, opencode_settings
 from ..errors import UserError
 from ..log import configure_logging
 from ..metrics import Metrics
-from ..source.changes import ChangeDetector
+from ..source.changes import ChangeDetector, SessionChange
 from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
 from ..source.wakeups import Wakeup, wakeups
@@ -58,6 +59,8 @@ RELOADABLE_KEYS = TRANSPORT_KEYS | {
     "sessions", "window", "batch_max_items", "batch_max_bytes", "backoff_max", "concurrency",
     "on_delete", "log_format", "log_level", "health_max_failures", "health_period",
 }  # fmt: skip
+# Sessions captured whose keys are still being written while the next one is read.
+CAPTURES_IN_FLIGHT = 8
 
 
 class Pipeline:
@@ -233,21 +236,37 @@ class Pipeline:
         cursors = await self.state.cursors()
         scan = await self.detector.scan(cursors, deep=deep, fresh=fresh)
         changed = 0
-        async for change in self.detector.changes(scan, cursors):
-            await self.state.capture(
-                change.session_id,
-                change.keys,
-                journal_seq=change.journal_seq,
-                time_updated=change.time_updated,
-            )
-            self.window.touch(change.session_id)  # deliver while the rest is captured
-            changed += 1
+        # Each session's keys are written while the next session is read: a few writes in
+        # flight (memory stays bounded), which the state commits together.
+        writes: set[asyncio.Task[None]] = set()
+        try:
+            async for change in self.detector.changes(scan, cursors):
+                while len(writes) >= CAPTURES_IN_FLIGHT:
+                    done, writes = await asyncio.wait(writes, return_when=FIRST_COMPLETED)
+                    for write in done:
+                        write.result()  # a failed write stops the capture, as before
+                writes.add(asyncio.create_task(self._record(change)))
+                changed += 1
+        finally:
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         self.metrics.record_read(scan.rows_read)
         await self._vanished(scan.deleted, len(cursors))
         # Everything pending is scheduled, including what an earlier run left behind.
         for session_id in await self.state.pending_sessions():
             self.window.touch(session_id)
         return changed
+
+    async def _record(self, change: SessionChange) -> None:
+        await self.state.capture(
+            change.session_id,
+            change.keys,
+            journal_seq=change.journal_seq,
+            time_updated=change.time_updated,
+        )
+        self.window.touch(change.session_id)  # deliver while the rest is captured
 
     async def settle_deletions(self) -> None:
         """Act on the sessions gone from opencode now, held deletions confirmed since included

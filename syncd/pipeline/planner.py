@@ -54,9 +54,10 @@ class PlannedBatch:
             first = part.start == 0
             items = self.batch.items[part]
             carries_diff = any(item["type"] == "session_diff" for item in items)
+            texts = None if self.batch.texts is None else self.batch.texts[part]
             halves.append(
                 PlannedBatch(
-                    Batch(self.batch.session_id, items),
+                    Batch(self.batch.session_id, items, texts),
                     self.carried[part],
                     [p for p in self.acknowledges if in_first(p) == first],
                     self.diff_hash if carries_diff else None,
@@ -77,6 +78,18 @@ class PlannedBatch:
         for pending in self.acknowledges:
             letters.setdefault(pending, None)
         return list(letters.items())
+
+
+# `{"type":"","data":}` around an item's type and data.
+ENVELOPE_BYTES = 19
+
+
+def _text(item: SyncItem) -> str | None:
+    """The item's data as JSON text; None when it cannot be written as JSON."""
+    try:
+        return jsontext.dumps(item["data"])
+    except jsontext.JsonTextError:
+        return None
 
 
 def diff_hash(diffs: list) -> str:
@@ -117,6 +130,7 @@ def plan_batches(
     deferred: list[PendingItem] = []
     planned: list[PlannedBatch] = []
     items: list[SyncItem] = []
+    texts: list[str] | None = []
     carried: list[PendingItem | None] = []
     acknowledges: list[PendingItem] = []
     sizes: list[int] = []
@@ -125,23 +139,36 @@ def plan_batches(
     released: list[PendingItem] = []  # the deferred items this batch acknowledges
 
     def close() -> None:
-        nonlocal items, carried, acknowledges, sizes, size, carries_diff, released
+        nonlocal items, texts, carried, acknowledges, sizes, size, carries_diff, released
         if items:
             digest = new_diff_hash if carries_diff else None
-            batch = Batch(session_id, items)
+            batch = Batch(session_id, items, texts)
             planned.append(PlannedBatch(batch, carried, acknowledges, digest, sizes, released))
-        items, carried, acknowledges, sizes, size, carries_diff = [], [], [], [], 0, False
+        items, texts, carried, acknowledges, sizes, size, carries_diff = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            0,
+            False,
+        )
         released = []
 
     for item, pending in entries:
-        try:
-            item_size = len(jsontext.encode(item))
-        except jsontext.JsonTextError:
-            # It travels alone, where the transport's refusal dead-letters it alone.
+        # Each item encoded once: its size here, its text for the key and the receiver.
+        text = _text(item)
+        if text is None:  # it travels alone, where the transport's refusal dead-letters it alone
             item_size = max_bytes + 1
+        else:
+            item_size = len(text.encode()) + len(item["type"]) + ENVELOPE_BYTES
         if items and (len(items) >= max_items or size + item_size > max_bytes):
             close()
         items.append(item)
+        if texts is not None and text is not None:
+            texts.append(text)
+        else:
+            texts = None  # not plain JSON: the batch goes without texts, the receiver judges it
         carried.append(pending)
         sizes.append(item_size)
         size += item_size

@@ -14,6 +14,8 @@ deleted (no deletion event survives).
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -124,17 +126,14 @@ class ChangeDetector:
         with the database (a first capture of a million parts included)."""
         for session_id, head, time_updated in scan.candidates:
             cursor = None if scan.fresh else cursors.get(session_id)
-            async with self._db.snapshot():
-                if head is not None:
-                    # The head as of this snapshot, so that the rows read with it are exactly
-                    # the state it names (a later event is the next wake-up's, not a repeat).
-                    rows = await self._db.rows(
-                        "SELECT seq FROM event_sequence WHERE aggregate_id = ?", (session_id,)
-                    )
-                    head = rows[0][0] if rows else head
-                    change = await self._from_journal(session_id, head, cursor)
-                else:
-                    change = await self._from_tables(session_id, time_updated, cursor)
+            # The whole read in one hand-off to the connection's thread.
+            if head is not None:
+                read = functools.partial(self._from_journal, session_id=session_id, head=head,
+                                         cursor=cursor)  # fmt: skip
+            else:
+                read = functools.partial(self._from_tables, session_id=session_id,
+                                         time_updated=time_updated, cursor=cursor)  # fmt: skip
+            change = await self._db.read(read)
             if change is not None:
                 scan.rows_read += len(change.keys)
                 yield change
@@ -145,40 +144,51 @@ class ChangeDetector:
         changed = [change async for change in self.changes(scan, cursors)]
         return ChangeSet(changed, scan.deleted, scan.rows_read)
 
-    async def _from_journal(
-        self, session_id: str, head: int, cursor: Cursor | None
+    def _from_journal(
+        self, db: sqlite3.Connection, *, session_id: str, head: int, cursor: Cursor | None
     ) -> SessionChange | None:
+        # The head as of this snapshot, so that the rows read with it are exactly the state it
+        # names (a later event is the next wake-up's, not a repeat).
+        row = db.execute(
+            "SELECT seq FROM event_sequence WHERE aggregate_id = ?", (session_id,)
+        ).fetchone()
+        head = row[0] if row else head
         last = cursor.journal_seq if cursor else None
         change = SessionChange(session_id, journal_seq=head)
         if last is None or head < last:  # new to syncd, or a journal that went backwards
-            change.keys = await self.whole_session(session_id)
+            change.keys = _whole_session(db, session_id)
             return change
-        events = await self._db.rows(
+        events = db.execute(
             "SELECT seq, type, data FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ? "
             "ORDER BY seq",
             (session_id, last, head),
-        )
+        ).fetchall()
         keys = _keys_from_events(session_id, events)
         gap = not events or events[0][0] != last + 1 or len(events) != head - last
-        change.keys = await self.whole_session(session_id) if keys is None or gap else keys
+        change.keys = _whole_session(db, session_id) if keys is None or gap else keys
         return change
 
-    async def _from_tables(
-        self, session_id: str, time_updated: int, cursor: Cursor | None
+    def _from_tables(
+        self,
+        db: sqlite3.Connection,
+        *,
+        session_id: str,
+        time_updated: int,
+        cursor: Cursor | None,
     ) -> SessionChange | None:
         watermark = cursor.time_updated if cursor and cursor.time_updated is not None else -1
         seen = self._at_watermark.get(session_id, set())
         # The session's own stamp as of this snapshot, consistent with the rows read with it
         # (the session list was read earlier: a rename since then must not fall below the
         # watermark its newer rows set).
-        rows = await self._db.rows("SELECT time_updated FROM session WHERE id = ?", (session_id,))
-        session_stamp = rows[0][0] if rows else time_updated
+        row = db.execute("SELECT time_updated FROM session WHERE id = ?", (session_id,)).fetchone()
+        session_stamp = row[0] if row else time_updated
         # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
         # stamp tells whether the session must be read again for it.
         diff_stamp = storage.diff_stamp(self._db.storage, session_id)
         stamps: dict[ItemKey, int] = {("session", session_id): max(session_stamp, diff_stamp or 0)}
         for kind in ("message", "part"):
-            rows = await self._db.rows(
+            rows = db.execute(
                 f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
                 (session_id, watermark),
             )
@@ -248,11 +258,15 @@ class ChangeDetector:
 
     async def whole_session(self, session_id: str) -> set[ItemKey]:
         """Every entity of the session: for a first capture, a journal gap, a lost share."""
-        keys: set[ItemKey] = {("session", session_id)}
-        for kind in ("message", "part"):
-            rows = await self._db.rows(f"SELECT id FROM {kind} WHERE session_id = ?", (session_id,))
-            keys.update((kind, row[0]) for row in rows)
-        return keys
+        return await self._db.read(functools.partial(_whole_session, session_id=session_id))
+
+
+def _whole_session(db: sqlite3.Connection, session_id: str) -> set[ItemKey]:
+    keys: set[ItemKey] = {("session", session_id)}
+    for kind in ("message", "part"):
+        rows = db.execute(f"SELECT id FROM {kind} WHERE session_id = ?", (session_id,))
+        keys.update((kind, row[0]) for row in rows)
+    return keys
 
 
 def _keys_from_events(session_id: str, events: list) -> set[ItemKey] | None:

@@ -7,6 +7,7 @@ deleted with its session, and a row that cannot be parsed is reported, never dro
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,18 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
     by_kind: dict[str, list[PendingItem]] = {}
     for item in pending:
         by_kind.setdefault(item.kind, []).append(item)
-    rows: dict[tuple[str, str], Any] = {}
-    async with db.snapshot():
+
+    def fetch(conn: sqlite3.Connection) -> dict[tuple[str, str], Any]:
+        rows: dict[tuple[str, str], Any] = {}
         for kind, items in by_kind.items():
             for start in range(0, len(items), CHUNK):
                 ids = [item.item_id for item in items[start : start + CHUNK]]
                 marks = ",".join("?" * len(ids))
-                for fetched in await db.rows(f"SELECT * FROM {kind} WHERE id IN ({marks})", ids):
+                for fetched in conn.execute(f"SELECT * FROM {kind} WHERE id IN ({marks})", ids):
                     rows[(kind, fetched["id"])] = fetched
+        return rows
+
+    rows = await db.read(fetch)
     model_refs: set[tuple[str, str]] = set()
     for item in pending:
         row = rows.get((item.kind, item.item_id))
@@ -67,9 +72,10 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
 
 
 def _convert(kind: str, row: Any) -> SyncItem:
-    for column in row.keys():  # noqa: SIM118 - sqlite rows are not mappings
-        if column != "data" and isinstance(row[column], bytes):
-            raise syncdata.BadRow(f"{kind} {row['id']}: {column} is not valid UTF-8 text")
+    if bytes in map(type, row):  # rare (text that is not UTF-8, a blob): find which column
+        for column in row.keys():  # noqa: SIM118 - sqlite rows are not mappings
+            if column != "data" and isinstance(row[column], bytes):
+                raise syncdata.BadRow(f"{kind} {row['id']}: {column} is not valid UTF-8 text")
     if kind == "session":
         return syncdata.session_item(row)
     if kind == "message":

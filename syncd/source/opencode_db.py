@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
 
 from ..errors import UserError
 from ..model import Share
+from ..sqlite import in_thread
 from . import json_store
 from .storage import storage_dir
 
@@ -62,6 +64,7 @@ class Schema:
 
 NO_SCHEMA = Schema(version=-1, missing=(), has_journal=False, has_shares=False)
 Row = dict[str, Any]
+T = TypeVar("T")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -236,10 +239,11 @@ class OpencodeDb:
         return rows[0]
 
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        # Run whole in one hop to the connection's thread: a statement left open across an
-        # await would walk the JSON tables while a refresh rewrites them (syncd.sqlite).
+        # One hand-off to the connection's thread (execute, fetch and close would be three), so
+        # no statement stays open across an await while a JSON refresh rewrites its tables.
+        query = functools.partial(_fetch_all, sql=sql, params=tuple(params))
         async with self._reading() as conn:
-            return list(await conn.execute_fetchall(sql, tuple(params)))
+            return await in_thread(conn, functools.partial(_decoding, work=query))
 
     async def is_shared(self, session_id: str) -> bool:
         """Whether opencode shares the session: its `session_share` row, or its share url."""
@@ -272,6 +276,41 @@ class OpencodeDb:
             finally:
                 await conn.execute("COMMIT")
 
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` in one snapshot, as one hand-off to the connection's thread: the
+        reads of a session (its keys, its rows) without a round trip per statement."""
+        async with self._snapshot_lock, self._reading() as conn:
+            return await in_thread(conn, functools.partial(_in_snapshot, work=work))
+
+
+def _in_snapshot(db: sqlite3.Connection, *, work: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN")
+    try:
+        return _decoding(db, work=work)
+    finally:
+        db.execute("COMMIT")
+
+
+def _fetch_all(db: sqlite3.Connection, *, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return db.execute(sql, params).fetchall()
+
+
+def _decoding(db: sqlite3.Connection, *, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work(db)` with text decoded by SQLite's C code; again, if some text was not UTF-8,
+    with that text read as bytes (`_text`), so that the one row holding it is reported
+    instead of the whole read failing. (A Python text factory on every value cost more than
+    the rest of the read.)"""
+    try:
+        return work(db)
+    except sqlite3.OperationalError as error:
+        if "decode to UTF-8" not in str(error):
+            raise
+    db.text_factory = _text
+    try:
+        return work(db)
+    finally:
+        db.text_factory = str
+
 
 def _text(raw: bytes) -> str | bytes:
     """TEXT as str; text that is not valid UTF-8 stays bytes, so that the one row holding it
@@ -301,7 +340,6 @@ async def _connect(
         conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.row_factory = aiosqlite.Row
-        conn.text_factory = _text
         await json_store.create_tables(conn)
     except (sqlite3.Error, OSError) as exc:
         if conn is not None:

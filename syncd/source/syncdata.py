@@ -93,13 +93,18 @@ def diff_item(diffs: list[Any]) -> SyncItem:
 
 def message_item(row: Mapping[str, Any]) -> SyncItem:
     data = _json_object(row, "message")
-    return {"type": "message", "data": {**data, "id": row["id"], "sessionID": row["session_id"]}}
+    # Set on the object just parsed, not a copy: each id where `{**data, **ids}` puts it.
+    data["id"], data["sessionID"] = row["id"], row["session_id"]
+    return {"type": "message", "data": data}
 
 
 def part_item(row: Mapping[str, Any]) -> SyncItem:
     data = _json_object(row, "part")
-    ids = {"id": row["id"], "sessionID": row["session_id"], "messageID": row["message_id"]}
-    return {"type": "part", "data": {**data, **ids}}
+    # As in message_item.
+    data["id"], data["sessionID"], data["messageID"] = (
+        row["id"], row["session_id"], row["message_id"]
+    )  # fmt: skip
+    return {"type": "part", "data": data}
 
 
 def model_item(models: list[dict[str, Any]]) -> SyncItem:

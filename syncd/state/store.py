@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .. import jsontext
 from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..redact import scrub
-from ..sqlite import fetch_all, open_private, transaction
+from ..sqlite import GroupWriter, fetch_all, open_private, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -36,6 +37,16 @@ UPSERT_PENDING = (
 )
 
 
+# An acknowledgement leaves a newer capture of the same entity pending (see UPSERT_PENDING).
+REMOVE_PENDING = (
+    "DELETE FROM pending_item WHERE session_id = ? AND kind = ? AND item_id = ? AND version <= ?"
+)
+
+
+def _removal(items: Iterable[PendingItem]) -> list[tuple[str, str, str, int]]:
+    return [(item.session_id, item.kind, item.item_id, item.version) for item in items]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -44,7 +55,9 @@ class StateStore:
     def __init__(self, path: Path, conn: aiosqlite.Connection) -> None:
         self.path = path
         self._conn = conn
+        # One lock for the connection: reads and writes never interleave (syncd.sqlite).
         self._lock = asyncio.Lock()
+        self._writer = GroupWriter(conn, self._lock)
 
     @classmethod
     async def open(cls, path: Path, target: str | None = None) -> StateStore:
@@ -106,6 +119,11 @@ class StateStore:
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         return await fetch_all(self._conn, self._lock, sql, params)
 
+    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], None]) -> None:
+        """`work` in a transaction, grouped with the writes made meanwhile, in one hand-off to
+        the connection's thread (the writes every captured session and delivered batch make)."""
+        await self._writer(work)
+
     async def bind_target(self, target: str) -> None:
         rows = await self._rows("SELECT value FROM meta WHERE key = 'target'")
         if rows and rows[0][0] == target:
@@ -151,17 +169,19 @@ class StateStore:
     ) -> None:
         """Record `keys` as pending and move the session's cursor, atomically."""
         stamp = now_ms()
-        async with self._write() as db:
-            await db.executemany(
-                UPSERT_PENDING, [(session_id, kind, item_id, stamp) for kind, item_id in keys]
-            )
-            await db.execute(
+        rows = [(session_id, kind, item_id, stamp) for kind, item_id in keys]
+
+        def record(db: sqlite3.Connection) -> None:
+            db.executemany(UPSERT_PENDING, rows)
+            db.execute(
                 "INSERT INTO session_cursor (session_id, journal_seq, time_updated) "
                 "VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
                 "journal_seq = COALESCE(excluded.journal_seq, journal_seq), "
                 "time_updated = COALESCE(excluded.time_updated, time_updated)",
                 (session_id, journal_seq, time_updated),
             )
+
+        await self._write_in_thread(record)
 
     async def forget_session(self, session_id: str) -> None:
         """A session gone from opencode (its remote copy kept or deleted): stop tracking it,
@@ -211,13 +231,18 @@ class StateStore:
         self, session_id: str, items: Iterable[PendingItem], diff_hash: str | None = None
     ) -> None:
         """The receiver acknowledged `items`: drop them unless captured again meanwhile."""
-        async with self._write() as db:
-            await self._remove(db, items)
-            await db.execute(
+        removed = _removal(items)
+        stamp = now_ms()
+
+        def drop(db: sqlite3.Connection) -> None:
+            db.executemany(REMOVE_PENDING, removed)
+            db.execute(
                 "UPDATE session_cursor SET time_last_delivery = ?, last_error = NULL, "
                 "attempts = 0, diff_hash = COALESCE(?, diff_hash) WHERE session_id = ?",
-                (now_ms(), diff_hash, session_id),
+                (stamp, diff_hash, session_id),
             )
+
+        await self._write_in_thread(drop)
 
     async def dead_letter(
         self, session_id: str, letters: Iterable[tuple[PendingItem, Any]], reason: str
@@ -295,11 +320,7 @@ class StateStore:
 
     @staticmethod
     async def _remove(db: aiosqlite.Connection, items: Iterable[PendingItem]) -> None:
-        await db.executemany(
-            "DELETE FROM pending_item WHERE session_id = ? AND kind = ? AND item_id = ? "
-            "AND version <= ?",
-            [(item.session_id, item.kind, item.item_id, item.version) for item in items],
-        )
+        await db.executemany(REMOVE_PENDING, _removal(items))
 
     async def diff_hash(self, session_id: str) -> str | None:
         rows = await self._rows(
@@ -330,14 +351,18 @@ class StateStore:
     async def save_share(
         self, session_id: str, target: str, share: Share, *, recreated: bool = False
     ) -> None:
-        async with self._write() as db:
-            await db.execute(
+        row = (session_id, target, share.id, share.secret, share.url, int(recreated), now_ms())
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO share (session_id, target, share_id, secret, url, recreated, "
                 "time_created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, target) "
                 "DO UPDATE SET share_id = excluded.share_id, secret = excluded.secret, "
                 "url = excluded.url, recreated = excluded.recreated",
-                (session_id, target, share.id, share.secret, share.url, int(recreated), now_ms()),
+                row,
             )
+
+        await self._write_in_thread(save)
 
     async def drop_share(self, session_id: str, target: str) -> None:
         async with self._write() as db:

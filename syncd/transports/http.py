@@ -66,6 +66,7 @@ class HttpTransport(Transport):
             secret=share.secret,
             share_call=True,
             headers={"Idempotency-Key": batch.key},
+            content=None if batch.texts is None else _sync_body(share.secret, batch, batch.texts),
         )
         _require_acknowledgement(response)
 
@@ -102,11 +103,13 @@ class HttpTransport(Transport):
         secret: str | None,
         share_call: bool = False,
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
-        """One request; returns a 2xx answer or raises the error the answer means."""
+        """One request; returns a 2xx answer or raises the error the answer means. `content`:
+        `body` already encoded."""
         what = f"{method} {path}"
         try:
-            content = jsontext.encode(body)
+            content = jsontext.encode(body) if content is None else content
         except jsontext.JsonTextError as error:
             raise UnsendableError(f"{what}: the batch {error}") from None
         try:
@@ -123,6 +126,16 @@ class HttpTransport(Transport):
         raise response_refusal(
             what, response, secrets=[secret], key=self._key, share_call=share_call
         )
+
+
+def _sync_body(secret: str, batch: Batch, texts: list[str]) -> bytes:
+    """`{"secret": ..., "data": batch.items}` as jsontext.encode writes it, built from the texts
+    the planner encoded the items' data into: no item is encoded twice."""
+    items = ",".join(
+        f'{{"type":{jsontext.dumps(item["type"])},"data":{text}}}'
+        for item, text in zip(batch.items, texts, strict=True)
+    )
+    return f'{{"secret":{jsontext.dumps(secret)},"data":[{items}]}}'.encode()
 
 
 def _json(response: httpx.Response) -> Any:

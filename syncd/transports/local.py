@@ -53,7 +53,11 @@ class LocalTransport(Transport):
         return Created(share=share, synced=False)
 
     async def sync(self, share: Share, batch: Batch) -> None:
-        await _outcome(self.store.sync(share.id, share.secret, batch.items, dedup_key=batch.key))
+        await _outcome(
+            self.store.sync(
+                share.id, share.secret, batch.items, dedup_key=batch.key, texts=batch.texts
+            )
+        )
 
     async def delete(self, share: Share) -> None:
         await _outcome(self.store.delete_share(share.id, share.secret))
