@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from syncd.source.opencode_db import OpencodeDb
+from syncd.sqlite import in_thread
 from syncd.state.store import StateStore
 
 
@@ -60,3 +63,30 @@ async def test_a_transaction_cancelled_while_its_begin_waits_leaves_the_connecti
     other_process.execute("PRAGMA busy_timeout = 0")
     other_process.execute("BEGIN IMMEDIATE")
     other_process.execute("ROLLBACK")
+
+
+async def test_a_snapshot_cancelled_before_its_begin_ran_leaves_no_read_transaction_open(
+    sample_db: Path,
+) -> None:
+    """The source's snapshot cancelled (shutdown, `syncd sync` giving up) while its BEGIN waits
+    its turn on the connection's thread: the BEGIN runs all the same. A read transaction left
+    open would pin an old snapshot (syncd sees no new change, opencode's WAL cannot be
+    checkpointed) and every later snapshot fails."""
+    db = await OpencodeDb.open(sample_db)
+    try:
+        conn = db._conn
+        assert conn is not None
+        gate = threading.Event()
+        busy = asyncio.create_task(in_thread(conn, lambda _: gate.wait(10)))  # thread busy
+        reader = asyncio.create_task(db.snapshot().__aenter__())
+        await wait_until(db._snapshot_lock.locked)  # the reader's BEGIN is queued
+        reader.cancel()
+        gate.set()
+        await busy
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        async with asyncio.timeout(10), db.snapshot():
+            assert await db.rows("SELECT 1")
+        assert not await in_thread(conn, lambda c: c.in_transaction)
+    finally:
+        await db.close()
