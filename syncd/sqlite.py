@@ -76,15 +76,26 @@ async def transaction(
     conn: aiosqlite.Connection, lock: asyncio.Lock
 ) -> AsyncIterator[aiosqlite.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. The lock keeps the other tasks
-    sharing the connection out of a transaction that is half done."""
+    sharing the connection out of a transaction that is half done. A statement whose caller is
+    cancelled still runs on the connection's thread (a BEGIN waiting for another process's
+    lock, a COMMIT), so what ends the transaction is queued behind it and looks whether one
+    is open: none may outlive the lock."""
     async with lock:
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             yield conn
+            await conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            await in_thread(conn, roll_back)
             raise
-        await conn.execute("COMMIT")
+
+
+def roll_back(db: sqlite3.Connection) -> None:
+    """Roll back the transaction open on `db`, if any: a failed COMMIT may leave it open, and
+    SQLite rolls one back by itself on some errors (SQLITE_FULL, SQLITE_IOERR), where a bare
+    ROLLBACK would raise and hide the error that caused it."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 async def in_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -163,7 +174,6 @@ def _commit_group(
             db.execute("RELEASE write")
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        roll_back(db)
         raise
     return outcomes
