@@ -270,11 +270,12 @@ class OpencodeDb:
         """A consistent view across several reads, ended before control returns to the loop
         that waits for the next wake-up."""
         async with self._snapshot_lock, self._reading() as conn:
-            await conn.execute("BEGIN")
             try:
+                await conn.execute("BEGIN")
                 yield self
             finally:
-                await conn.execute("COMMIT")
+                # Queued behind the BEGIN, which runs even when its caller was cancelled.
+                await in_thread(conn, _end_snapshot)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work(connection)` in one snapshot, as one hand-off to the connection's thread: the
@@ -288,6 +289,11 @@ def _in_snapshot(db: sqlite3.Connection, *, work: Callable[[sqlite3.Connection],
     try:
         return _decoding(db, work=work)
     finally:
+        db.execute("COMMIT")
+
+
+def _end_snapshot(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
         db.execute("COMMIT")
 
 
