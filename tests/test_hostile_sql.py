@@ -90,3 +90,50 @@ async def test_a_snapshot_cancelled_before_its_begin_ran_leaves_no_read_transact
         assert not await in_thread(conn, lambda c: c.in_transaction)
     finally:
         await db.close()
+
+
+def _fill(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 1_000_000,))
+
+
+def _small_write(key: str):  # type: ignore[no-untyped-def]
+    def work(db: sqlite3.Connection) -> str:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+        return key
+
+    return work
+
+
+async def _cap_size(store: StateStore) -> None:
+    """The file may not grow any more: SQLite's SQLITE_FULL, as on a full disk."""
+    pages = (await store._rows("PRAGMA page_count"))[0][0]
+    await store._rows(f"PRAGMA max_page_count = {pages + 2}")
+
+
+async def test_a_full_disk_in_a_grouped_write_fails_every_write_of_the_group_naming_the_cause(
+    store: StateStore,
+) -> None:
+    """SQLITE_FULL rolls the whole transaction back by itself: the writes grouped with the
+    failing one are undone too, so each must fail, and with the cause ("full"), not a
+    "no such savepoint" that sends whoever reads the log looking for a bug."""
+    await _cap_size(store)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            store._writer(_small_write("before")),
+            store._writer(_fill),
+            store._writer(_small_write("after")),
+            return_exceptions=True,
+        ),
+        15,
+    )
+    assert await store.meta("before") is None and await store.meta("after") is None
+    assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
+    assert all("full" in str(o) for o in outcomes), outcomes
+
+
+async def test_a_full_disk_in_a_transaction_is_reported_as_such(store: StateStore) -> None:
+    await _cap_size(store)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        await asyncio.wait_for(store.set_meta("big", "x" * 1_000_000), 15)
+    await store.set_meta("small", "fits")  # not stuck in a transaction
+    assert await store.meta("small") == "fits"
