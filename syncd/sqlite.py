@@ -169,6 +169,8 @@ def _commit_group(
             try:
                 outcomes.append((True, work(db)))
             except Exception as error:
+                if not db.in_transaction:  # SQLite rolled all back (SQLITE_FULL, SQLITE_IOERR)
+                    raise
                 db.execute("ROLLBACK TO write")
                 outcomes.append((False, error))
             db.execute("RELEASE write")
