@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from syncd.pipeline.deliver import RetryPolicy
+from syncd.pipeline.pipeline import Pipeline
 from syncd.source.opencode_db import OpencodeDb
 from syncd.sqlite import in_thread
 from syncd.state.store import StateStore
+from tests.support.archive_check import make_config
 
 
 @pytest.fixture
@@ -137,3 +141,24 @@ async def test_a_full_disk_in_a_transaction_is_reported_as_such(store: StateStor
         await asyncio.wait_for(store.set_meta("big", "x" * 1_000_000), 15)
     await store.set_meta("small", "fits")  # not stuck in a transaction
     assert await store.meta("small") == "fits"
+
+
+async def test_a_delivery_whose_state_cannot_be_written_is_logged_not_lost_in_a_dead_task(
+    tmp_path: Path, sample_db: Path
+) -> None:
+    """The receiver took the batch but the state refuses the acknowledgement (a full disk,
+    another process's lock): the error must reach syncd's log, and the daemon's worker must
+    not die with it unlogged because recording the error in the same state failed too."""
+    pipeline = await Pipeline.open(make_config(tmp_path, sample_db), RetryPolicy())
+    try:
+        await pipeline.capture()
+        await pipeline.window.cancel()  # deliver by hand, below
+        [session_id, *_] = await pipeline.state.pending_sessions()
+        await pipeline.state._rows("PRAGMA query_only = 1")  # every state write fails
+        with capture_logs() as logs:
+            await asyncio.wait_for(pipeline.deliver(session_id), 30)
+        assert [e for e in logs if e["event"] == "delivery stopped; items stay pending"], logs
+        assert session_id in await pipeline.state.pending_sessions()  # nothing lost
+    finally:
+        await pipeline.state._rows("PRAGMA query_only = 0")
+        await pipeline.close()
