@@ -162,3 +162,31 @@ async def test_a_delivery_whose_state_cannot_be_written_is_logged_not_lost_in_a_
     finally:
         await pipeline.state._rows("PRAGMA query_only = 0")
         await pipeline.close()
+
+
+async def test_a_grouped_write_whose_caller_gave_up_while_the_lock_was_held_is_not_made(
+    store: StateStore,
+) -> None:
+    """The group waits for the connection's lock (a long read, a transaction): a caller that
+    gives up meanwhile has had no turn yet, so its write must not be made behind its back."""
+    async with store._lock:
+        given_up = asyncio.create_task(store._writer(_small_write("given-up")))
+        await wait_until(lambda: bool(store._lock._waiters))  # its group waits for the lock
+        given_up.cancel()
+    assert await asyncio.wait_for(store._writer(_small_write("kept")), 10) == "kept"
+    assert given_up.cancelled()
+    assert await store.meta("given-up") is None
+
+
+async def test_closing_the_store_with_writes_queued_answers_every_write(
+    store: StateStore,
+) -> None:
+    """Shutdown closes the state while grouped writes wait for a long transaction: each is
+    answered (made, or an error), none waits for ever."""
+    async with store._lock:
+        writes = [asyncio.create_task(store._writer(_small_write(f"w{n}"))) for n in range(3)]
+        await wait_until(lambda: bool(store._lock._waiters))
+        closing = asyncio.create_task(store.close())
+    outcomes = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
+    await asyncio.wait_for(closing, 10)
+    assert len(outcomes) == 3
