@@ -107,6 +107,7 @@ async def in_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connecti
 
 
 Outcome = tuple[bool, Any]  # (succeeded, its value or its exception)
+Queued = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]  # a write, its answer
 
 
 class GroupWriter:
@@ -120,7 +121,7 @@ class GroupWriter:
     def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self._conn = conn
         self._lock = lock  # shared with the connection's other transactions
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue: list[Queued] = []
         self._flushing: asyncio.Task[None] | None = None
 
     async def __call__(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -133,19 +134,23 @@ class GroupWriter:
     async def _flush(self) -> None:
         try:
             while self._queue:
-                group = [(w, f) for w, f in self._queue if not f.cancelled()]
-                self._queue = []
-                works = [work for work, _ in group]
+                group: list[Queued] = []
                 try:
                     async with self._lock:
+                        # Taken once the lock is ours: a caller that gave up while another
+                        # transaction held it has had no turn, and its write is not made.
+                        group = [(w, f) for w, f in self._queue if not f.cancelled()]
+                        self._queue = []
+                        works = [work for work, _ in group]
                         outcomes = await in_thread(
                             self._conn, functools.partial(_commit_group, works=works)
                         )
                 except Exception as error:  # BEGIN or COMMIT failed: none of them happened
                     outcomes = [(False, error)] * len(group)
                 except BaseException:  # cancelled (shutdown): no caller waits for ever
-                    for _, future in group:
+                    for _, future in group + self._queue:
                         future.cancel()
+                    self._queue = []
                     raise
                 for (_, future), (ok, value) in zip(group, outcomes, strict=True):
                     if future.done():
