@@ -9,10 +9,12 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from structlog.testing import capture_logs
 
 from syncd.errors import UserError
+from syncd.migrate import migrate
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import Pipeline
 from syncd.source.opencode_db import OpencodeDb
@@ -222,3 +224,21 @@ async def test_a_capture_the_state_refuses_is_told_in_words_naming_the_state(
         await pipeline.state._rows("PRAGMA query_only = 0")
         await pipeline.window.cancel()
         await pipeline.close()
+
+
+async def test_a_migration_on_a_full_disk_fails_naming_the_cause(tmp_path: Path) -> None:
+    """An upgrade on a nearly full disk: the migration's own error ("full") is the one the
+    user reads, not a ROLLBACK's "no transaction is active", and nothing of it is applied."""
+    root = tmp_path / "migration"
+    (root / "20260101000000_grow").mkdir(parents=True)
+    (root / "20260101000000_grow" / "migration.sql").write_text(
+        "CREATE TABLE grown (x);\nINSERT INTO grown VALUES (randomblob(1000000));\n"
+    )
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as db:
+        await db.execute("CREATE TABLE IF NOT EXISTS migration (id TEXT PRIMARY KEY, "
+                         "time_completed INTEGER NOT NULL)")  # fmt: skip
+        pages = (await db.execute_fetchall("PRAGMA page_count"))[0][0]  # type: ignore[index]
+        await db.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await migrate(db, root)
+        assert not await db.execute_fetchall("SELECT * FROM migration")
