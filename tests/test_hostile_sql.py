@@ -17,7 +17,7 @@ from syncd.errors import UserError
 from syncd.migrate import migrate
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import Pipeline
-from syncd.source.opencode_db import OpencodeDb
+from syncd.source.opencode_db import OpencodeDb, _read_schema
 from syncd.sqlite import in_thread
 from syncd.state.store import StateStore
 from tests.support.archive_check import make_config
@@ -242,3 +242,28 @@ async def test_a_migration_on_a_full_disk_fails_naming_the_cause(tmp_path: Path)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             await migrate(db, root)
         assert not await db.execute_fetchall("SELECT * FROM migration")
+
+
+async def test_a_schema_read_cancelled_before_its_begin_ran_leaves_no_read_transaction_open(
+    sample_db: Path,
+) -> None:
+    """As for the snapshot: reading the schema (at every schema change) cancelled while its
+    BEGIN waits its turn on the connection's thread."""
+    db = await OpencodeDb.open(sample_db)
+    try:
+        conn = db._conn
+        assert conn is not None
+        gate = threading.Event()
+        busy = asyncio.create_task(in_thread(conn, lambda _: gate.wait(10)))  # thread busy
+        reading = asyncio.create_task(_read_schema(conn, db.schema.version))
+        await asyncio.sleep(0)  # its BEGIN is queued behind the busy thread
+        reading.cancel()
+        gate.set()
+        await busy
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        async with asyncio.timeout(10), db.snapshot():
+            assert await db.rows("SELECT 1")
+        assert not await in_thread(conn, lambda c: c.in_transaction)
+    finally:
+        await db.close()
