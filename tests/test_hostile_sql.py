@@ -13,6 +13,7 @@ import aiosqlite
 import pytest
 from structlog.testing import capture_logs
 
+from syncd.archive.sqlite import SqliteArchive
 from syncd.errors import UserError
 from syncd.migrate import migrate
 from syncd.pipeline.deliver import RetryPolicy
@@ -267,3 +268,26 @@ async def test_a_schema_read_cancelled_before_its_begin_ran_leaves_no_read_trans
         assert not await in_thread(conn, lambda c: c.in_transaction)
     finally:
         await db.close()
+
+
+async def test_the_archive_keeps_taking_writes_after_a_create_share_cancelled_in_its_begin(
+    tmp_path: Path,
+) -> None:
+    """`syncd serve` and a local-transport `syncd run` share one archive file. A capnweb
+    session that closes cancels its worker; if that worker's createShare waited in BEGIN for
+    the other process, the receiver must not be left refusing every later write."""
+    archive = await SqliteArchive.open(tmp_path / "archive.db")
+    other = sqlite3.connect(tmp_path / "archive.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        creating = asyncio.create_task(archive.create_share("ses_gone", "http://127.0.0.1:1"))
+        await wait_until(archive._lock.locked)  # it waits in its BEGIN
+        creating.cancel()
+        other.execute("COMMIT")
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(creating, 15)
+        share = await asyncio.wait_for(archive.create_share("ses_next", "http://127.0.0.1:1"), 15)
+        assert await archive.sync(share.id, share.secret, []) == 1
+    finally:
+        other.close()
+        await archive.close()
