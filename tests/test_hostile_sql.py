@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiosqlite
@@ -73,26 +73,43 @@ async def test_a_transaction_cancelled_while_its_begin_waits_leaves_the_connecti
     other_process.execute("ROLLBACK")
 
 
-async def test_a_snapshot_cancelled_before_its_begin_ran_leaves_no_read_transaction_open(
-    sample_db: Path,
+def _snapshot(db: OpencodeDb) -> Awaitable[object]:
+    return db.snapshot().__aenter__()
+
+
+def _schema(db: OpencodeDb) -> Awaitable[object]:
+    assert db._conn is not None
+    return _read_schema(db._conn, db.schema.version)
+
+
+@pytest.mark.parametrize("read", [_snapshot, _schema])
+async def test_a_source_read_cancelled_before_its_begin_ran_leaves_no_read_transaction_open(
+    sample_db: Path, read: Callable[[OpencodeDb], Awaitable[object]]
 ) -> None:
-    """The source's snapshot cancelled (shutdown, `syncd sync` giving up) while its BEGIN waits
-    its turn on the connection's thread: the BEGIN runs all the same. A read transaction left
-    open would pin an old snapshot (syncd sees no new change, opencode's WAL cannot be
-    checkpointed) and every later snapshot fails."""
+    """The source's snapshot, or its schema read (at every schema change), cancelled
+    (shutdown, a reload stopped, `syncd sync` giving up) while its BEGIN waits its turn on
+    the connection's thread: the BEGIN runs all the same. A read transaction left open would
+    pin an old snapshot (syncd sees no new change, opencode's WAL cannot be checkpointed) and
+    every later snapshot fails."""
     db = await OpencodeDb.open(sample_db)
     try:
         conn = db._conn
         assert conn is not None
-        gate = threading.Event()
-        busy = asyncio.create_task(in_thread(conn, lambda _: gate.wait(10)))  # thread busy
-        reader = asyncio.create_task(db.snapshot().__aenter__())
-        await wait_until(db._snapshot_lock.locked)  # the reader's BEGIN is queued
-        reader.cancel()
+        started, gate = threading.Event(), threading.Event()
+
+        def hold(_: sqlite3.Connection) -> None:
+            started.set()
+            gate.wait(10)
+
+        busy = asyncio.create_task(in_thread(conn, hold))
+        await wait_until(started.is_set)
+        reading = asyncio.create_task(read(db))
+        await wait_until(lambda: conn._tx.qsize() > 0)  # its BEGIN waits behind `hold`
+        reading.cancel()
         gate.set()
         await busy
         with pytest.raises(asyncio.CancelledError):
-            await reader
+            await reading
         async with asyncio.timeout(10), db.snapshot():
             assert await db.rows("SELECT 1")
         assert not await in_thread(conn, lambda c: c.in_transaction)
@@ -243,31 +260,6 @@ async def test_a_migration_on_a_full_disk_fails_naming_the_cause(tmp_path: Path)
         with pytest.raises(sqlite3.OperationalError, match="full"):
             await migrate(db, root)
         assert not await db.execute_fetchall("SELECT * FROM migration")
-
-
-async def test_a_schema_read_cancelled_before_its_begin_ran_leaves_no_read_transaction_open(
-    sample_db: Path,
-) -> None:
-    """As for the snapshot: reading the schema (at every schema change) cancelled while its
-    BEGIN waits its turn on the connection's thread."""
-    db = await OpencodeDb.open(sample_db)
-    try:
-        conn = db._conn
-        assert conn is not None
-        gate = threading.Event()
-        busy = asyncio.create_task(in_thread(conn, lambda _: gate.wait(10)))  # thread busy
-        reading = asyncio.create_task(_read_schema(conn, db.schema.version))
-        await asyncio.sleep(0)  # its BEGIN is queued behind the busy thread
-        reading.cancel()
-        gate.set()
-        await busy
-        with pytest.raises(asyncio.CancelledError):
-            await reading
-        async with asyncio.timeout(10), db.snapshot():
-            assert await db.rows("SELECT 1")
-        assert not await in_thread(conn, lambda c: c.in_transaction)
-    finally:
-        await db.close()
 
 
 async def test_the_archive_keeps_taking_writes_after_a_create_share_cancelled_in_its_begin(
