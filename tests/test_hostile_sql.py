@@ -283,3 +283,16 @@ async def test_the_archive_keeps_taking_writes_after_a_create_share_cancelled_in
     finally:
         other.close()
         await archive.close()
+
+
+async def test_dead_letters_discarded_and_requeued_count_only_those_that_existed(
+    store: StateStore,
+) -> None:
+    await store.capture("ses_1", [("part", "p1"), ("part", "p2"), ("part", "p3")])
+    pending = await store.pending("ses_1", 10)
+    await store.dead_letter("ses_1", [(item, None) for item in pending], "refused")
+    first, second, third = [letter["id"] for letter in await store.dead_letters()]
+    assert await store.discard_dead_letters([first, first + 1000]) == 1
+    assert await store.requeue_dead_letters({second: {("part", "p2")}, first: set()}) == [second]
+    assert [letter["id"] for letter in await store.dead_letters()] == [third]
+    assert [item.item_id for item in await store.pending("ses_1", 10)] == ["p2"]
