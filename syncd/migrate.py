@@ -58,7 +58,8 @@ async def migrate(db: aiosqlite.Connection, root: Path) -> list[str]:
                 )
                 applied.append(folder.name)
         except BaseException:
-            await db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL)
+                await db.execute("ROLLBACK")
             raise
         await db.execute("COMMIT")
     return applied

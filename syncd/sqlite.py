@@ -76,15 +76,26 @@ async def transaction(
     conn: aiosqlite.Connection, lock: asyncio.Lock
 ) -> AsyncIterator[aiosqlite.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. The lock keeps the other tasks
-    sharing the connection out of a transaction that is half done."""
+    sharing the connection out of a transaction that is half done. A statement whose caller is
+    cancelled still runs on the connection's thread (a BEGIN waiting for another process's
+    lock, a COMMIT), so what ends the transaction is queued behind it and looks whether one
+    is open: none may outlive the lock."""
     async with lock:
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             yield conn
+            await conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            await in_thread(conn, roll_back)
             raise
-        await conn.execute("COMMIT")
+
+
+def roll_back(db: sqlite3.Connection) -> None:
+    """Roll back the transaction open on `db`, if any: a failed COMMIT may leave it open, and
+    SQLite rolls one back by itself on some errors (SQLITE_FULL, SQLITE_IOERR), where a bare
+    ROLLBACK would raise and hide the error that caused it."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 async def in_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -96,6 +107,7 @@ async def in_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connecti
 
 
 Outcome = tuple[bool, Any]  # (succeeded, its value or its exception)
+Queued = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]  # a write, its answer
 
 
 class GroupWriter:
@@ -109,7 +121,7 @@ class GroupWriter:
     def __init__(self, conn: aiosqlite.Connection, lock: asyncio.Lock) -> None:
         self._conn = conn
         self._lock = lock  # shared with the connection's other transactions
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queue: list[Queued] = []
         self._flushing: asyncio.Task[None] | None = None
 
     async def __call__(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -122,19 +134,23 @@ class GroupWriter:
     async def _flush(self) -> None:
         try:
             while self._queue:
-                group = [(w, f) for w, f in self._queue if not f.cancelled()]
-                self._queue = []
-                works = [work for work, _ in group]
+                group: list[Queued] = []
                 try:
                     async with self._lock:
+                        # Taken once the lock is ours: a caller that gave up while another
+                        # transaction held it has had no turn, and its write is not made.
+                        group = [(w, f) for w, f in self._queue if not f.cancelled()]
+                        self._queue = []
+                        works = [work for work, _ in group]
                         outcomes = await in_thread(
                             self._conn, functools.partial(_commit_group, works=works)
                         )
                 except Exception as error:  # BEGIN or COMMIT failed: none of them happened
                     outcomes = [(False, error)] * len(group)
                 except BaseException:  # cancelled (shutdown): no caller waits for ever
-                    for _, future in group:
+                    for _, future in group + self._queue:
                         future.cancel()
+                    self._queue = []
                     raise
                 for (_, future), (ok, value) in zip(group, outcomes, strict=True):
                     if future.done():
@@ -158,12 +174,13 @@ def _commit_group(
             try:
                 outcomes.append((True, work(db)))
             except Exception as error:
+                if not db.in_transaction:  # SQLite rolled all back (SQLITE_FULL, SQLITE_IOERR)
+                    raise
                 db.execute("ROLLBACK TO write")
                 outcomes.append((False, error))
             db.execute("RELEASE write")
         db.execute("COMMIT")
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+        roll_back(db)
         raise
     return outcomes

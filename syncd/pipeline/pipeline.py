@@ -379,8 +379,15 @@ class Pipeline:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one session's failure must not stop the others
-            await self.state.record_error(session_id, str(error))
             log.error("delivery stopped; items stay pending", session=session_id, error=str(error))
+            try:
+                await self.state.record_error(session_id, str(error))
+            except Exception as unrecorded:  # the state may be what failed (a full disk)
+                log.error(
+                    "the state cannot record why delivery stopped",
+                    session=session_id,
+                    error=str(unrecorded),
+                )
 
 
 def delivering(config: Config) -> dict[str, str | None]:

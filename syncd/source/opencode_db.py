@@ -269,12 +269,8 @@ class OpencodeDb:
     async def snapshot(self) -> AsyncIterator[OpencodeDb]:
         """A consistent view across several reads, ended before control returns to the loop
         that waits for the next wake-up."""
-        async with self._snapshot_lock, self._reading() as conn:
-            await conn.execute("BEGIN")
-            try:
-                yield self
-            finally:
-                await conn.execute("COMMIT")
+        async with self._snapshot_lock, self._reading() as conn, _read_transaction(conn):
+            yield self
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work(connection)` in one snapshot, as one hand-off to the connection's thread: the
@@ -288,6 +284,24 @@ def _in_snapshot(db: sqlite3.Connection, *, work: Callable[[sqlite3.Connection],
     try:
         return _decoding(db, work=work)
     finally:
+        db.execute("COMMIT")
+
+
+@contextlib.asynccontextmanager
+async def _read_transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
+    """One view across several reads. The BEGIN runs on the connection's thread even when
+    its caller is cancelled while it waits there, so what ends it is queued behind it and
+    looks whether one began: a read transaction left open would pin an old snapshot (no new
+    change seen, opencode's WAL never checkpointed) and refuse every later BEGIN."""
+    try:
+        await conn.execute("BEGIN")
+        yield
+    finally:
+        await in_thread(conn, _end_read)
+
+
+def _end_read(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
         db.execute("COMMIT")
 
 
@@ -367,8 +381,7 @@ async def _read_schema(conn: aiosqlite.Connection, version: int) -> Schema:
     """The database's tables and columns (`main`: TEMP views may shadow them), and the TEMP
     views over them and the JSON sessions, made to match."""
     # One transaction: the version read belongs to the tables read with it.
-    await conn.execute("BEGIN")
-    try:
+    async with _read_transaction(conn):
         async with conn.execute(
             "SELECT name FROM main.sqlite_master WHERE type = 'table'"
         ) as cursor:
@@ -384,8 +397,6 @@ async def _read_schema(conn: aiosqlite.Connection, version: int) -> Schema:
             if "session" in columns
             else "SELECT count(*) FROM json_session",
         )
-    finally:
-        await conn.execute("COMMIT")
     sessions_tables = [kind for kind in json_store.TABLES if kind in columns]
     if not sessions_tables and json_sessions:
         views = json_store.view_statements(None)  # no database yet: the JSON sessions alone

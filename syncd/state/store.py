@@ -275,30 +275,34 @@ class StateStore:
         pending gets a newer version, so no acknowledgement of an older batch can drop it.
         Returns the ids actually requeued (a letter retried or discarded meanwhile is skipped)."""
         stamp = now_ms()
-        done: list[int] = []
-        async with self._write() as db:
+
+        # In one hand-off: a round trip per statement held the write lock for seconds per
+        # thousand letters, and a running daemon's writes give up after BUSY_TIMEOUT_MS.
+        def requeue(db: sqlite3.Connection) -> list[int]:
+            done: list[int] = []
             for letter_id, keys in letters.items():
-                async with db.execute(
+                row = db.execute(
                     "SELECT session_id FROM dead_letter WHERE id = ?", (letter_id,)
-                ) as c:
-                    row = await c.fetchone()
+                ).fetchone()
                 if row is None:
                     continue
-                await db.executemany(
+                db.executemany(
                     UPSERT_PENDING, [(row[0], kind, item_id, stamp) for kind, item_id in keys]
                 )
-                await db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
+                db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
                 done.append(letter_id)
-        return done
+            return done
+
+        return await self._writer(requeue)
 
     async def discard_dead_letters(self, letter_ids: Iterable[int]) -> int:
         """Delete dead letters for good; returns how many existed."""
-        async with self._write() as db:
-            count = 0
-            for letter_id in letter_ids:
-                cursor = await db.execute("DELETE FROM dead_letter WHERE id = ?", (letter_id,))
-                count += cursor.rowcount
-        return count
+        rows = [(letter_id,) for letter_id in letter_ids]
+
+        def discard(db: sqlite3.Connection) -> int:  # one hand-off, as requeue_dead_letters
+            return db.executemany("DELETE FROM dead_letter WHERE id = ?", rows).rowcount
+
+        return await self._writer(discard)
 
     async def record_error(self, session_id: str, message: str) -> None:
         message = jsontext.readable_text(message)
