@@ -34,7 +34,7 @@ from ..source.changes import ChangeDetector, SessionChange
 from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
 from ..source.wakeups import Wakeup, wakeups
-from ..state.store import StateStore
+from ..state.store import StateError, StateStore
 from ..transports import make_transport, target_of
 from ..transports.base import Transport
 from .conditions import DELETIONS, SOURCE, SOURCE_REPLACED, Conditions
@@ -201,6 +201,8 @@ class Pipeline:
                 return  # a file event without a commit (a checkpoint, our own read)
             await self.capture(deep=deep or troubled, fresh=moved is not None)
             self._last_version = version
+        except StateError:
+            raise  # syncd's own state, not opencode's database: nothing to wait for
         except UserError as error:  # the database cannot be read (OpencodeDb says why)
             await self._source_trouble(error, settled=not self._captured)
             return

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -45,6 +45,15 @@ REMOVE_PENDING = (
 
 def _removal(items: Iterable[PendingItem]) -> list[tuple[str, str, str, int]]:
     return [(item.session_id, item.kind, item.item_id, item.version) for item in items]
+
+
+T = TypeVar("T")
+
+
+class StateError(UserError):
+    """syncd's own state cannot be read or written: the daemon stops, in one line."""
+
+    exit_code = 1
 
 
 def now_ms() -> int:
@@ -113,16 +122,35 @@ class StateStore:
     async def close(self) -> None:
         await self._conn.close()
 
-    def _write(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
-        return transaction(self._conn, self._lock)
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        with self._told():
+            async with transaction(self._conn, self._lock) as db:
+                yield db
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        return await fetch_all(self._conn, self._lock, sql, params)
+        with self._told():
+            return await fetch_all(self._conn, self._lock, sql, params)
 
-    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], None]) -> None:
+    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` in a transaction, grouped with the writes made meanwhile, in one hand-off to
         the connection's thread (the writes every captured session and delivered batch make)."""
-        await self._writer(work)
+        with self._told():
+            return await self._writer(work)
+
+    @contextlib.contextmanager
+    def _told(self) -> Iterator[None]:
+        """The state's own failures (a full disk, a lock another process holds too long) as
+        one line naming the state: the daemon stops on it rather than go on without a record
+        of what it captured and delivered."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"the state database {self.path} failed: {exc}; syncd stops rather than lose "
+                "track of what is pending: free disk space or stop what holds it, then start "
+                "syncd again"
+            ) from exc
 
     async def bind_target(self, target: str) -> None:
         rows = await self._rows("SELECT value FROM meta WHERE key = 'target'")
@@ -293,7 +321,7 @@ class StateStore:
                 done.append(letter_id)
             return done
 
-        return await self._writer(requeue)
+        return await self._write_in_thread(requeue)
 
     async def discard_dead_letters(self, letter_ids: Iterable[int]) -> int:
         """Delete dead letters for good; returns how many existed."""
@@ -302,7 +330,7 @@ class StateStore:
         def discard(db: sqlite3.Connection) -> int:  # one hand-off, as requeue_dead_letters
             return db.executemany("DELETE FROM dead_letter WHERE id = ?", rows).rowcount
 
-        return await self._writer(discard)
+        return await self._write_in_thread(discard)
 
     async def record_error(self, session_id: str, message: str) -> None:
         message = jsontext.readable_text(message)
