@@ -268,8 +268,9 @@ class StateStore:
             items = [PendingItem(session_id, row[0], row[1], row[2]) for row in rows]
             return items, cursor[0] if cursor else None
 
-        async with self._lock:
-            return await in_thread(self._conn, read)
+        with self._told():
+            async with self._lock:
+                return await in_thread(self._conn, read)
 
     async def ack(
         self, session_id: str, items: Iterable[PendingItem], diff_hash: str | None = None
