@@ -4,6 +4,7 @@ chosen one, turning a user's mistake into one line on stderr and an exit code.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -28,10 +29,16 @@ from syncd.log import configure_logging
 from syncd.service import config_for_state_reader
 
 COMMANDS = (run, sync, status, open, dead_letters, deletions, serve, install_service)
+# Objects allocated before the cyclic collector runs (Python's default: 700). A backfill or an
+# ingest keeps thousands of parsed items alive across allocations, so at the default the
+# collector walks them again and again: 14% of a backfill's main-thread CPU. Nearly all of
+# syncd's garbage is freed by reference counting; cycles wait a little longer.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     try:
         configure_logging()
         flags = config_flags(args)

@@ -153,7 +153,8 @@ def _shallow(raw: bytes, value: Any, max_depth: int) -> bool:
     """Whether `value` (read by orjson from `raw`) is surely no deeper than `max_depth`,
     without walking it: fewer brackets than levels allowed, or a value orjson can write
     (which it does only up to ORJSON_WRITE_DEPTH levels)."""
-    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+    # A text no longer than the levels allowed cannot open more (most of opencode's rows).
+    if len(raw) <= max_depth or raw.count(b"[") + raw.count(b"{") <= max_depth:
         return True
     return max_depth >= ORJSON_WRITE_DEPTH and _orjson_written(value)
 

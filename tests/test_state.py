@@ -46,6 +46,22 @@ async def test_pending_comes_session_first_and_bounded(state: StateStore) -> Non
     assert len(await state.pending("ses_1", 2)) == 2
 
 
+async def test_next_batch_brings_the_diff_hash_the_session_was_delivered_with(
+    state: StateStore,
+) -> None:
+    await state.capture("ses_1", [("session", "ses_1"), ("part", "p1")])
+    await state.capture("ses_2", [("session", "ses_2")])
+    assert await state.next_batch("ses_1", 10) == (await state.pending("ses_1", 10), None)
+    await state.ack("ses_1", await state.pending("ses_1", 1), "hash-1")
+    await state.ack("ses_2", await state.pending("ses_2", 1), "hash-2")
+    await state.capture("ses_1", [("session", "ses_1")])
+    pending, delivered = await state.next_batch("ses_1", 10)
+    assert [(p.kind, p.item_id) for p in pending] == [("session", "ses_1"), ("part", "p1")]
+    assert delivered == "hash-1"
+    await state.reset_diff_hash("ses_1")
+    assert (await state.next_batch("ses_1", 10))[1] is None
+
+
 async def test_dead_letters_keep_payload_and_reason(state: StateStore) -> None:
     await state.capture("ses_1", [("part", "p1")])
     [item] = await state.pending("ses_1", 10)

@@ -219,12 +219,15 @@ class SessionDelivery:
             log.info("session no longer shared in opencode; not sent", session=session_id)
             await self._state.forget_session(session_id)
             return
-        while pending := await self._state.pending(session_id, self._max_items):
+        while True:
+            pending, delivered_diff = await self._state.next_batch(session_id, self._max_items)
+            if not pending:
+                return
             read_ahead = self._read_ahead
             await read_ahead.acquire()
             self._reading[session_id] = read_ahead
             try:
-                await self._deliver_read(session_id, pending)
+                await self._deliver_read(session_id, pending, delivered_diff)
             finally:
                 self._stop_reading(session_id)
 
@@ -234,8 +237,10 @@ class SessionDelivery:
         if read_ahead is not None:
             read_ahead.release()
 
-    async def _deliver_read(self, session_id: str, pending: list[PendingItem]) -> None:
-        """Read `pending` and send it."""
+    async def _deliver_read(
+        self, session_id: str, pending: list[PendingItem], delivered_diff: str | None
+    ) -> None:
+        """Read `pending` and send it (`delivered_diff`: the diff hash the receiver has)."""
         loaded = await load(self.db, pending, self._catalogue)
         if loaded.bad:
             for item, reason, raw in loaded.bad:
@@ -244,7 +249,6 @@ class SessionDelivery:
             self._metrics.record_dead_letters(len(loaded.bad))
         if loaded.gone:  # deleted in opencode: nothing left to deliver
             await self._state.ack(session_id, loaded.gone)
-        delivered_diff = await self._state.diff_hash(session_id)
         batches = plan_batches(
             session_id,
             loaded,

@@ -22,7 +22,7 @@ from .. import jsontext
 from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..redact import scrub
-from ..sqlite import GroupWriter, fetch_all, open_private, transaction
+from ..sqlite import GroupWriter, fetch_all, in_thread, open_private, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -36,6 +36,12 @@ UPSERT_PENDING = (
     "DO UPDATE SET version = pending_item.version + 1"
 )
 
+
+_ORDER = " ".join(f"WHEN '{kind}' THEN {i}" for i, kind in enumerate(KIND_ORDER))
+PENDING_IN_ORDER = (
+    "SELECT kind, item_id, version FROM pending_item WHERE session_id = ? "
+    f"ORDER BY CASE kind {_ORDER} ELSE 99 END, time_created, item_id LIMIT ?"
+)
 
 # An acknowledgement leaves a newer capture of the same entity pending (see UPSERT_PENDING).
 REMOVE_PENDING = (
@@ -247,13 +253,24 @@ class StateStore:
         return rows[0][0]
 
     async def pending(self, session_id: str, limit: int) -> list[PendingItem]:
-        order = " ".join(f"WHEN '{kind}' THEN {i}" for i, kind in enumerate(KIND_ORDER))
-        rows = await self._rows(
-            "SELECT kind, item_id, version FROM pending_item WHERE session_id = ? "
-            f"ORDER BY CASE kind {order} ELSE 99 END, time_created, item_id LIMIT ?",
-            (session_id, limit),
-        )
-        return [PendingItem(session_id, row[0], row[1], row[2]) for row in rows]
+        """The next (at most `limit`) pending items of the session, in send order."""
+        return (await self.next_batch(session_id, limit))[0]
+
+    async def next_batch(self, session_id: str, limit: int) -> tuple[list[PendingItem], str | None]:
+        """`pending`, and the diff hash last delivered for the session, in one hand-off to the
+        connection's thread (a delivery needs both for every batch it plans)."""
+
+        def read(db: sqlite3.Connection) -> tuple[list[PendingItem], str | None]:
+            rows = db.execute(PENDING_IN_ORDER, (session_id, limit)).fetchall()
+            cursor = db.execute(
+                "SELECT diff_hash FROM session_cursor WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            items = [PendingItem(session_id, row[0], row[1], row[2]) for row in rows]
+            return items, cursor[0] if cursor else None
+
+        with self._told():
+            async with self._lock:
+                return await in_thread(self._conn, read)
 
     async def ack(
         self, session_id: str, items: Iterable[PendingItem], diff_hash: str | None = None
@@ -353,12 +370,6 @@ class StateStore:
     @staticmethod
     async def _remove(db: aiosqlite.Connection, items: Iterable[PendingItem]) -> None:
         await db.executemany(REMOVE_PENDING, _removal(items))
-
-    async def diff_hash(self, session_id: str) -> str | None:
-        rows = await self._rows(
-            "SELECT diff_hash FROM session_cursor WHERE session_id = ?", (session_id,)
-        )
-        return rows[0][0] if rows else None
 
     async def reset_diff_hash(self, session_id: str) -> None:
         async with self._write() as db:
