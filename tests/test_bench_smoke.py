@@ -141,3 +141,26 @@ def test_ingest_benchmark_measures_every_store_and_concurrency() -> None:
         assert figures["items"] > 0 and figures["batches"] > 0, figures
         for name in ("items_per_s", "p50_ms", "p99_ms"):
             assert is_number(figures[name]), (name, figures)
+
+
+def test_ingest_benchmark_measures_receiver_cpu_per_item(tmp_path: Path) -> None:
+    """`python -m bench.ingest --cpu` at CI scale: every session of the generated database
+    (20 sessions x 20 parts) acknowledged by the benchmark's receiver, its CPU per item
+    measured and a profile written."""
+    profile = tmp_path / "ingest.prof"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--cpu", "--quick", "--json",
+         "--profile", str(profile)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout)
+    # Per session: the session, its diffs, its model list, 2 messages a turn and its parts.
+    assert figures["sessions"] == 20 and figures["items"] == 20 * (3 + 2 + 20)
+    for name in ("items_per_s", "cpu_us_per_item", "loop_cpu_us_per_item"):
+        assert is_number(figures[name]) and figures[name] > 0, (name, figures)
+    assert figures["loop_cpu_us_per_item"] <= figures["cpu_us_per_item"]
+    assert profile.stat().st_size > 0
