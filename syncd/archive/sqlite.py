@@ -187,21 +187,12 @@ class SqliteArchive(ArchiveStore):
 
 # -- the writes, each run whole on the connection's thread ------------------------------------
 
-# Items stored per INSERT statement, largest first: a batch is split into chunks of these sizes
-# (223 items: 128 + 64 + 16 + 8 + 4 + 2 + 1), so one statement stores many items and the
-# statements are always the same few, prepared once. A statement steps with the GIL released
-# once; executemany released and took it again for every row, against a busy event loop.
-ROWS_PER_INSERT = tuple(2**power for power in range(8, -1, -1))
 ITEM_UPSERT = (
-    "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) VALUES {rows} "
-    "ON CONFLICT (share_id, item_key) DO UPDATE SET kind = excluded.kind, "
-    "data = excluded.data, time_updated = excluded.time_updated, seq = excluded.seq"
+    "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
+    "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
+    "seq = excluded.seq"
 )
-
-
-@functools.cache
-def _item_upsert(rows: int) -> str:
-    return ITEM_UPSERT.format(rows=", ".join(["(?, ?, ?, ?, ?, ?)"] * rows))
 
 
 def _create(
@@ -239,12 +230,7 @@ def _upsert_items(
         (share_id, key, kind, text, stamp, seq + offset)
         for offset, (key, kind, text) in enumerate(merged, start=1)
     ]
-    start = 0
-    for size in ROWS_PER_INSERT:
-        while len(rows) - start >= size:
-            chunk = rows[start : start + size]
-            db.execute(_item_upsert(size), [value for row in chunk for value in row])
-            start += size
+    db.executemany(ITEM_UPSERT, rows)
 
 
 def _apply_sync(
