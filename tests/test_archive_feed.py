@@ -219,6 +219,14 @@ async def test_the_summary_follows_the_session_and_its_messages(store: ArchiveSt
     )
     odd = await store.session_summary(share.id)
     assert (odd.title, odd.updated, odd.cost, odd.tokens) == ("", created.updated, 0.0, 0)
+    # Two versions of the session in one batch: the later is stored, and summarised.
+    await store.sync(
+        share.id,
+        share.secret,
+        [session("ses_summary01", title="older"), session("ses_summary01", title="newer")],
+    )
+    assert (await store.read_share(share.id))["session"]["title"] == "newer"
+    assert (await store.session_summary(share.id)).title == "newer"
     with pytest.raises(ShareNotFound):
         await store.session_summary("nope")
 

@@ -38,17 +38,23 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
+def bench_json(module: str, *args: str, timeout: float) -> Any:
+    """What `python -m module --json *args` prints, once it has exited 0."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", "--out", str(tmp_path),
-         "--rtt", str(QUICK_RTT_MS)],
+        [sys.executable, "-m", module, "--json", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=900,
-    )  # fmt: skip
+        timeout=timeout,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_quick_benchmark_measures_every_figure(tmp_path: Path) -> None:
+    results = bench_json(
+        "bench", "--quick", "--out", str(tmp_path), "--rtt", str(QUICK_RTT_MS), timeout=900
+    )
     assert "http" in results["transports"], results["meta"]["skipped_transports"]
     networks = {"loopback": results["transports"], "rtt": results["rtt"][str(QUICK_RTT_MS)]}
     assert set(networks["rtt"]) == set(results["transports"])
@@ -88,29 +94,10 @@ def test_transport_comparison_command_runs_on_the_recorded_workload(
     """The command behind docs/transports.md, at CI scale: a real opencode database replayed
     through every transport, each write acknowledged, every figure measured."""
     sample = fixtures_dir / "opencode" / "sample-1.18.33.db"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--json",
-            "--out",
-            str(tmp_path),
-            "--replay",
-            str(sample),
-            "--phases",
-            "live",
-            "--rtt",
-            "0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout)
+    results = bench_json(
+        "bench", "--quick", "--out", str(tmp_path), "--replay", str(sample),
+        "--phases", "live", "--rtt", "0", timeout=900,
+    )  # fmt: skip
     assert set(results["transports"]) == {"http", "capnweb-batch", "capnweb-ws", "a2a"}
     for transport, measured in results["transports"].items():
         assert "error" not in measured.get("live", {}), (transport, measured)
@@ -122,15 +109,7 @@ def test_transport_comparison_command_runs_on_the_recorded_workload(
 def test_ingest_benchmark_measures_every_store_and_concurrency() -> None:
     """`python -m bench.ingest` (behind docs/team-receiver.md) at CI scale: SQLite and
     PostgreSQL with one and two replicas, 1, 4 and 16 daemons, every batch acknowledged."""
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--quick", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    runs = json.loads(run.stdout)["runs"]
+    runs = bench_json("bench.ingest", "--quick", timeout=600)["runs"]
     setups = {(r["store"], r["replicas"], r["daemons"]) for r in runs}
     assert setups == {
         (store, replicas, daemons)
@@ -141,3 +120,17 @@ def test_ingest_benchmark_measures_every_store_and_concurrency() -> None:
         assert figures["items"] > 0 and figures["batches"] > 0, figures
         for name in ("items_per_s", "p50_ms", "p99_ms"):
             assert is_number(figures[name]), (name, figures)
+
+
+def test_ingest_benchmark_measures_receiver_cpu_per_item(tmp_path: Path) -> None:
+    """`python -m bench.ingest --cpu` at CI scale: every session of the generated database
+    (20 sessions x 20 parts) acknowledged by the benchmark's receiver, its CPU per item
+    measured and a profile written."""
+    profile = tmp_path / "ingest.prof"
+    figures = bench_json("bench.ingest", "--cpu", "--quick", "--profile", str(profile), timeout=300)
+    # Per session: the session, its diffs, its model list, 2 messages a turn and its parts.
+    assert figures["sessions"] == 20 and figures["items"] == 20 * (3 + 2 + 20)
+    for name in ("items_per_s", "cpu_us_per_item", "loop_cpu_us_per_item"):
+        assert is_number(figures[name]) and figures[name] > 0, (name, figures)
+    assert figures["loop_cpu_us_per_item"] <= figures["cpu_us_per_item"]
+    assert profile.stat().st_size > 0

@@ -226,56 +226,71 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _json_text(value: Any, where: str) -> str:
-    try:
-        return jsontext.dumps_within(value)
-    except jsontext.JsonTextError as exc:
-        raise BadSyncData(f"{where}: data {exc}") from exc
+def text_problem(value: Any) -> str | None:
+    """What keeps `value` from being a non-empty string both stores can keep as text (an id,
+    a secret, a batch key): a UTF-8 form (no lone surrogate), and no NUL (PostgreSQL text
+    holds none); None when nothing does."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if not value.isascii() and not jsontext.is_text(value):  # ASCII has a UTF-8 form
+        return "holds a lone surrogate, which is not text"
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    return None
 
 
 def require_text(value: Any, name: str) -> str:
-    """`value` as a non-empty string both stores can keep as text (an id, a secret, a batch
-    key): a UTF-8 form (no lone surrogate), and no NUL (PostgreSQL text holds none);
-    BadSyncData naming `name` otherwise."""
-    if not isinstance(value, str) or not value:
-        raise BadSyncData(f"{name} must be a non-empty string")
-    if not jsontext.is_text(value):
-        raise BadSyncData(f"{name} holds a lone surrogate, which is not text")
-    if "\x00" in value:
-        raise BadSyncData(f"{name} must not contain NUL characters")
+    """`value` when it is text both stores can keep (`text_problem`); BadSyncData naming
+    `name` otherwise."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise BadSyncData(f"{name} {problem}")
     return value
 
 
-def _require_str(data: dict[str, Any], field: str, where: str) -> str:
-    return require_text(data.get(field), f"{where}: data.{field}")
+def _where(index: int, kind: str) -> str:
+    return f"item {index} ({kind})"
+
+
+def _item_id(data: dict[str, Any], field: str, index: int, kind: str) -> str:
+    value: Any = data.get(field)
+    problem = text_problem(value)
+    if problem is not None:
+        raise BadSyncData(f"{_where(index, kind)}: data.{field} {problem}")
+    return value
 
 
 def item_key(index: int, item: Any, text: str | None = None) -> tuple[str, str, str]:
     """(merge key, kind, JSON text) of one SyncData item; BadSyncData names what is wrong.
-    `text`: the item's data as syncd encoded it already (not encoded again)."""
-    where = f"item {index}"
+    `text`: the item's data as syncd encoded it already (not encoded again). Runs for every
+    item a receiver takes: the message naming a problem is made only when there is one."""
     if not isinstance(item, dict):
-        raise BadSyncData(f"{where}: must be an object with 'type' and 'data'")
+        raise BadSyncData(f"item {index}: must be an object with 'type' and 'data'")
     kind = item.get("type")
     if kind not in SYNC_KINDS:
-        raise BadSyncData(f"{where}: type {kind!r} is not one of {', '.join(SYNC_KINDS)}")
-    where = f"item {index} ({kind})"
+        raise BadSyncData(f"item {index}: type {kind!r} is not one of {', '.join(SYNC_KINDS)}")
     if "data" not in item:
-        raise BadSyncData(f"{where}: 'data' is missing")
+        raise BadSyncData(f"{_where(index, kind)}: 'data' is missing")
     data = item["data"]
     if kind in ("session_diff", "model"):
         if not isinstance(data, list):
-            raise BadSyncData(f"{where}: data must be an array")
+            raise BadSyncData(f"{_where(index, kind)}: data must be an array")
         key = kind
     elif not isinstance(data, dict):
-        raise BadSyncData(f"{where}: data must be an object")
-    elif kind == "session":
-        key = "session"
+        raise BadSyncData(f"{_where(index, kind)}: data must be an object")
+    elif kind == "part":
+        message_id = _item_id(data, "messageID", index, kind)
+        key = f"part/{message_id}/{_item_id(data, 'id', index, kind)}"
     elif kind == "message":
-        key = f"message/{_require_str(data, 'id', where)}"
+        key = f"message/{_item_id(data, 'id', index, kind)}"
     else:
-        key = f"part/{_require_str(data, 'messageID', where)}/{_require_str(data, 'id', where)}"
-    return key, kind, _json_text(data, where) if text is None else text
+        key = "session"
+    if text is None:
+        try:
+            text = jsontext.dumps_within(data)
+        except jsontext.JsonTextError as exc:
+            raise BadSyncData(f"{_where(index, kind)}: data {exc}") from exc
+    return key, kind, text
 
 
 def merged_items(data: Any, texts: list[str] | None) -> list[tuple[str, str, str]]:

@@ -4,7 +4,6 @@ The rules it keeps are described in `base`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import sqlite3
@@ -16,7 +15,7 @@ import aiosqlite
 
 from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
-from ..sqlite import GroupWriter, fetch_all, open_private, transaction
+from ..sqlite import GroupWriter, fetch_all, open_private
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
@@ -70,9 +69,6 @@ class SqliteArchive(ArchiveStore):
     async def close(self) -> None:
         await self._conn.close()
 
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
-        return transaction(self._conn, self._lock)
-
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in await fetch_all(self._conn, self._lock, sql, params)]
 
@@ -90,21 +86,8 @@ class SqliteArchive(ArchiveStore):
 
     async def create_share(self, session_id: str, base_url: str) -> Share:
         check_session_id(session_id)
-        async with self._transaction() as db:
-            return await self._create(db, session_id, base_url)
-
-    async def _create(self, db: aiosqlite.Connection, session_id: str, base_url: str) -> Share:
         secret, stamp = new_secret(), now_ms()
-        for share_id in share_ids(session_id):
-            if not await self._fetch(db, "SELECT 1 FROM share WHERE id = ?", (share_id,)):
-                break
-        url = f"{base_url}/share/{share_id}"
-        await db.execute(
-            "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
-            "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (share_id, session_id, secret, url, stamp, stamp, stamp),
-        )
-        return Share(id=share_id, secret=secret, url=url)
+        return await self._write(lambda db: _create(db, session_id, base_url, secret, stamp))
 
     async def delete_share(self, share_id: str, secret: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
@@ -204,18 +187,50 @@ class SqliteArchive(ArchiveStore):
 
 # -- the writes, each run whole on the connection's thread ------------------------------------
 
+ITEM_UPSERT = (
+    "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
+    "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
+    "seq = excluded.seq"
+)
 
-def _check_secret(db: sqlite3.Connection, share_id: str, secret: str) -> None:
-    row = db.execute("SELECT secret FROM share WHERE id = ?", (share_id,)).fetchone()
+
+def _create(
+    db: sqlite3.Connection, session_id: str, base_url: str, secret: str, stamp: int
+) -> Share:
+    for share_id in share_ids(session_id):
+        if db.execute("SELECT 1 FROM share WHERE id = ?", (share_id,)).fetchone() is None:
+            break
+    url = f"{base_url}/share/{share_id}"
+    db.execute(
+        "INSERT INTO share (id, session_id, secret, url, time_created, time_updated, "
+        "session_updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (share_id, session_id, secret, url, stamp, stamp, stamp),
+    )
+    return Share(id=share_id, secret=secret, url=url)
+
+
+def _check_secret(db: sqlite3.Connection, share_id: str, secret: str) -> tuple[int, int]:
+    """The share's sync count and sequence number, once `secret` is its secret."""
+    row = db.execute(
+        "SELECT secret, sync_count, seq FROM share WHERE id = ?", (share_id,)
+    ).fetchone()
     if row is None:
         raise ShareNotFound()
     if not secret_matches(row[0], secret):
         raise InvalidSecret()
+    return int(row[1]), int(row[2])
 
 
-def _one(db: sqlite3.Connection, sql: str, *params: Any) -> Any:
-    """The first column of the first row `sql` answers."""
-    return db.execute(sql, params).fetchone()[0]
+def _upsert_items(
+    db: sqlite3.Connection, share_id: str, merged: list[tuple[str, str, str]], stamp: int, seq: int
+) -> None:
+    """Store `merged` in order, numbered from seq + 1 (a key met twice: the later wins)."""
+    rows = [
+        (share_id, key, kind, text, stamp, seq + offset)
+        for offset, (key, kind, text) in enumerate(merged, start=1)
+    ]
+    db.executemany(ITEM_UPSERT, rows)
 
 
 def _apply_sync(
@@ -226,46 +241,42 @@ def _apply_sync(
     dedup_key: str | None,
     stamp: int,
 ) -> int:
-    """Merge the items into the share; the share's sync count."""
-    _check_secret(db, share_id, secret)
+    """Merge the items into the share; the share's sync count. The transaction holds the
+    database's write lock, so the count and number read first stay current."""
+    sync_count, seq = _check_secret(db, share_id, secret)
     if dedup_key is not None:
-        seen = db.execute(
-            "SELECT 1 FROM share_sync WHERE share_id = ? AND dedup_key = ?", (share_id, dedup_key)
-        ).fetchone()
-        if seen:
-            return int(_one(db, "SELECT sync_count FROM share WHERE id = ?", share_id))
-        db.execute(
-            "INSERT INTO share_sync (share_id, dedup_key, time_applied) VALUES (?, ?, ?)",
+        applied = db.execute(
+            "INSERT INTO share_sync (share_id, dedup_key, time_applied) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (share_id, dedup_key, stamp),
         )
+        if applied.rowcount == 0:  # applied before
+            return sync_count
         db.execute(
             "DELETE FROM share_sync WHERE share_id = ? AND rowid NOT IN (SELECT rowid "
             "FROM share_sync WHERE share_id = ? ORDER BY rowid DESC LIMIT ?)",
             (share_id, share_id, DEDUP_KEYS_KEPT),
         )
-    seq = int(_one(db, "SELECT seq FROM share WHERE id = ?", share_id))
-    db.executemany(
-        "INSERT INTO share_item (share_id, item_key, kind, data, time_updated, seq) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (share_id, item_key) DO UPDATE SET "
-        "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
-        "seq = excluded.seq",
-        [
-            (share_id, key, kind, text, stamp, seq + offset)
-            for offset, (key, kind, text) in enumerate(merged, start=1)
-        ],
-    )
+    _upsert_items(db, share_id, merged, stamp, seq)
     db.execute(
-        "UPDATE share SET sync_count = sync_count + 1, time_updated = ?, seq = ? WHERE id = ?",
-        (stamp, seq + len(merged), share_id),
+        "UPDATE share SET sync_count = ?, time_updated = ?, seq = ? WHERE id = ?",
+        (sync_count + 1, stamp, seq + len(merged), share_id),
     )
-    if any(kind in ("session", "message") for _, kind, _ in merged):
+    sessions = [text for _, kind, text in merged if kind == "session"]
+    if sessions:  # the newest session item is the batch's last
+        _summarise(db, share_id, sessions[-1])
+    elif any(kind == "message" for _, kind, _ in merged):
         _summarise(db, share_id)
-    return int(_one(db, "SELECT sync_count FROM share WHERE id = ?", share_id))
+    return sync_count + 1
 
 
-def _summarise(db: sqlite3.Connection, share_id: str) -> None:
-    """Bring the share's summary columns up to date with its items."""
-    row = db.execute(
-        "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'", (share_id,)
-    ).fetchone()
-    db.execute(*summary_update(share_id, row[0] if row else None, mark="?"))
+def _summarise(db: sqlite3.Connection, share_id: str, session_text: str | None = None) -> None:
+    """Bring the share's summary columns up to date with its items; `session_text`: its
+    session item's text when the caller has it (read from the share otherwise)."""
+    if session_text is None:
+        row = db.execute(
+            "SELECT data FROM share_item WHERE share_id = ? AND item_key = 'session'",
+            (share_id,),
+        ).fetchone()
+        session_text = row[0] if row else None
+    db.execute(*summary_update(share_id, session_text, mark="?"))

@@ -145,15 +145,15 @@ class Receiver:
         self._count_repeated_batches()
 
     def _count_creates(self) -> None:
-        # Every store makes its shares in `_create` (what create_share runs).
-        create = self.store._create  # type: ignore[attr-defined]
+        # Every route makes its shares with create_share.
+        create = self.store.create_share
 
-        async def counted(*args: Any) -> Share:
-            share = await create(*args)
+        async def counted(*args: Any, **kwargs: Any) -> Share:
+            share = await create(*args, **kwargs)
             self.create_count += 1
             return share
 
-        self.store._create = counted  # type: ignore[attr-defined]
+        self.store.create_share = counted  # type: ignore[method-assign]
 
     def _count_repeated_batches(self) -> None:
         """A batch whose key was applied before, arriving again: a duplicate the sender made
