@@ -20,6 +20,7 @@ from syncd.errors import UserError
 from syncd.model import Batch, Share
 from syncd.transports.a2a import A2aTransport
 from syncd.transports.base import KeyRefusedError, RejectedError, RetryableError
+from syncd.wire.a2a import item_part, part_item
 from tests.support import FIXTURES
 from tests.support.receiver import Receiver, running_receiver
 
@@ -270,3 +271,25 @@ def test_missing_sdk_is_a_one_line_user_error(monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture(params=BINDINGS)
 def binding(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.mark.parametrize("shape", ["objects", "arrays", "mixed"])
+def test_a_deeply_nested_item_is_carried_by_a_part_protobuf_reads_back(shape: str) -> None:
+    """Every nesting up to the JSON text's own limit reaches the receiver unchanged: protobuf
+    refuses a data part nested too deep when it reads the message (objects nested 33 deep
+    were; hypothesis found one in tests/test_poison_items.py), so those go as text parts."""
+    from a2a.types.a2a_pb2 import Message
+
+    wrap = {
+        "objects": lambda value: {"k": value},
+        "arrays": lambda value: [value],
+        "mixed": lambda value: {"k": [value]},
+    }[shape]
+    for levels in (1, 10, 23, 24, 40, 200):
+        value: Any = 1
+        for _ in range(levels):
+            value = wrap(value)
+        item = {"type": "part", "data": {"id": "prt_1", "deep": value}}
+        sent = Message(parts=[item_part(item)])
+        [part] = Message.FromString(sent.SerializeToString()).parts
+        assert part_item(part) == item, (shape, levels)

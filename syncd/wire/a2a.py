@@ -69,6 +69,12 @@ def _whole_to_int(value: Any) -> Any:
     return value
 
 
+# protobuf's parser (upb, on both ends) refuses a message nested beyond 100 levels, and in a
+# data part each JSON object costs three (Value, Struct, its map entry): objects nested 33 deep
+# in an item were refused when the message was read back. Deeper items go as text parts.
+DATA_PART_MAX_DEPTH = 24
+
+
 def item_part(item: SyncItem) -> Part:
     """The A2A part carrying one SyncData item (see the module docstring); ValueError (a
     JsonTextError) for an item no part can carry."""
@@ -76,9 +82,10 @@ def item_part(item: SyncItem) -> Part:
     from google.protobuf import json_format, struct_pb2
 
     try:
+        jsontext.check_depth(item, DATA_PART_MAX_DEPTH)
         if _exact_as_double(item):
             return Part(data=json_format.ParseDict(item, struct_pb2.Value()))
-    except (json_format.ParseError, RecursionError):
+    except (jsontext.JsonTextError, json_format.ParseError, RecursionError):
         pass  # deeper than protobuf parses: the text part carries it
     return Part(text=jsontext.dumps(item), media_type=JSON_MEDIA_TYPE)
 
