@@ -60,15 +60,26 @@ async def _use_wal(conn: aiosqlite.Connection) -> None:
         await asyncio.sleep(0.02)
 
 
+async def read_whole(
+    conn: aiosqlite.Connection, lock: asyncio.Lock, work: Callable[[sqlite3.Connection], T]
+) -> T:
+    """`work(connection)` run whole, in one hand-off, under the lock that `transaction` takes.
+    A read that interleaves with another task's writes on the same connection sees a
+    transaction half done, and a statement left pending while another task writes the table it
+    walks has read "database disk image is malformed" (the state store did, under load)."""
+    async with lock:
+        return await in_thread(conn, work)
+
+
 async def fetch_all(
     conn: aiosqlite.Connection, lock: asyncio.Lock, sql: str, params: Iterable[Any] = ()
 ) -> list[Any]:
-    """Every row of one query, run whole under the lock that `transaction` takes. A read that
-    interleaves with another task's writes on the same connection sees a transaction half done,
-    and a statement left pending while another task writes the table it walks has read
-    "database disk image is malformed" (the state store did, under load)."""
-    async with lock:
-        return list(await conn.execute_fetchall(sql, tuple(params)))
+    """Every row of one query (`read_whole`)."""
+    return await read_whole(conn, lock, functools.partial(query_rows, sql=sql, params=params))
+
+
+def query_rows(db: sqlite3.Connection, *, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    return db.execute(sql, tuple(params)).fetchall()
 
 
 @contextlib.asynccontextmanager

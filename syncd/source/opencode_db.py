@@ -23,7 +23,7 @@ import aiosqlite
 
 from ..errors import UserError
 from ..model import Share
-from ..sqlite import in_thread
+from ..sqlite import in_thread, query_rows
 from . import json_store
 from .storage import storage_dir
 
@@ -241,7 +241,7 @@ class OpencodeDb:
     async def rows(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         # One hand-off to the connection's thread (execute, fetch and close would be three), so
         # no statement stays open across an await while a JSON refresh rewrites its tables.
-        query = functools.partial(_fetch_all, sql=sql, params=tuple(params))
+        query = functools.partial(query_rows, sql=sql, params=tuple(params))
         async with self._reading() as conn:
             return await in_thread(conn, functools.partial(_decoding, work=query))
 
@@ -303,10 +303,6 @@ async def _read_transaction(conn: aiosqlite.Connection) -> AsyncIterator[None]:
 def _end_read(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         db.execute("COMMIT")
-
-
-def _fetch_all(db: sqlite3.Connection, *, sql: str, params: tuple[Any, ...]) -> list[Any]:
-    return db.execute(sql, params).fetchall()
 
 
 def _decoding(db: sqlite3.Connection, *, work: Callable[[sqlite3.Connection], T]) -> T:

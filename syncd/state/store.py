@@ -22,7 +22,7 @@ from .. import jsontext
 from ..errors import UserError, os_problem
 from ..model import Cursor, PendingItem, Share
 from ..redact import scrub
-from ..sqlite import GroupWriter, fetch_all, in_thread, open_private, transaction
+from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -269,8 +269,7 @@ class StateStore:
             return items, cursor[0] if cursor else None
 
         with self._told():
-            async with self._lock:
-                return await in_thread(self._conn, read)
+            return await read_whole(self._conn, self._lock, read)
 
     async def ack(
         self, session_id: str, items: Iterable[PendingItem], diff_hash: str | None = None
