@@ -215,3 +215,25 @@ async def test_time_updated_going_backwards_still_delivers(
     assert got["parts"][part]["text"] == "after"
     assert got["session"]["title"] == "after"
     writer.close()
+
+
+async def test_a_row_whose_id_is_not_utf8_text_is_dead_lettered_not_skipped(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """An id no query can find again (TEXT that is not UTF-8) was read back as bytes, looked
+    up, not found, taken for a row deleted since, and acknowledged: `sync` said everything was
+    delivered while the part was missing from the remote copy (and, dead-lettered with that
+    id, `dead-letters list` and `status --json` failed on bytes)."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    good = writer.part(sid, mid, {"type": "text", "text": "fine"})
+    twin = writer.part(sid, mid, {"type": "text", "text": "its id goes bad"})
+    writer.conn.execute("UPDATE part SET id = CAST(? AS TEXT) WHERE id = ?",
+                        (b"prt_\xff" + twin.encode(), twin))  # fmt: skip
+    config = make_config(tmp_path, writer.path)
+    await sync_expecting(config, 1)
+    assert good in (await archived(config))[sid]["parts"]
+    [reason] = (await dead_letters(config)).values()
+    assert "id" in reason and "not valid UTF-8" in reason
+    writer.close()

@@ -33,7 +33,11 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
     loaded = Loaded()
     by_kind: dict[str, list[PendingItem]] = {}
     for item in pending:
-        by_kind.setdefault(item.kind, []).append(item)
+        if isinstance(item.item_id, str):
+            by_kind.setdefault(item.kind, []).append(item)
+        else:  # TEXT that is not UTF-8, read as bytes: no query finds the row by it again
+            reason = f"{item.kind} id {item.item_id!r} is not valid UTF-8 text"
+            loaded.bad.append((item, reason, None))
 
     def fetch(conn: sqlite3.Connection) -> dict[tuple[str, str], Any]:
         rows: dict[tuple[str, str], Any] = {}
@@ -48,6 +52,8 @@ async def load(db: OpencodeDb, pending: list[PendingItem], catalogue: ModelCatal
     rows = await db.read(fetch)
     model_refs: set[tuple[str, str]] = set()
     for item in pending:
+        if not isinstance(item.item_id, str):
+            continue  # dead-lettered above
         row = rows.get((item.kind, item.item_id))
         if row is None:
             loaded.gone.append(item)

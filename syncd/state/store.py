@@ -62,6 +62,14 @@ class StateError(UserError):
     exit_code = 1
 
 
+def _readable_id(item_id: str | bytes) -> str:
+    """A dead letter's id as text every listing can show: an id opencode stored as TEXT that
+    is not UTF-8 is read as bytes (and no query can find its row by it again)."""
+    if isinstance(item_id, bytes):
+        return item_id.decode("utf-8", "backslashreplace")
+    return item_id
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -302,7 +310,14 @@ class StateStore:
                 "INSERT INTO dead_letter (session_id, kind, item_id, payload, reason, "
                 "time_created) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (session_id, item.kind, item.item_id, _payload(payload), reason, stamp)
+                    (
+                        session_id,
+                        item.kind,
+                        _readable_id(item.item_id),
+                        _payload(payload),
+                        reason,
+                        stamp,
+                    )
                     for item, payload in letters
                 ],
             )
