@@ -539,6 +539,32 @@ class SessionDelivery:
                 wait=round(state.upcoming_sleep, 2),
             )
 
+        try:
+            result: T = await attempt()
+        except RetryableError as error:
+            result = await self._retry_after(error, attempt, note)
+        await self._conditions.clear(RECEIVER)
+        return result
+
+    async def _retry_after(
+        self,
+        failure: RetryableError,
+        attempt: Callable[[], Awaitable[T]],
+        note: Callable[[RetryCallState], Awaitable[None]],
+    ) -> T:
+        """`attempt` again, with backoff, after its first `failure`. Most calls succeed at
+        once, so only a failed one pays for tenacity's machinery (which cost more per call than
+        a backfill's batch bookkeeping): the failure is its attempt 1, so the waits, the stop
+        and the notes are those of a loop that had made that attempt itself."""
+        first: RetryableError | None = failure
+
+        async def replayed_then_attempt() -> T:
+            nonlocal first
+            if first is not None:
+                error, first = first, None
+                raise error
+            return await attempt()
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             wait=self._policy.wait,
@@ -547,9 +573,7 @@ class SessionDelivery:
             before_sleep=note,
             reraise=True,
         )
-        result: T = await retrying(attempt)
-        await self._conditions.clear(RECEIVER)
-        return result
+        return await retrying(replayed_then_attempt)
 
     async def _bounded(self, operation: str, call: Awaitable[T], sent: int = 0) -> T:
         """One call within its deadline, its failure in the delivery loop's terms: what the
