@@ -42,15 +42,37 @@ async def test_create_and_sync_land_in_the_archive(
     assert transport.name == "local"
     assert examples["create-request"]["sessionID"] == SESSION_ID
     batch = Batch(SESSION_ID, items_of(examples))
+    # The share and its first batch are one write.
     created = await transport.create(SESSION_ID, batch)
-    assert created.synced is False
+    assert created.synced is True
     # The share url is the page `syncd serve` shows this archive's share at.
     assert created.share.url == f"{SERVE_URL}/share/{created.share.id}"
-    await transport.sync(created.share, batch)
     doc = await store.read_share(created.share.id)
     assert doc["session"] == examples["session"]["data"]
     assert doc["parts"] == [examples["part:text"]["data"]]
     assert doc["messages"] == [examples["message"]["data"]]
+    # The batch carried its key: sent again after a lost acknowledgement, it changes nothing.
+    assert await store.sync(created.share.id, created.share.secret, []) == 2
+    await transport.sync(created.share, batch)
+    assert await store.sync(created.share.id, created.share.secret, []) == 3
+
+
+async def test_a_refused_first_batch_leaves_the_share_alone_for_sync_to_judge(
+    store: ShareStore, examples: dict[str, Any]
+) -> None:
+    """As a receiver's pipelined create: the share stands, nothing of the batch is stored, and
+    sync() refuses the batch with the item named (so delivery splits it there)."""
+    transport = LocalTransport(store, SERVE_URL)
+    good = items_of(examples)[0]
+    batch = Batch(SESSION_ID, [good, {"type": "part", "data": {}}])
+    created = await transport.create(SESSION_ID, batch)
+    assert created.synced is False
+    assert [share["id"] for share in await store.list_shares()] == [created.share.id]
+    assert (await store.read_items(created.share.id)) == []
+    with pytest.raises(RejectedError, match=r"item 1 \(part\)"):
+        await transport.sync(created.share, batch)
+    await transport.sync(created.share, Batch(SESSION_ID, [good]))
+    assert (await store.read_items(created.share.id)) == [good]
 
 
 async def test_the_same_batch_is_applied_once(store: ShareStore) -> None:

@@ -155,6 +155,29 @@ async def test_bad_item_rejects_the_whole_batch(store: ArchiveStore) -> None:
     assert await store.sync(share.id, share.secret, []) == 2  # one sync counted before
 
 
+async def test_a_share_created_with_its_first_batch_is_both_or_neither(
+    store: ArchiveStore,
+) -> None:
+    share = await store.create_share_with(
+        SESSION_ID, "http://x", [message("msg_1", v=1), part("prt_1", "msg_1")], dedup_key="b1"
+    )
+    assert [row["id"] for row in await store.list_shares()] == [share.id]
+    stored = await store.read_share(share.id)
+    assert [m["v"] for m in stored["messages"]] == [1]
+    assert [p["id"] for p in stored["parts"]] == ["prt_1"]
+    # The first batch counted as a sync, under its key: re-sent, it changes nothing.
+    assert await store.sync(share.id, share.secret, [message("msg_1", v=2)], dedup_key="b1") == 1
+    # A refused batch: no share is made (the session's share id stays free).
+    other = "ses_other_session"
+    with pytest.raises(BadSyncData, match=re.escape("item 1: type 'todo'")):
+        await store.create_share_with(other, "http://x", [message("m"), {"type": "todo"}])
+    with pytest.raises(BadSyncData):
+        await store.create_share_with("", "http://x", [message("m")])
+    assert [row["id"] for row in await store.list_shares()] == [share.id]
+    again = await store.create_share_with(other, "http://x", [])
+    assert again.id == other[-len(again.id) :]
+
+
 async def test_unknown_share_and_wrong_secret(store: ArchiveStore) -> None:
     share = await store.create_share(SESSION_ID, "http://x")
     with pytest.raises(ShareNotFound, match=r"^Share not found$"):

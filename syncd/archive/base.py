@@ -378,6 +378,18 @@ class ArchiveStore(ABC):
         characters cannot name a share in a url (`share_ids`)."""
 
     @abstractmethod
+    async def create_share_with(
+        self,
+        session_id: str,
+        base_url: str,
+        data: list[Any],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
+    ) -> Share:
+        """`create_share` and the first `sync` of `data`, in one transaction: both or neither
+        (BadSyncData: the items are refused and no share was made)."""
+
+    @abstractmethod
     async def delete_share(self, share_id: str, secret: str) -> None: ...
 
     @abstractmethod

@@ -224,6 +224,21 @@ class PostgresArchive(ArchiveStore):
 
     # -- content ---------------------------------------------------------------------------
 
+    async def create_share_with(
+        self,
+        session_id: str,
+        base_url: str,
+        data: list[Any],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
+    ) -> Share:
+        check_session_id(session_id)
+        merged = merged_items(data, texts)
+        async with self._transaction() as conn:
+            share = await self._create(conn, session_id, base_url)
+            await self._apply(conn, share.id, share.secret, merged, dedup_key, now_ms())
+        return share
+
     async def sync(
         self,
         share_id: str,
@@ -233,42 +248,54 @@ class PostgresArchive(ArchiveStore):
         texts: list[str] | None = None,
     ) -> int:
         merged = merged_items(data, texts)
-        stamp = now_ms()
         async with self._transaction() as conn:
-            seq, sync_count = await self._lock_share(conn, share_id, secret)
-            if dedup_key is not None:
-                fresh = await self._fetchone(
-                    conn,
-                    "INSERT INTO share_sync (share_id, dedup_key, time_applied) "
-                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                    (share_id, dedup_key.encode("utf-8", "surrogatepass"), stamp),
-                )
-                if fresh is None:
-                    return sync_count
-                # The newest DEDUP_KEYS_KEPT keys of the share stay.
-                await conn.execute(
-                    "DELETE FROM share_sync WHERE share_id = %s AND applied <= (SELECT applied "
-                    "FROM share_sync WHERE share_id = %s ORDER BY applied DESC OFFSET %s LIMIT 1)",
-                    (share_id, share_id, DEDUP_KEYS_KEPT),
-                )
-            # One row per key, the batch's last item for it winning, as if applied in order;
-            # each item's seq is its place in the batch.
-            newest = {key: (kind, text, seq + n) for n, (key, kind, text) in enumerate(merged, 1)}
-            if newest:
-                kinds, bodies, seqs = zip(*newest.values(), strict=True)
-                await conn.execute(
-                    UPSERT_ITEMS,
-                    (share_id, stamp, list(newest), list(kinds), list(bodies), list(seqs)),
-                )
-            row = await self._fetchone(
+            return await self._apply(conn, share_id, secret, merged, dedup_key, now_ms())
+
+    async def _apply(
+        self,
+        conn: Conn,
+        share_id: str,
+        secret: str,
+        merged: list[tuple[str, str, str]],
+        dedup_key: str | None,
+        stamp: int,
+    ) -> int:
+        """Merge the checked items into the share, inside the caller's transaction; the
+        share's sync count."""
+        seq, sync_count = await self._lock_share(conn, share_id, secret)
+        if dedup_key is not None:
+            fresh = await self._fetchone(
                 conn,
-                "UPDATE share SET sync_count = sync_count + 1, time_updated = %s, seq = %s "
-                "WHERE id = %s RETURNING sync_count",
-                (stamp, seq + len(merged), share_id),
+                "INSERT INTO share_sync (share_id, dedup_key, time_applied) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                (share_id, dedup_key.encode("utf-8", "surrogatepass"), stamp),
             )
-            if any(kind in ("session", "message") for kind, _, _ in newest.values()):
-                await self._summarise(conn, share_id)
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, share_id))
+            if fresh is None:
+                return sync_count
+            # The newest DEDUP_KEYS_KEPT keys of the share stay.
+            await conn.execute(
+                "DELETE FROM share_sync WHERE share_id = %s AND applied <= (SELECT applied "
+                "FROM share_sync WHERE share_id = %s ORDER BY applied DESC OFFSET %s LIMIT 1)",
+                (share_id, share_id, DEDUP_KEYS_KEPT),
+            )
+        # One row per key, the batch's last item for it winning, as if applied in order;
+        # each item's seq is its place in the batch.
+        newest = {key: (kind, text, seq + n) for n, (key, kind, text) in enumerate(merged, 1)}
+        if newest:
+            kinds, bodies, seqs = zip(*newest.values(), strict=True)
+            await conn.execute(
+                UPSERT_ITEMS,
+                (share_id, stamp, list(newest), list(kinds), list(bodies), list(seqs)),
+            )
+        row = await self._fetchone(
+            conn,
+            "UPDATE share SET sync_count = sync_count + 1, time_updated = %s, seq = %s "
+            "WHERE id = %s RETURNING sync_count",
+            (stamp, seq + len(merged), share_id),
+        )
+        if any(kind in ("session", "message") for kind, _, _ in newest.values()):
+            await self._summarise(conn, share_id)
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, share_id))
         return int(row[0])
 
     async def read_items(self, share_id: str) -> list[SyncItem]:

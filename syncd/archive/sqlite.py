@@ -89,6 +89,27 @@ class SqliteArchive(ArchiveStore):
         secret, stamp = new_secret(), now_ms()
         return await self._write(lambda db: _create(db, session_id, base_url, secret, stamp))
 
+    async def create_share_with(
+        self,
+        session_id: str,
+        base_url: str,
+        data: list[Any],
+        dedup_key: str | None = None,
+        texts: list[str] | None = None,
+    ) -> Share:
+        check_session_id(session_id)
+        merged = _checked(data, texts, dedup_key)
+        secret, stamp = new_secret(), now_ms()
+
+        def create_and_sync(db: sqlite3.Connection) -> Share:
+            share = _create(db, session_id, base_url, secret, stamp)
+            _apply_sync(db, share.id, secret, merged, dedup_key, stamp)
+            return share
+
+        share = await self._write(create_and_sync)
+        self.waiters.wake(share.id)
+        return share
+
     async def delete_share(self, share_id: str, secret: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
             _check_secret(db, share_id, secret)
@@ -116,9 +137,7 @@ class SqliteArchive(ArchiveStore):
         dedup_key: str | None = None,
         texts: list[str] | None = None,
     ) -> int:
-        merged = merged_items(data, texts)
-        if dedup_key is not None:
-            require_text(dedup_key, "the batch key")
+        merged = _checked(data, texts, dedup_key)
         stamp = now_ms()
         count = await self._write(
             lambda db: _apply_sync(db, share_id, secret, merged, dedup_key, stamp)
@@ -193,6 +212,17 @@ ITEM_UPSERT = (
     "kind = excluded.kind, data = excluded.data, time_updated = excluded.time_updated, "
     "seq = excluded.seq"
 )
+
+
+def _checked(
+    data: list[Any], texts: list[str] | None, dedup_key: str | None
+) -> list[tuple[str, str, str]]:
+    """A sync's items as `merged_items` checks them, and its batch key checked, before any
+    write."""
+    merged = merged_items(data, texts)
+    if dedup_key is not None:
+        require_text(dedup_key, "the batch key")
+    return merged
 
 
 def _create(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 from typing import ClassVar, TypeVar
 
@@ -49,6 +50,17 @@ class LocalTransport(Transport):
         self.base_url = base_url
 
     async def create(self, session_id: str, batch: Batch | None) -> Created:
+        if batch is not None:
+            # The share and its first batch in one transaction (one write, one commit).
+            with contextlib.suppress(RejectedError):
+                share = await _outcome(
+                    self.store.create_share_with(
+                        session_id, self.base_url, batch.items, batch.key, batch.texts
+                    )
+                )
+                return Created(share=share, synced=True)
+            # Refused, nothing was made: the share alone, as a receiver's pipelined create
+            # leaves it; sync() sends the batch again, and its refusal splits it there.
         share = await _outcome(self.store.create_share(session_id, base_url=self.base_url))
         return Created(share=share, synced=False)
 
