@@ -8,7 +8,6 @@ endpoint (`syncd.metrics_server`) renders them for Prometheus and answers `/heal
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -81,9 +80,10 @@ class Metrics:
         if ok:
             self.health.success()
 
-    def record_retry(self, error: str) -> None:
+    def record_retry(self, error: str, retry_in: float) -> None:
+        """A failed call, tried again in `retry_in` seconds."""
         self.retries.labels(self.transport).inc()
-        self.health.failure(error)
+        self.health.failure(error, retry_in)
 
     def record_delivered(self, items: int, size: int) -> None:
         self.items_sent.labels(self.transport).inc(items)
@@ -112,30 +112,37 @@ class Metrics:
 
 
 class Health:
-    """Unhealthy after `max_failures` consecutive failed calls within `period` seconds (the
-    next successful call makes it healthy again), and while a condition lasts (the receiver
+    """Unhealthy after `max_failures` consecutive failed calls while the failing goes on: until
+    the next successful call, or until `period` passes after the last retry that was due with
+    none since (nothing left to retry). Measured from the retry a delivery waits for, not from
+    each failure: once its backoff reaches backoff_max (as long as the period by default)
+    failures come too seldom for `max_failures` of them to fit in any one period, and a long
+    outage would read as healthy. Also unhealthy while a condition lasts (the receiver
     refusing the key, the opencode database unreadable: `conditions`, by name)."""
 
     def __init__(self, max_failures: int, period: float) -> None:
         self.max_failures = max_failures
         self.period = period
-        self._failures: deque[float] = deque()
+        self._failures = 0
+        self._retry_due = 0.0  # when the last retry of the failures counted is due (monotonic)
         self.last_error: str | None = None
         self.conditions: dict[str, str] = {}
 
     def success(self) -> None:
-        self._failures.clear()
+        self._failures = 0
         self.last_error = None
 
-    def failure(self, error: str) -> None:
-        self._failures.append(time.monotonic())
+    def failure(self, error: str, retry_in: float = 0.0) -> None:
+        """A failed call; `retry_in`: seconds until it is tried again (0: it is not)."""
+        now = time.monotonic()
+        self._failures = self.consecutive_failures() + 1
+        self._retry_due = max(self._retry_due, now + retry_in)
         self.last_error = jsontext.readable_text(scrub(error))  # shown on /health, as JSON
 
     def consecutive_failures(self) -> int:
-        horizon = time.monotonic() - self.period
-        while self._failures and self._failures[0] < horizon:
-            self._failures.popleft()
-        return len(self._failures)
+        if time.monotonic() > self._retry_due + self.period:
+            self._failures = 0
+        return self._failures
 
     @property
     def healthy(self) -> bool:

@@ -188,8 +188,8 @@ async def test_row_deleted_between_capture_and_send(tmp_path: Path, fixtures_dir
 
 TABLE_MODE_CLOCK = pytest.mark.xfail(
     strict=True,
-    reason="known limitation: without a journal, changes are found by time_updated watermarks, "
-    "so a row rewritten with an older time_updated is missed until the clock passes the mark",
+    reason="known limitation: without a journal, changes are found by time_updated, so a row "
+    "rewritten more than RESTAMP_MARGIN_MS below both the watermark and now is missed",
 )
 
 

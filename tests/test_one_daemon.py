@@ -7,6 +7,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.expected import assert_receiver_matches, database_snapshot
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import running_receiver
@@ -21,10 +23,11 @@ async def wait_for_lock_owner(lock: Path, pid: int) -> None:
     raise AssertionError(f"syncd {pid} never took {lock}")
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
 async def test_second_run_refuses_and_sync_waits_for_the_daemon(
-    tmp_path: Path, fixtures_dir: Path
+    tmp_path: Path, fixtures_dir: Path, journal: bool
 ) -> None:
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
     state = tmp_path / "state.db"

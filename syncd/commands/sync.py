@@ -183,10 +183,12 @@ async def _wait_for_daemon(config: Config, give_up_after: float) -> int:
 async def _until_delivered(
     config: Config, db: OpencodeDb, state: StateStore, give_up_after: float
 ) -> int:
-    detector = ChangeDetector(db, only_shared=config.sessions == "shared")
     deadline = asyncio.get_running_loop().time() + give_up_after
     while True:
         cursors = await state.cursors()
+        # A new detector each look: one that remembers what it saw would not name again a
+        # change the daemon has not captured yet.
+        detector = ChangeDetector(db, only_shared=config.sessions == "shared")
         changes = await detector.detect(cursors)
         behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id))]
         pending = await state.pending_sessions()

@@ -527,7 +527,7 @@ class SessionDelivery:
         async def note(state: RetryCallState) -> None:
             self._stop_reading(session_id)  # backing off: others may read meanwhile
             error = state.outcome.exception() if state.outcome else None
-            self._metrics.record_retry(str(error))
+            self._metrics.record_retry(str(error), state.upcoming_sleep)
             await self._state.record_error(session_id, str(error))
             if isinstance(error, KeyRefusedError):
                 await self._conditions.set(RECEIVER, f"the receiver refuses the key: {error}")

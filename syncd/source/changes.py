@@ -4,8 +4,8 @@ Two ways to see a change, chosen per session:
 - the journal (`event_sequence` / `event`): a session whose `seq` moved is read from its
   cursor on, and its events name the entities that changed;
 - the tables alone, for a database without a journal (or a session the journal does not
-  know yet): rows whose `time_updated`, or a diff file whose modification time, reached the
-  session's watermark.
+  know yet): rows whose `time_updated`, or a diff file whose modification time, is new or
+  changed since the last read, looked for from a margin below the session's watermark.
 A session seen for the first time, or whose journal has a gap or went backwards (another
 database under the same name), is captured whole; so is every session of a database captured
 afresh (`fresh`: the file was replaced). A session that vanished from the `session` table was
@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import jsontext
 from ..model import Cursor
@@ -29,6 +30,12 @@ ItemKey = tuple[str, str]  # (kind, id); kind is session | message | part
 # Without a journal, a part can grow without its session's time_updated moving: sessions
 # active this recently are checked on every wake-up, the others on the deep safety poll.
 ACTIVE_WINDOW_MS = 15 * 60 * 1000
+# A row's `time_updated` is its writer's wall clock when it built the row, not the order of
+# commits: another opencode process commits a row stamped before the newest one syncd read,
+# and a clock set back stamps new rows below it. Table mode reads rows from this far below the
+# watermark (or below now, when the clock went back past it) and captures those it has not
+# seen with their stamp.
+RESTAMP_MARGIN_MS = 60 * 1000
 
 
 @dataclass
@@ -61,9 +68,9 @@ class ChangeDetector:
     def __init__(self, db: OpencodeDb, *, only_shared: bool) -> None:
         self._db = db
         self.only_shared = only_shared
-        # Table mode: ids already captured at the watermark millisecond, so that `>=` (which
-        # must not miss a row committed later in the same millisecond) does not re-capture.
-        self._at_watermark: dict[str, set[str]] = {}
+        # Table mode, per session: the stamps of the entities read at or above its last floor
+        # (_floor), so that reading again from below the watermark captures only the new.
+        self._seen: dict[str, dict[ItemKey, int]] = {}
 
     async def scan(
         self, cursors: dict[str, Cursor], *, deep: bool = False, fresh: bool = False
@@ -75,7 +82,7 @@ class ChangeDetector:
         db = self._db
         await db.readable()
         if fresh:
-            self._at_watermark.clear()
+            self._seen.clear()
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -117,22 +124,21 @@ class ChangeDetector:
         if check_rows or cursor is None or cursor.time_updated is None:
             return True
         watermark = cursor.time_updated
-        seen = self._at_watermark.get(session_id, set())
-        return time_updated > watermark or (time_updated == watermark and session_id not in seen)
+        seen = self._seen.get(session_id, {}).get(("session", session_id))
+        return time_updated > watermark or (time_updated == watermark and seen != time_updated)
 
     async def changes(self, scan: Scan, cursors: dict[str, Cursor]) -> AsyncIterator[SessionChange]:
         """The changed sessions of `scan`, one at a time: each is read in its own snapshot and
         handed over before the next is read, so neither memory nor a read transaction grows
         with the database (a first capture of a million parts included)."""
-        for session_id, head, time_updated in scan.candidates:
+        for session_id, head, _ in scan.candidates:
             cursor = None if scan.fresh else cursors.get(session_id)
             # The whole read in one hand-off to the connection's thread.
             if head is not None:
                 read = functools.partial(self._from_journal, session_id=session_id, head=head,
                                          cursor=cursor)  # fmt: skip
             else:
-                read = functools.partial(self._from_tables, session_id=session_id,
-                                         time_updated=time_updated, cursor=cursor)  # fmt: skip
+                read = functools.partial(self._from_tables, session_id=session_id, cursor=cursor)
             change = await self._db.read(read)
             if change is not None:
                 scan.rows_read += len(change.keys)
@@ -169,41 +175,14 @@ class ChangeDetector:
         return change
 
     def _from_tables(
-        self,
-        db: sqlite3.Connection,
-        *,
-        session_id: str,
-        time_updated: int,
-        cursor: Cursor | None,
+        self, db: sqlite3.Connection, *, session_id: str, cursor: Cursor | None
     ) -> SessionChange | None:
-        watermark = cursor.time_updated if cursor and cursor.time_updated is not None else -1
-        seen = self._at_watermark.get(session_id, set())
-        # The session's own stamp as of this snapshot, consistent with the rows read with it
-        # (the session list was read earlier: a rename since then must not fall below the
-        # watermark its newer rows set).
-        row = db.execute("SELECT time_updated FROM session WHERE id = ?", (session_id,)).fetchone()
-        session_stamp = row[0] if row else time_updated
-        # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
-        # stamp tells whether the session must be read again for it.
-        diff_stamp = storage.diff_stamp(self._db.storage, session_id)
-        stamps: dict[ItemKey, int] = {("session", session_id): max(session_stamp, diff_stamp or 0)}
-        for kind in ("message", "part"):
-            rows = db.execute(
-                f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
-                (session_id, watermark),
-            )
-            stamps.update(((kind, row[0]), row[1]) for row in rows)
-        fresh = {
-            key: stamp
-            for key, stamp in stamps.items()
-            if stamp > watermark or (stamp == watermark and key[1] not in seen)
-        }
+        stamps = _table_stamps(db, self._db.storage, session_id, _floor(cursor))
+        fresh = _unseen(stamps, self._seen.get(session_id, {}))
+        self._seen[session_id] = stamps
         if not fresh:
             return None
-        newest = max(fresh.values())
-        boundary = {key[1] for key, stamp in fresh.items() if stamp == newest}
-        self._at_watermark[session_id] = boundary | seen if newest == watermark else boundary
-        return SessionChange(session_id, keys=set(fresh), time_updated=newest)
+        return SessionChange(session_id, keys=fresh, time_updated=max(stamps.values()))
 
     async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
         """How many entities a capture of `scan` will record, per session, counted without
@@ -225,40 +204,66 @@ class ChangeDetector:
                 ):
                     if session_id in whole:
                         counts[session_id] += rows
-            for session_id, head, time_updated in scan.candidates:
-                if session_id not in whole:
-                    newer = await self._count_newer(
-                        session_id, head, time_updated, cursors[session_id]
+            for session_id, head, _ in scan.candidates:
+                if session_id not in whole and head is not None:
+                    # The entities _keys_from_events would name (one updated twice counts once).
+                    row = await self._db.one(
+                        "SELECT COUNT(DISTINCT CASE WHEN type LIKE 'session.%' THEN 'session' "
+                        "ELSE COALESCE(json_extract(data, '$.part.id'), "
+                        "json_extract(data, '$.info.id')) END) "
+                        "FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ?",
+                        (session_id, cursors[session_id].journal_seq, head),
                     )
-                    if newer:
-                        counts[session_id] = newer
+                    if row[0]:
+                        counts[session_id] = int(row[0])
+        for session_id, head, _ in scan.candidates:
+            if session_id not in whole and head is None:
+                # The rows _from_tables would capture: their ids and stamps, not their data.
+                floor = _floor(cursors[session_id])
+                read = functools.partial(_table_stamps, storage_path=self._db.storage,
+                                         session_id=session_id, floor=floor)  # fmt: skip
+                newer = _unseen(await self._db.read(read), self._seen.get(session_id, {}))
+                if newer:
+                    counts[session_id] = len(newer)
         return counts
-
-    async def _count_newer(
-        self, session_id: str, head: int | None, time_updated: int, cursor: Cursor
-    ) -> int:
-        if head is not None:
-            # The entities _keys_from_events would name (an entity updated twice counts once).
-            row = await self._db.one(
-                "SELECT COUNT(DISTINCT CASE WHEN type LIKE 'session.%' THEN 'session' ELSE "
-                "COALESCE(json_extract(data, '$.part.id'), json_extract(data, '$.info.id')) END) "
-                "FROM event WHERE aggregate_id = ? AND seq > ? AND seq <= ?",
-                (session_id, cursor.journal_seq, head),
-            )
-            return int(row[0])
-        watermark = cursor.time_updated if cursor.time_updated is not None else -1
-        newer = int(time_updated > watermark)  # the session itself
-        for kind in ("message", "part"):
-            row = await self._db.one(
-                f"SELECT COUNT(*) FROM {kind} WHERE session_id = ? AND time_updated > ?",
-                (session_id, watermark),
-            )
-            newer += int(row[0])
-        return newer
 
     async def whole_session(self, session_id: str) -> set[ItemKey]:
         """Every entity of the session: for a first capture, a journal gap, a lost share."""
         return await self._db.read(functools.partial(_whole_session, session_id=session_id))
+
+
+def _floor(cursor: Cursor | None) -> int:
+    """The lowest `time_updated` table mode reads a session's rows from (-1: all of them)."""
+    if cursor is None or cursor.time_updated is None:
+        return -1
+    return min(cursor.time_updated, int(time.time() * 1000)) - RESTAMP_MARGIN_MS
+
+
+def _table_stamps(
+    db: sqlite3.Connection, storage_path: Path, session_id: str, floor: int
+) -> dict[ItemKey, int]:
+    """The session's entities stamped at or above `floor`, with their stamps, as of this
+    snapshot. The session's own stamp is read here, not taken from the session list read
+    earlier: a rename since then must be seen with the rows read with it."""
+    stamps: dict[ItemKey, int] = {}
+    row = db.execute("SELECT time_updated FROM session WHERE id = ?", (session_id,)).fetchone()
+    if row is not None:
+        # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
+        # stamp tells whether the session must be read again for it.
+        stamp = max(row[0], storage.diff_stamp(storage_path, session_id) or 0)
+        if stamp >= floor:
+            stamps[("session", session_id)] = stamp
+    for kind in ("message", "part"):
+        rows = db.execute(
+            f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
+            (session_id, floor),
+        )
+        stamps.update(((kind, row[0]), row[1]) for row in rows)
+    return stamps
+
+
+def _unseen(stamps: dict[ItemKey, int], seen: dict[ItemKey, int]) -> set[ItemKey]:
+    return {key for key, stamp in stamps.items() if seen.get(key) != stamp}
 
 
 def _whole_session(db: sqlite3.Connection, session_id: str) -> set[ItemKey]:
