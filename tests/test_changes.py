@@ -11,7 +11,7 @@ import pytest
 
 from syncd.errors import UserError
 from syncd.model import Cursor
-from syncd.source.changes import ChangeDetector
+from syncd.source.changes import RESTAMP_MARGIN_MS, ChangeDetector
 from syncd.source.opencode_db import OpencodeDb, SchemaError
 from tests.support.fake_opencode import FakeOpencode
 
@@ -114,6 +114,42 @@ async def test_table_mode_sees_rows_written_in_the_same_millisecond(
         )
         later = await detector.detect(cursors)
         assert [c.keys for c in later.changed] == [{("part", "prt_late")}]
+
+
+async def test_table_mode_remembers_only_what_its_next_read_can_meet(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """Without a journal the detector remembers the stamps it read, to capture only the new
+    among rows read again from below the watermark; a first read takes every row of the
+    session, and keeping those would grow with the database."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    newest = writer.conn.execute("SELECT time_updated FROM session").fetchone()[0]
+    for n in range(200):  # an hour of parts, the last at the session's own stamp
+        stamp = newest - (199 - n) * 18_000
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES (?, ?, ?, ?, ?, '{}')",
+            (f"prt_{n:03}", mid, sid, stamp, stamp),
+        )
+    async with detector_on(writer) as detector:
+        first = await detector.detect({})
+        assert len(first.changed[0].keys) == 202
+        remembered = detector._seen[sid]
+        assert 0 < len(remembered) < 10
+        assert all(stamp >= newest - RESTAMP_MARGIN_MS for stamp in remembered.values())
+        cursors = cursors_after(first)
+        assert (await detector.detect(cursors)).changed == []
+        # A row committed late with a stamp inside the margin is still seen.
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES ('prt_late', ?, ?, ?, ?, '{}')",
+            (mid, sid, newest - 1000, newest - 1000),
+        )
+        assert [c.keys for c in (await detector.detect(cursors)).changed] == [
+            {("part", "prt_late")}
+        ]
 
 
 async def test_deleted_sessions_are_reported(tmp_path: Path, fixtures_dir: Path) -> None:

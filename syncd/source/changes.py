@@ -179,10 +179,14 @@ class ChangeDetector:
     ) -> SessionChange | None:
         stamps = _table_stamps(db, self._db.storage, session_id, _floor(cursor))
         fresh = _unseen(stamps, self._seen.get(session_id, {}))
-        self._seen[session_id] = stamps
+        newest = max(stamps.values(), default=None)
+        # Kept: what the next read, from the next floor up, can meet again (a first read takes
+        # every row of the session; keeping them all would grow with the database).
+        below = _floor(cursor if not fresh or newest is None else Cursor(None, newest))
+        self._seen[session_id] = {key: stamp for key, stamp in stamps.items() if stamp >= below}
         if not fresh:
             return None
-        return SessionChange(session_id, keys=fresh, time_updated=max(stamps.values()))
+        return SessionChange(session_id, keys=fresh, time_updated=newest)
 
     async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
         """How many entities a capture of `scan` will record, per session, counted without
