@@ -15,7 +15,7 @@ from syncd.model import Batch, Share
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import Pipeline
 from syncd.transports.a2a import A2aTransport
-from syncd.transports.base import RejectedError, RetryableError
+from syncd.transports.base import KeyRefusedError, RejectedError, RetryableError
 from tests.support.archive_check import make_config
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import running_receiver
@@ -142,6 +142,27 @@ async def test_a2a_answer_about_another_context_is_not_an_acknowledgement(
             receiver._app = Rewrite(receiver._app, "POST", SESSION.encode(), other)
             with pytest.raises(RetryableError, match="not acknowledged"):
                 await transport.sync(share, BATCH)
+        finally:
+            await transport.aclose()
+
+
+@pytest.mark.parametrize("binding", ["jsonrpc", "http+json"])
+async def test_a2a_task_asking_for_credentials_pauses_delivery_like_a_refused_key(
+    tmp_path: Path, binding: str
+) -> None:
+    """A task in state auth-required: the receiver wants credentials, the batch is not at
+    fault; dead-lettered, every batch would follow it."""
+    async with running_receiver(tmp_path) as receiver:
+        transport = A2aTransport(receiver.url, binding=binding)
+        try:
+            share = (await transport.create(SESSION, None)).share
+            receiver._app = Rewrite(
+                receiver._app, "POST", b"TASK_STATE_FAILED", b"TASK_STATE_AUTH_REQUIRED"
+            )
+            refused_batch = Batch(SESSION, [{"type": "part", "data": {}}])
+            with pytest.raises(KeyRefusedError, match="auth_required") as refused:
+                await transport.sync(share, refused_batch)
+            assert share.secret not in str(refused.value)
         finally:
             await transport.aclose()
 

@@ -35,7 +35,14 @@ from ..wire.a2a import (
 )
 from ..wire.keys import KEY_HEADER
 from ..wire.text import excerpt
-from .base import RejectedError, RetryableError, ShareNotFoundError, Transport, UnsendableError
+from .base import (
+    KeyRefusedError,
+    RejectedError,
+    RetryableError,
+    ShareNotFoundError,
+    Transport,
+    UnsendableError,
+)
 from .httpclient import http_client
 from .outcome import created_share, response_refusal, share_refusal
 
@@ -294,5 +301,12 @@ def _check_task(what: str, task: Any, secrets: list[str | None]) -> None:
         # Not acknowledged yet; re-sending is safe, the receiver applies a messageId once.
         raise RetryableError(f"{what}: task still {name}")
     reason = reason or "no reason given"
+    if state == TaskState.TASK_STATE_AUTH_REQUIRED:
+        # The receiver wants credentials syncd did not give: its key, as a 401 says. The batch
+        # is not at fault, so it stays pending (dead-lettered, every batch would follow it).
+        raise KeyRefusedError(
+            f"{what}: task {name}: {excerpt(scrub(reason, secrets))}: set the receiver's key "
+            "(key in the config file) to one it accepts"
+        )
     refused = share_refusal(what, reason, secrets)
     raise refused or RejectedError(f"{what}: task {name}: {excerpt(scrub(reason, secrets))}")
