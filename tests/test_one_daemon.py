@@ -51,6 +51,7 @@ async def test_second_run_refuses_and_sync_waits_for_the_daemon(
             for flag, value, named in (
                 ("--url", elsewhere, f"url {elsewhere}"),
                 ("--transport", "capnweb-batch", "transport capnweb"),
+                ("--sessions", "shared", "sessions shared (the daemon's: all)"),
             ):
                 asked = [*common]
                 asked[asked.index(flag) + 1] = value

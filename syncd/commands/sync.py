@@ -153,15 +153,17 @@ async def _require_daemons_receiver(config: Config, pid: str) -> None:
         return  # not a daemon (another sync), or one from before syncd recorded it
     daemons = json.loads(recorded)
     asked = delivering(config)
+    # Only what the daemon recorded: one from before syncd recorded `sessions` conflicts in
+    # nothing it did not say.
     conflicts = [
-        f"{name} {asked[name] or 'none'} (the daemon's: {daemons.get(name) or 'none'})"
+        f"{name} {asked[name] or 'none'} (the daemon's: {daemons[name] or 'none'})"
         for name in asked
-        if asked[name] != daemons.get(name)
+        if name in daemons and asked[name] != daemons[name]
     ]
     if conflicts:
         raise UserError(
             f"a syncd daemon (pid {pid or 'unknown'}) owns state {config.state} and delivers "
-            f"elsewhere; this sync asks for {', '.join(conflicts)}, which that daemon would "
+            f"otherwise; this sync asks for {', '.join(conflicts)}, which that daemon would "
             "ignore: drop those flags, reload the daemon with them (SIGHUP), or give this sync "
             "its own --state"
         )

@@ -393,11 +393,12 @@ class Pipeline:
 
 
 def delivering(config: Config) -> dict[str, str | None]:
-    """Where `config` delivers to, as the state records it for the daemon that owns it."""
+    """Where and what `config` delivers, as the state records it for the daemon that owns it."""
     return {
         "transport": config.transport,
         "url": config.url,
         "archive": str(config.archive) if config.transport == "local" else None,
+        "sessions": config.sessions,
     }
 
 
