@@ -110,6 +110,29 @@ details: syncd status SESSION, or --wide
     )
 
 
+def test_status_lists_what_needs_attention_and_the_latest_delivered() -> None:
+    """Years of sessions: every one not delivered is listed, with the 20 delivered last;
+    `--all` lists all of them."""
+    delivered = [
+        {**SESSIONS[0], "session_id": f"ses_delivered{n:04}", "time_last_delivery": ms(60 * n)}
+        for n in range(25)
+    ]
+    sessions = [*delivered[:12], SESSIONS[1], *delivered[12:]]
+    report = {**REPORT, "sessions": sessions}
+    terminal = Terminal(columns=200, lines=60)
+    render(report, terminal, wide=True, console=terminal.console)
+    listed = re.findall(r"^ses_\w+", terminal.text(), re.MULTILINE)
+    # In their order; the five delivered longest ago are left out, and said so.
+    assert listed == [s["session_id"] for s in sessions if s not in delivered[20:]]
+    assert "5 more delivered session(s): syncd status --all lists every one" in terminal.text()
+    terminal = Terminal(columns=200, lines=60)
+    render(report, terminal, wide=True, every=True, console=terminal.console)
+    assert re.findall(r"^ses_\w+", terminal.text(), re.MULTILINE) == [
+        s["session_id"] for s in sessions
+    ]
+    assert "more delivered" not in terminal.text()
+
+
 def test_status_of_one_session_gives_every_detail() -> None:
     terminal = Terminal()
     report = {**REPORT, "sessions": [SESSIONS[1]], "problems": REPORT["problems"][1:]}

@@ -7,7 +7,8 @@ healthy; 1 when anything is dead-lettered, the oldest pending item is older than
 seconds, opencode's database cannot be read, or the daemon reported a problem beyond one
 session (the receiver refusing the key, deletions held back), so the command can serve as a
 health check. On a terminal the table fits its width (short ids, relative times); `--wide`,
-a pipe, or `status SESSION` give every detail.
+a pipe, or `status SESSION` give every detail. The table lists the sessions not delivered and
+the ones delivered last (`--all`: every session; `--json`: always every one).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from .screen import (
 )
 
 LAG_LIMIT_SECONDS = 300.0
+# Delivered sessions listed (the most recently delivered): years of opencode sessions made a
+# table of thousands of rows that took seconds to draw and hid the ones needing attention.
+DELIVERED_LISTED = 20
 STATE_STYLES = {"dead-lettered": "red", "retrying": "yellow", "pending": "cyan"}
 
 
@@ -58,6 +62,12 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "--wide", action="store_true", help="every column in full, however wide the terminal"
     )
     sub.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every session (default: those not delivered, and the {DELIVERED_LISTED} "
+        "delivered last)",
+    )
+    sub.add_argument(
         "--max-lag",
         type=float,
         default=LAG_LIMIT_SECONDS,
@@ -68,7 +78,9 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _command(config: Config, args: argparse.Namespace) -> Any:
-    return show(config, args.json, args.max_lag, session=args.session, wide=args.wide)
+    return show(
+        config, args.json, args.max_lag, session=args.session, wide=args.wide, every=args.all
+    )
 
 
 def verdict(row: dict[str, Any], daemon_running: bool) -> str:
@@ -177,6 +189,7 @@ async def show(
     *,
     session: str | None = None,
     wide: bool = False,
+    every: bool = False,
 ) -> int:
     report = await collect(config, max_lag, session)
     if as_json:
@@ -185,17 +198,27 @@ async def show(
     elif session is not None:
         render_session(report, sys.stdout)
     else:
-        render(report, sys.stdout, wide=wide)
+        render(report, sys.stdout, wide=wide, every=every)
     return 0 if report["healthy"] else 1
 
 
 def render(
-    report: dict[str, Any], out: TextIO, *, wide: bool = False, console: Console | None = None
+    report: dict[str, Any],
+    out: TextIO,
+    *,
+    wide: bool = False,
+    every: bool = False,
+    console: Console | None = None,
 ) -> None:
+    listed, unlisted = (report["sessions"], 0) if every else _listed(report["sessions"])
     with screen(out, console) as shown:
         compact = shown.is_terminal and not wide
-        table = _compact_table(report, shown) if compact else _wide_table(report, shown)
-        head: list[RenderableType] = [table, ""] if report["sessions"] else []
+        rows = {**report, "sessions": listed}
+        table = _compact_table(rows, shown) if compact else _wide_table(rows, shown)
+        head: list[RenderableType] = [table, ""] if listed else []
+        if unlisted:
+            more = f"{unlisted} more delivered session(s): syncd status --all lists every one"
+            head[1:1] = [Text(more, style="dim")]
         for renderable in (
             *head,
             _daemon(report),
@@ -208,6 +231,16 @@ def render(
             shown.print(renderable)
         if compact and report["sessions"]:
             shown.print(Text("details: syncd status SESSION, or --wide", style="dim"))
+
+
+def _listed(sessions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The sessions to list, in their order (every one not delivered, and the
+    DELIVERED_LISTED delivered last), and how many delivered ones are left out."""
+    delivered = [s for s in sessions if s["state"] == "delivered"]
+    latest = sorted(delivered, key=lambda s: s["time_last_delivery"] or 0, reverse=True)
+    kept = {s["session_id"] for s in latest[:DELIVERED_LISTED]}
+    listed = [s for s in sessions if s["state"] != "delivered" or s["session_id"] in kept]
+    return listed, len(delivered) - len(kept)
 
 
 def _compact_table(report: dict[str, Any], console: Console) -> Table:
