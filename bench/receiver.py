@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.cli import GC_YOUNG_THRESHOLD
+from syncd.config import Config
 from syncd.listen import listening_socket
 from syncd.receiver.app import build_app
+from syncd.receiver.slow_clients import deadline_protocol
 
 from .versions import content_hash
 
@@ -165,12 +168,18 @@ async def running_receiver(directory: Path) -> AsyncIterator[Receiver]:
     # default the receiver spent about 4 µs of CPU per item in it (bench.ingest --cpu).
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     sock = listening_socket("127.0.0.1", 0)
+    defaults = {option.name: option.default for option in dataclasses.fields(Config)}
+    protocol = deadline_protocol(
+        cast(float, defaults["serve_header_timeout"]), cast(float, defaults["serve_body_timeout"])
+    )
     server = _Server(
         uvicorn.Config(
             traffic,
             lifespan="off",
             log_level="warning",
             access_log=False,
+            # `syncd serve`'s HTTP protocol, read deadlines included (not uvicorn's default).
+            http=protocol,
             timeout_graceful_shutdown=1,
         )
     )
