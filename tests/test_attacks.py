@@ -563,6 +563,20 @@ async def test_slow_clients_are_dropped_while_others_are_served(tmp_path: Path) 
         assert "slow client dropped" in served.process.log()
 
 
+async def test_a_kept_alive_connection_trickling_its_next_head_is_dropped(tmp_path: Path) -> None:
+    # uvicorn's keep-alive timeout stops at the first byte of the next request: the head
+    # deadline, counted from the answer, is what closes the connection.
+    async with serving(tmp_path, serve_header_timeout=HEAD_TIMEOUT) as served:
+        request = b"GET /api/share HTTP/1.1\r\nHost: x\r\n"
+        slow = await SlowClient.open(served.port, request + b"\r\n" + request, b"X: y\r\n")
+        answer = await asyncio.wait_for(slow.reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        answered_after = time.monotonic() - slow.opened
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        closed_after = await slow.until_closed(HEAD_TIMEOUT + 20)
+        assert closed_after - answered_after >= HEAD_TIMEOUT - 0.1, (answered_after, closed_after)
+        assert "slow client dropped" in served.process.log()
+
+
 async def test_connections_beyond_the_limit_get_503_until_slow_ones_are_dropped(
     tmp_path: Path,
 ) -> None:
