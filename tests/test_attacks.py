@@ -26,6 +26,7 @@ import pytest
 import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from websockets.asyncio.client import connect as websocket_connect
 
 from syncd.config import load_config
 from syncd.log import configure_logging
@@ -36,6 +37,7 @@ from syncd.transports.a2a import A2aTransport
 from syncd.transports.base import RetryableError, SecretRefusedError, Transport
 from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
 from syncd.transports.http import HttpTransport
+from syncd.wire.capnweb.protocol import PATH as CAPNWEB_PATH
 from syncd.wire.keys import KEY_HEADER
 from tests.support import FIXTURES
 from tests.support.env import free_port, isolated_env
@@ -575,6 +577,17 @@ async def test_a_kept_alive_connection_trickling_its_next_head_is_dropped(tmp_pa
         closed_after = await slow.until_closed(HEAD_TIMEOUT + 20)
         assert closed_after - answered_after >= HEAD_TIMEOUT - 0.1, (answered_after, closed_after)
         assert "slow client dropped" in served.process.log()
+
+
+async def test_a_websocket_outlives_the_read_deadlines(tmp_path: Path) -> None:
+    # Once upgraded the connection is no longer HTTP: neither deadline may close it.
+    settings = {"serve_header_timeout": HEAD_TIMEOUT, "serve_body_timeout": BODY_TIMEOUT}
+    async with serving(tmp_path, **settings) as served:
+        url = f"ws://127.0.0.1:{served.port}{CAPNWEB_PATH}"
+        async with websocket_connect(url) as socket:
+            slow = await SlowClient.open(served.port, b"GET / HTTP/1.1\r\n", b"X: y\r\n")
+            await slow.until_closed(max(HEAD_TIMEOUT, BODY_TIMEOUT) + 20)
+            await asyncio.wait_for(await socket.ping(), 5)
 
 
 async def test_connections_beyond_the_limit_get_503_until_slow_ones_are_dropped(
