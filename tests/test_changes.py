@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -150,6 +151,30 @@ async def test_table_mode_remembers_only_what_its_next_read_can_meet(
         assert [c.keys for c in (await detector.detect(cursors)).changed] == [
             {("part", "prt_late")}
         ]
+
+
+async def test_table_mode_reads_from_the_last_read_when_the_clock_went_back(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A watermark an hour ahead of the clock (it ran fast, then was corrected): the rows of a
+    session read ten minutes ago (an idle one, read at the deep poll) may be stamped anywhere
+    since then, far below the watermark and more than the margin below now."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    ahead = int(time.time() * 1000) + 3600 * 1000
+    sid = writer.session(time_created=ahead, time_updated=ahead)
+    mid = writer.message(sid, {"role": "user"})
+    async with detector_on(writer) as detector:
+        cursors = cursors_after(await detector.detect({}))
+        assert cursors[sid].time_updated == ahead
+        detector._read_at[sid] -= 600  # that read was ten minutes ago
+        stamp = int(time.time() * 1000) - 5 * 60 * 1000
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES ('prt_since', ?, ?, ?, ?, '{}')",
+            (mid, sid, stamp, stamp),
+        )
+        later = await detector.detect(cursors, deep=True)
+        assert [c.keys for c in later.changed] == [{("part", "prt_since")}]
 
 
 async def test_deleted_sessions_are_reported(tmp_path: Path, fixtures_dir: Path) -> None:

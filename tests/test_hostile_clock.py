@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from syncd.commands.sync import sync_once
 from tests.support.archive_check import archived, make_config
 from tests.support.fake_opencode import FakeOpencode
@@ -41,11 +43,13 @@ async def test_a_row_committed_after_a_newer_one_is_delivered(
     writer.close()
 
 
+@pytest.mark.parametrize("minutes_ago", [0, 5], ids=["at-once", "while-stopped"])
 async def test_rows_written_after_the_clock_was_set_back_are_delivered(
-    tmp_path: Path, fixtures_dir: Path
+    tmp_path: Path, fixtures_dir: Path, minutes_ago: int
 ) -> None:
     """The clock ran an hour fast while the first rows were written, then was corrected: the
-    rows written since are stamped below them."""
+    rows written since are stamped below them; and when syncd was stopped meanwhile
+    (`minutes_ago`), more than the margin below the clock when it reads again."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     ahead = int(time.time() * 1000) + HOUR_MS
     sid = writer.session(time_created=ahead, time_updated=ahead)
@@ -53,7 +57,8 @@ async def test_rows_written_after_the_clock_was_set_back_are_delivered(
     insert_part(writer, sid, mid, "prt_fast_clock", ahead)
     config = make_config(tmp_path, writer.path)
     assert await sync_once(config) == 0
-    insert_part(writer, sid, mid, "prt_corrected_clock", int(time.time() * 1000))
+    stamp = int(time.time() * 1000) - minutes_ago * 60 * 1000
+    insert_part(writer, sid, mid, "prt_corrected_clock", stamp)
     assert await sync_once(config) == 0
     assert set((await archived(config))[sid]["parts"]) == {"prt_fast_clock", "prt_corrected_clock"}
     writer.close()

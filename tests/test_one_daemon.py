@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from tests.support.env import wait_until
 from tests.support.expected import assert_receiver_matches, database_snapshot
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import running_receiver
@@ -70,4 +72,34 @@ async def test_second_run_refuses_and_sync_waits_for_the_daemon(
             assert daemon.process.returncode is None  # the daemon was left alone
             assert await daemon.terminate() == 0
         assert receiver.create_count == 1
+    writer.close()
+
+
+async def test_sync_beside_a_daemon_reloaded_to_other_sessions_is_judged_by_the_reload(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A SIGHUP that changes only `sessions` changes what the daemon delivers: a sync asking
+    for what the daemon delivered before the reload is refused, not left waiting its whole
+    time for sessions the daemon now ignores."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    writer.message(writer.session(), {"role": "user"})  # not shared
+    state = tmp_path / "state.db"
+    async with running_receiver(tmp_path) as receiver:
+        common = ["--db", str(writer.path), "--state", str(state), "--url", receiver.url,
+                  "--transport", "http"]  # fmt: skip
+        config = tmp_path / "syncd.toml"
+        config.write_text('sessions = "all"\n')
+        args = ["run", *common, "--config", str(config)]
+        async with syncd_process(args, os.environ, tmp_path / "syncd.log") as daemon:
+            assert daemon.process is not None
+            await wait_for_lock_owner(state.with_name("state.db.lock"), daemon.process.pid)
+            config.write_text('sessions = "shared"\n')
+            daemon.process.send_signal(signal.SIGHUP)
+            await wait_until(lambda: '"config reloaded"' in daemon.log(), "the reload")
+            code, output = await run_syncd(
+                "sync", *common, "--sessions", "all", "--give-up-after", "5"
+            )
+            assert code == 2, output
+            assert "sessions all (the daemon's: shared)" in output
+            assert await daemon.terminate() == 0
     writer.close()

@@ -66,10 +66,14 @@ class BackfillCount:
         self.total_items, self.total_sessions = plan.items, plan.sessions
         self.done_items = self.done_sessions = 0
 
-    def update(self, pending: dict[str, int], cursors: dict[str, Cursor]) -> None:
-        """From the state's pending items per session and its cursors, read together."""
+    def update(
+        self, pending: dict[str, int], cursors: dict[str, Cursor], *, captured: bool = False
+    ) -> None:
+        """From the state's pending items per session and its cursors, read together.
+        `captured`: the capture went through every counted session (one read again from
+        below its cursor, without a journal, leaves the cursor as it was)."""
         plan = self.plan
-        uncaptured = {
+        uncaptured = set() if captured else {
             sid for sid in plan.counted if cursors.get(sid) == plan.cursors.get(sid)
         }  # fmt: skip
         items_left = sum(pending.values()) + sum(plan.counted[sid] for sid in uncaptured)
@@ -151,11 +155,11 @@ async def follow_backfill(
     count = BackfillCount(plan)
     display = BackfillDisplay(Console(file=out), count) if out.isatty() else None
 
-    async def refresh() -> None:
+    async def refresh(*, captured: bool = False) -> None:
         # Cursors first: a capture committed in between then counts twice for a moment,
         # never zero times (done never goes back, so an overcount would stick).
         cursors = await state.cursors()
-        count.update(await state.pending_counts(), cursors)
+        count.update(await state.pending_counts(), cursors, captured=captured)
 
     async def poll() -> None:
         last_line = time.monotonic()
@@ -173,13 +177,15 @@ async def follow_backfill(
     else:
         display.start()
     task = asyncio.create_task(poll(), name="backfill progress")
+    finished = False
     try:
         yield count
+        finished = True
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await refresh()
+        await refresh(captured=finished)
         if display is None:
             print(count.line(), file=out, flush=True)
         else:

@@ -366,7 +366,7 @@ class Pipeline:
             self.detector.only_shared = config.sessions == "shared"
             self.delivery.only_shared = config.sessions == "shared"
         self.config = config
-        if changed & TRANSPORT_KEYS:
+        if changed & TRANSPORT_KEYS or "sessions" in changed:  # what delivering() records
             await self._record_delivering()
         log.info("config reloaded", changed=sorted(changed & RELOADABLE_KEYS))
         await self.capture(deep=True)

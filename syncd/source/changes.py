@@ -69,8 +69,10 @@ class ChangeDetector:
         self._db = db
         self.only_shared = only_shared
         # Table mode, per session: the stamps of the entities read at or above its last floor
-        # (_floor), so that reading again from below the watermark captures only the new.
+        # (_floor), so that reading again from below the watermark captures only the new;
+        # and when that read began (time.monotonic()).
         self._seen: dict[str, dict[ItemKey, int]] = {}
+        self._read_at: dict[str, float] = {}
 
     async def scan(
         self, cursors: dict[str, Cursor], *, deep: bool = False, fresh: bool = False
@@ -83,6 +85,7 @@ class ChangeDetector:
         await db.readable()
         if fresh:
             self._seen.clear()
+            self._read_at.clear()
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -177,12 +180,17 @@ class ChangeDetector:
     def _from_tables(
         self, db: sqlite3.Connection, *, session_id: str, cursor: Cursor | None
     ) -> SessionChange | None:
-        stamps = _table_stamps(db, self._db.storage, session_id, _floor(cursor))
+        started = time.monotonic()  # before the snapshot's first read
+        stamps = _table_stamps(db, self._db.storage, session_id, self._floor(session_id, cursor))
+        self._read_at[session_id] = started
         fresh = _unseen(stamps, self._seen.get(session_id, {}))
         newest = max(stamps.values(), default=None)
         # Kept: what the next read, from the next floor up, can meet again (a first read takes
         # every row of the session; keeping them all would grow with the database).
-        below = _floor(cursor if not fresh or newest is None else Cursor(None, newest))
+        if fresh and newest is not None:
+            below = _next_floor(newest)
+        else:
+            below = _next_floor(cursor.time_updated if cursor else None)
         self._seen[session_id] = {key: stamp for key, stamp in stamps.items() if stamp >= below}
         if not fresh:
             return None
@@ -223,7 +231,7 @@ class ChangeDetector:
         for session_id, head, _ in scan.candidates:
             if session_id not in whole and head is None:
                 # The rows _from_tables would capture: their ids and stamps, not their data.
-                floor = _floor(cursors[session_id])
+                floor = self._floor(session_id, cursors[session_id])
                 read = functools.partial(_table_stamps, storage_path=self._db.storage,
                                          session_id=session_id, floor=floor)  # fmt: skip
                 newer = _unseen(await self._db.read(read), self._seen.get(session_id, {}))
@@ -231,16 +239,32 @@ class ChangeDetector:
                     counts[session_id] = len(newer)
         return counts
 
+    def _floor(self, session_id: str, cursor: Cursor | None) -> int:
+        """The lowest `time_updated` table mode reads a session's rows from (-1: all of
+        them): a margin below its watermark. A watermark ahead of the clock means the clock
+        was set back (or a writer's ran fast): the rows written since the last read are
+        stamped from the clock as it was then, however far below the watermark; when this
+        detector has not read the session (syncd was stopped meanwhile), the clock may have
+        gone back at any time since: every row."""
+        watermark = cursor.time_updated if cursor else None
+        now = int(time.time() * 1000)
+        if watermark is None or watermark <= now:
+            return _next_floor(watermark)
+        read_at = self._read_at.get(session_id)
+        if read_at is None:
+            return -1
+        return now - int((time.monotonic() - read_at) * 1000) - RESTAMP_MARGIN_MS
+
     async def whole_session(self, session_id: str) -> set[ItemKey]:
         """Every entity of the session: for a first capture, a journal gap, a lost share."""
         return await self._db.read(functools.partial(_whole_session, session_id=session_id))
 
 
-def _floor(cursor: Cursor | None) -> int:
-    """The lowest `time_updated` table mode reads a session's rows from (-1: all of them)."""
-    if cursor is None or cursor.time_updated is None:
+def _next_floor(watermark: int | None) -> int:
+    """The floor of a session's next read while the clock keeps going (see _floor)."""
+    if watermark is None:
         return -1
-    return min(cursor.time_updated, int(time.time() * 1000)) - RESTAMP_MARGIN_MS
+    return min(watermark, int(time.time() * 1000)) - RESTAMP_MARGIN_MS
 
 
 def _table_stamps(
