@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from syncd.errors import UserError
-from syncd.model import Batch, Share
+from syncd.model import Batch, Created, Share
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import Pipeline, capture_and_drain
 from syncd.transports import target_of
@@ -19,12 +19,21 @@ from tests.support.fake_opencode import FakeOpencode
 
 
 class Breaks(LocalTransport):
-    """The local archive, except that a batch holding the word "boom" raises (a bug, say)."""
+    """The local archive, except that a batch holding the word "boom" raises (a bug, say),
+    whether it travels with the share's creation or after it."""
+
+    async def create(self, session_id: str, batch: Batch | None) -> Created:
+        _break_on_boom(batch)
+        return await super().create(session_id, batch)
 
     async def sync(self, share: Share, batch: Batch) -> None:
-        if any("boom" in str(item["data"]) for item in batch.items):
-            raise TypeError("unexpected: cannot handle this item")
+        _break_on_boom(batch)
         await super().sync(share, batch)
+
+
+def _break_on_boom(batch: Batch | None) -> None:
+    if batch is not None and any("boom" in str(item["data"]) for item in batch.items):
+        raise TypeError("unexpected: cannot handle this item")
 
 
 async def test_an_unexpected_exception_dead_letters_only_its_item(

@@ -125,13 +125,20 @@ async def test_a_backfill_reads_sessions_only_so_far_ahead_of_its_calls(
         finally:
             read -= 1
 
+    # The receiver slower than the capture, as in a backfill (a new share's first batch
+    # travels with its creation).
+    async def slow_create(self: LocalTransport, session_id: str, batch: Any) -> Any:
+        await asyncio.sleep(0.005)
+        return await create(self, session_id, batch)
+
     async def slow_sync(self: LocalTransport, share: Any, batch: Any) -> None:
-        await asyncio.sleep(0.005)  # the receiver slower than the capture, as in a backfill
+        await asyncio.sleep(0.005)
         await sync(self, share, batch)
 
-    sync = LocalTransport.sync
+    create, sync = LocalTransport.create, LocalTransport.sync
     monkeypatch.setattr(deliver, "load", reading)
     monkeypatch.setattr(deliver.SessionDelivery, "_send", sending)
+    monkeypatch.setattr(LocalTransport, "create", slow_create)
     monkeypatch.setattr(LocalTransport, "sync", slow_sync)
     config = make_config(tmp_path, tmp_path / "opencode.db", concurrency=1)
     assert await sync_once(config) == 0
