@@ -107,8 +107,7 @@ async def test_backfill_interrupted_and_resumed_equals_an_uninterrupted_one(
         whole_log = syncd.log()
 
         # Interrupted (Ctrl-C) about half way through the items, then run again.
-        # Slow enough that "half delivered" holds for seconds, not a few polls.
-        await resumed.faults.slow(0.1)
+        await resumed.faults.slow(0.03)
         args = remote_args("backfill", writer.path, resumed_state, resumed, "--config", str(config))
         async with syncd_process(args, env, tmp_path / "resumed.log") as syncd:
 

@@ -37,6 +37,13 @@ async def run_syncd(
     return process.returncode, output.decode()
 
 
+def _interruptible() -> None:
+    """SIGINT as a terminal's Ctrl-C delivers it, whatever the test run inherited: a shell
+    starts a background job with SIGINT ignored, and an ignored signal stays ignored across
+    exec (Python then installs no handler for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SyncdProcess:
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.args = args
@@ -59,6 +66,7 @@ class SyncdProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                preexec_fn=_interruptible,
             )
         self.starts += 1
 
