@@ -5,12 +5,21 @@ opencode process can commit a row stamped before the newest one syncd has seen."
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from syncd.archive.sqlite import SqliteArchive
 from syncd.commands.sync import sync_once
+from syncd.errors import UserError
+from syncd.pipeline.deliver import RetryPolicy
+from syncd.pipeline.pipeline import DELIVERING_META, Pipeline, capture_and_drain, delivering
+from syncd.source import changes
+from syncd.state.lock import StateLock
+from syncd.state.store import StateStore
 from tests.support.archive_check import archived, make_config
 from tests.support.fake_opencode import FakeOpencode
 
@@ -61,4 +70,117 @@ async def test_rows_written_after_the_clock_was_set_back_are_delivered(
     insert_part(writer, sid, mid, "prt_corrected_clock", stamp)
     assert await sync_once(config) == 0
     assert set((await archived(config))[sid]["parts"]) == {"prt_fast_clock", "prt_corrected_clock"}
+    writer.close()
+
+
+def set_clocks(monkeypatch: pytest.MonkeyPatch, *, wall_ahead: int, boot_elapsed: int) -> None:
+    """The machine's wall clock `wall_ahead` ms ahead of the real time, and its boot clock (the
+    one no correction moves) `boot_elapsed` ms on from now."""
+    real, boot_clock = time.time, changes.boot_clock
+    monkeypatch.setattr(time, "time", lambda: real() + wall_ahead / 1000)
+    monkeypatch.setattr(
+        changes, "boot_clock", lambda: (lambda b: (b[0], b[1] + boot_elapsed))(boot_clock())
+    )
+
+
+async def test_rows_written_while_stopped_across_a_correction_are_delivered(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncd stops while the clock runs an hour fast; the clock is corrected, a part is written,
+    and syncd starts again only once the clock caught up past its watermark: the part is
+    stamped nearly an hour below it, and the clock alone no longer tells it went back."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    real = int(time.time() * 1000)
+    sid = writer.session(time_created=real + HOUR_MS, time_updated=real + HOUR_MS)
+    mid = writer.message(sid, {"role": "user"})
+    insert_part(writer, sid, mid, "prt_fast_clock", real + HOUR_MS)
+    config = make_config(tmp_path, writer.path)
+    set_clocks(monkeypatch, wall_ahead=HOUR_MS, boot_elapsed=0)
+    assert await sync_once(config) == 0
+    insert_part(writer, sid, mid, "prt_corrected_clock", real + 1000)
+    later = HOUR_MS + 5 * 60 * 1000  # an hour and five minutes on, by either clock
+    set_clocks(monkeypatch, wall_ahead=later, boot_elapsed=later)
+    assert await sync_once(config) == 0
+    assert set((await archived(config))[sid]["parts"]) == {"prt_fast_clock", "prt_corrected_clock"}
+    writer.close()
+
+
+def count_received(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The items the embedded archive (the receiver of these runs) is handed, per batch."""
+    received: list[int] = []
+    create, sync = SqliteArchive.create_share_with, SqliteArchive.sync
+
+    async def counted_create(self: SqliteArchive, session_id: str, base_url: str,
+                             data: list, *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        received.append(len(data))
+        return await create(self, session_id, base_url, data, *args, **kwargs)
+
+    async def counted_sync(self: SqliteArchive, share_id: str, secret: str, data: list,
+                           *args: Any, **kwargs: Any) -> int:  # fmt: skip
+        received.append(len(data))
+        return await sync(self, share_id, secret, data, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteArchive, "create_share_with", counted_create)
+    monkeypatch.setattr(SqliteArchive, "sync", counted_sync)
+    return received
+
+
+async def test_a_restart_sends_nothing_already_delivered(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows stamped within the margin below the watermark are read again after a restart; the
+    stamps syncd read before are kept in its state, so none of them travels twice."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    now = int(time.time() * 1000)
+    for n in range(5):
+        insert_part(writer, sid, mid, f"prt_{n}", now - n * 1000)
+    config = make_config(tmp_path, writer.path)
+    received = count_received(monkeypatch)
+    assert await sync_once(config) == 0
+    first = sum(received)
+    assert first >= 7  # the session, its message, five parts
+    for _ in range(2):
+        assert await sync_once(config) == 0
+    assert sum(received) == first
+    insert_part(writer, sid, mid, "prt_late", now - 3000)  # committed late, stamped low
+    assert await sync_once(config) == 0
+    assert sum(received) == first + 1
+    writer.close()
+
+
+async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A part committed late with a stamp below the cursor: the daemon has not read it yet, so
+    a `sync` beside it must not say everything was delivered until the daemon captured it."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    now = int(time.time() * 1000)
+    insert_part(writer, sid, mid, "prt_first", now)
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+    insert_part(writer, sid, mid, "prt_late", now - 2000)
+    daemon = StateLock(config.state)  # a daemon owns the state and has not looked since
+    daemon.acquire()
+    try:
+        state = await StateStore.open(config.state)
+        try:
+            await state.set_meta(DELIVERING_META, json.dumps(delivering(config)))
+        finally:
+            await state.close()
+        with pytest.raises(UserError, match="has not delivered 1 session"):
+            await sync_once(config, give_up_after=1.0)
+        # The daemon captures and delivers it: now the sync beside it says so.
+        pipeline = await Pipeline.open(config, RetryPolicy())
+        try:
+            await capture_and_drain(pipeline)
+        finally:
+            await pipeline.close()
+        assert await sync_once(config, give_up_after=5.0) == 0
+    finally:
+        daemon.release()
+    assert set((await archived(config))[sid]["parts"]) == {"prt_first", "prt_late"}
     writer.close()
