@@ -88,7 +88,8 @@ async def capture(pipeline: Pipeline, *, deep: bool = False, keep_keys: bool = T
     async for change in pipeline.detector.changes(scan, cursors):
         await pipeline.state.capture(change.session_id, change.keys,
                                      journal_seq=change.journal_seq,
-                                     time_updated=change.time_updated)  # fmt: skip
+                                     time_updated=change.time_updated,
+                                     read=change.read)  # fmt: skip
         if not keep_keys:
             change.keys = set()
         changed.append(change)

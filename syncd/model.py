@@ -73,6 +73,20 @@ class Cursor:
     time_updated: int | None
 
 
+@dataclass(frozen=True)
+class TableRead:
+    """Table mode's last read of a session (a database without a journal), kept with its
+    cursor so that a restart neither loses nor re-sends rows: when the read began, by the wall
+    clock (`wall`, ms) and by the clock of the boot it ran in (`boot`, `clock`: ms no clock
+    correction moves), and the stamps it read that the next read can meet again (`seen`:
+    (kind, id) -> time_updated)."""
+
+    wall: int
+    boot: str
+    clock: int
+    seen: dict[tuple[str, str], int]
+
+
 class PendingItem(NamedTuple):
     """One captured entity (session, message or part) waiting for an acknowledgement; the
     version tells a newer capture of the same entity from the one a batch carried. A named

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 
 from syncd.errors import UserError
 from syncd.model import Cursor
-from syncd.source.changes import RESTAMP_MARGIN_MS, ChangeDetector
+from syncd.source.changes import CLOCK_SLACK_MS, RESTAMP_MARGIN_MS, ChangeDetector
 from syncd.source.opencode_db import OpencodeDb, SchemaError
 from tests.support.fake_opencode import FakeOpencode
 
@@ -137,9 +138,10 @@ async def test_table_mode_remembers_only_what_its_next_read_can_meet(
     async with detector_on(writer) as detector:
         first = await detector.detect({})
         assert len(first.changed[0].keys) == 202
-        remembered = detector._seen[sid]
+        remembered = detector._reads[sid].seen
         assert 0 < len(remembered) < 10
-        assert all(stamp >= newest - RESTAMP_MARGIN_MS for stamp in remembered.values())
+        kept_from = newest - RESTAMP_MARGIN_MS - CLOCK_SLACK_MS
+        assert all(stamp >= kept_from for stamp in remembered.values())
         cursors = cursors_after(first)
         assert (await detector.detect(cursors)).changed == []
         # A row committed late with a stamp inside the margin is still seen.
@@ -166,7 +168,8 @@ async def test_table_mode_reads_from_the_last_read_when_the_clock_went_back(
     async with detector_on(writer) as detector:
         cursors = cursors_after(await detector.detect({}))
         assert cursors[sid].time_updated == ahead
-        detector._read_at[sid] -= 600  # that read was ten minutes ago
+        read = detector._reads[sid]  # that read was ten minutes ago
+        detector._reads[sid] = replace(read, clock=read.clock - 600_000)
         stamp = int(time.time() * 1000) - 5 * 60 * 1000
         writer.conn.execute(
             "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
@@ -175,6 +178,21 @@ async def test_table_mode_reads_from_the_last_read_when_the_clock_went_back(
         )
         later = await detector.detect(cursors, deep=True)
         assert [c.keys for c in later.changed] == [{("part", "prt_since")}]
+
+
+async def test_table_mode_captures_a_session_without_cursor_whole_again(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A session whose cursor is gone (the daemon reloaded to another receiver, which has none
+    of it) is new again: the stamps read for the old receiver must not hold any row back."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    part = writer.part(sid, mid, {"type": "text", "text": "a"})
+    async with detector_on(writer) as detector:
+        whole = {("session", sid), ("message", mid), ("part", part)}
+        assert [c.keys for c in (await detector.detect({})).changed] == [whole]
+        assert [c.keys for c in (await detector.detect({})).changed] == [whole]
 
 
 async def test_deleted_sessions_are_reported(tmp_path: Path, fixtures_dir: Path) -> None:

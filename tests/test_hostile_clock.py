@@ -52,13 +52,28 @@ async def test_a_row_committed_after_a_newer_one_is_delivered(
     writer.close()
 
 
-@pytest.mark.parametrize("minutes_ago", [0, 5], ids=["at-once", "while-stopped"])
+REAL_TIME, REAL_BOOT_CLOCK = time.time, changes.boot_clock
+
+
+def set_clocks(monkeypatch: pytest.MonkeyPatch, *, wall_ahead: int, boot_elapsed: int) -> None:
+    """The machine's wall clock `wall_ahead` ms ahead of the real time, and its boot clock (the
+    one no correction moves) `boot_elapsed` ms on from the real one."""
+
+    def boot_clock() -> tuple[str, int]:
+        boot, clock = REAL_BOOT_CLOCK()
+        return boot, clock + boot_elapsed
+
+    monkeypatch.setattr(time, "time", lambda: REAL_TIME() + wall_ahead / 1000)
+    monkeypatch.setattr(changes, "boot_clock", boot_clock)
+
+
+@pytest.mark.parametrize("minutes_later", [0, 5], ids=["at-once", "while-stopped"])
 async def test_rows_written_after_the_clock_was_set_back_are_delivered(
-    tmp_path: Path, fixtures_dir: Path, minutes_ago: int
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, minutes_later: int
 ) -> None:
     """The clock ran an hour fast while the first rows were written, then was corrected: the
-    rows written since are stamped below them; and when syncd was stopped meanwhile
-    (`minutes_ago`), more than the margin below the clock when it reads again."""
+    rows written since are stamped below them; and when syncd was stopped meanwhile and starts
+    again `minutes_later`, more than the margin below the clock when it reads again."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     ahead = int(time.time() * 1000) + HOUR_MS
     sid = writer.session(time_created=ahead, time_updated=ahead)
@@ -66,21 +81,12 @@ async def test_rows_written_after_the_clock_was_set_back_are_delivered(
     insert_part(writer, sid, mid, "prt_fast_clock", ahead)
     config = make_config(tmp_path, writer.path)
     assert await sync_once(config) == 0
-    stamp = int(time.time() * 1000) - minutes_ago * 60 * 1000
-    insert_part(writer, sid, mid, "prt_corrected_clock", stamp)
+    insert_part(writer, sid, mid, "prt_corrected_clock", int(time.time() * 1000))
+    later = minutes_later * 60 * 1000
+    set_clocks(monkeypatch, wall_ahead=later, boot_elapsed=later)
     assert await sync_once(config) == 0
     assert set((await archived(config))[sid]["parts"]) == {"prt_fast_clock", "prt_corrected_clock"}
     writer.close()
-
-
-def set_clocks(monkeypatch: pytest.MonkeyPatch, *, wall_ahead: int, boot_elapsed: int) -> None:
-    """The machine's wall clock `wall_ahead` ms ahead of the real time, and its boot clock (the
-    one no correction moves) `boot_elapsed` ms on from now."""
-    real, boot_clock = time.time, changes.boot_clock
-    monkeypatch.setattr(time, "time", lambda: real() + wall_ahead / 1000)
-    monkeypatch.setattr(
-        changes, "boot_clock", lambda: (lambda b: (b[0], b[1] + boot_elapsed))(boot_clock())
-    )
 
 
 async def test_rows_written_while_stopped_across_a_correction_are_delivered(

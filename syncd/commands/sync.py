@@ -18,7 +18,7 @@ import structlog
 
 from ..config import Config
 from ..errors import UserError
-from ..model import Cursor
+from ..model import Cursor, TableRead
 from ..pipeline.deliver import RetryPolicy
 from ..pipeline.pipeline import DELIVERING_META, Pipeline, capture_and_drain, delivering
 from ..source.changes import ChangeDetector, SessionChange
@@ -187,12 +187,12 @@ async def _until_delivered(
 ) -> int:
     deadline = asyncio.get_running_loop().time() + give_up_after
     while True:
-        cursors = await state.cursors()
-        # A new detector each look: one that remembers what it saw would not name again a
-        # change the daemon has not captured yet.
-        detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+        cursors, reads = await state.cursors(), await state.table_reads()
+        # A new detector each look, that starts from the reads the daemon's captures recorded
+        # (not from what this one saw): a change it finds, the daemon has not captured yet.
+        detector = ChangeDetector(db, only_shared=config.sessions == "shared", reads=reads)
         changes = await detector.detect(cursors)
-        behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id))]
+        behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id), reads)]
         pending = await state.pending_sessions()
         if not behind and not pending:
             _require_no_dead_letters(len(await state.dead_letters()))
@@ -210,11 +210,16 @@ async def _until_delivered(
         await asyncio.sleep(0.5)
 
 
-def _ahead_of(change: SessionChange, cursor: Cursor | None) -> bool:
+def _ahead_of(change: SessionChange, cursor: Cursor | None, reads: dict[str, TableRead]) -> bool:
+    """Whether `change` is one the daemon has not captured yet."""
     if cursor is None:
         return True
     if change.journal_seq is not None:
         return cursor.journal_seq is None or change.journal_seq > cursor.journal_seq
+    if change.session_id in reads:  # found from where the daemon's last capture read
+        return True
+    # A session the daemon has not captured since syncd recorded its reads: only a newer
+    # stamp tells (a row committed late, stamped below the cursor, is not seen here).
     return cursor.time_updated is None or (change.time_updated or 0) > cursor.time_updated
 
 

@@ -30,6 +30,7 @@ from ..config import Config, opencode_settings
 from ..errors import UserError
 from ..log import configure_logging
 from ..metrics import Metrics
+from ..model import TableRead
 from ..source.changes import ChangeDetector, SessionChange
 from ..source.models import ModelCatalogue
 from ..source.opencode_db import OpencodeDb
@@ -77,7 +78,9 @@ class Pipeline:
         transport: Transport,
         metrics: Metrics,
         policy: RetryPolicy,
+        reads: dict[str, TableRead] | None = None,
     ) -> None:
+        """`reads`: table mode's last reads, as the state recorded them (see ChangeDetector)."""
         self.config = config
         self.db = db
         self.state = state
@@ -86,7 +89,7 @@ class Pipeline:
         self.metrics = metrics
         self.policy = policy
         self.conditions = Conditions(state, metrics.health)
-        self.detector = ChangeDetector(db, only_shared=config.sessions == "shared")
+        self.detector = ChangeDetector(db, only_shared=config.sessions == "shared", reads=reads)
         self.delivery = SessionDelivery(
             db=db,
             only_shared=config.sessions == "shared",
@@ -147,6 +150,7 @@ class Pipeline:
                 transport=transport,
                 metrics=metrics,
                 policy=policy,
+                reads=await state.table_reads(),
             )
             await pipeline.conditions.load()
             if unreadable is not None:
@@ -267,6 +271,7 @@ class Pipeline:
             change.keys,
             journal_seq=change.journal_seq,
             time_updated=change.time_updated,
+            read=change.read,
         )
         self.window.touch(change.session_id)  # deliver while the rest is captured
 

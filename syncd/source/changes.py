@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import jsontext
-from ..model import Cursor
+from ..model import Cursor, TableRead
 from . import storage
 from .opencode_db import OpencodeDb
 
@@ -33,9 +34,13 @@ ACTIVE_WINDOW_MS = 15 * 60 * 1000
 # A row's `time_updated` is its writer's wall clock when it built the row, not the order of
 # commits: another opencode process commits a row stamped before the newest one syncd read,
 # and a clock set back stamps new rows below it. Table mode reads rows from this far below the
-# watermark (or below now, when the clock went back past it) and captures those it has not
-# seen with their stamp.
+# watermark, or below the last read (by the clock as it is now, when it went back since), and
+# captures those it has not seen with their stamp.
 RESTAMP_MARGIN_MS = 60 * 1000
+# The stamps a read keeps reach this much lower than the next read's floor: the boot clock and
+# the wall clock are read a moment apart, and a few milliseconds must not make a re-send.
+CLOCK_SLACK_MS = 1000
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 @dataclass
@@ -44,6 +49,7 @@ class SessionChange:
     keys: set[ItemKey] = field(default_factory=set)
     journal_seq: int | None = None
     time_updated: int | None = None
+    read: TableRead | None = None  # table mode: the read that found the change, to record
 
 
 @dataclass
@@ -65,14 +71,15 @@ class Scan:
 
 
 class ChangeDetector:
-    def __init__(self, db: OpencodeDb, *, only_shared: bool) -> None:
+    def __init__(
+        self, db: OpencodeDb, *, only_shared: bool, reads: dict[str, TableRead] | None = None
+    ) -> None:
         self._db = db
         self.only_shared = only_shared
-        # Table mode, per session: the stamps of the entities read at or above its last floor
-        # (_floor), so that reading again from below the watermark captures only the new;
-        # and when that read began (time.monotonic()).
-        self._seen: dict[str, dict[ItemKey, int]] = {}
-        self._read_at: dict[str, float] = {}
+        # Table mode, per session: its last read (so that reading again from below the
+        # watermark captures only the new); `reads` are those the state kept, when the
+        # session's last capture recorded it.
+        self._reads: dict[str, TableRead] = dict(reads or {})
 
     async def scan(
         self, cursors: dict[str, Cursor], *, deep: bool = False, fresh: bool = False
@@ -84,8 +91,7 @@ class ChangeDetector:
         db = self._db
         await db.readable()
         if fresh:
-            self._seen.clear()
-            self._read_at.clear()
+            self._reads.clear()
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
@@ -127,7 +133,7 @@ class ChangeDetector:
         if check_rows or cursor is None or cursor.time_updated is None:
             return True
         watermark = cursor.time_updated
-        seen = self._seen.get(session_id, {}).get(("session", session_id))
+        seen = self._seen(session_id, cursor).get(("session", session_id))
         return time_updated > watermark or (time_updated == watermark and seen != time_updated)
 
     async def changes(self, scan: Scan, cursors: dict[str, Cursor]) -> AsyncIterator[SessionChange]:
@@ -180,21 +186,25 @@ class ChangeDetector:
     def _from_tables(
         self, db: sqlite3.Connection, *, session_id: str, cursor: Cursor | None
     ) -> SessionChange | None:
-        started = time.monotonic()  # before the snapshot's first read
+        wall, (boot, clock) = _wall_ms(), boot_clock()  # before the snapshot's first read
         stamps = _table_stamps(db, self._db.storage, session_id, self._floor(session_id, cursor))
-        self._read_at[session_id] = started
-        fresh = _unseen(stamps, self._seen.get(session_id, {}))
+        fresh = _unseen(stamps, self._seen(session_id, cursor))
         newest = max(stamps.values(), default=None)
-        # Kept: what the next read, from the next floor up, can meet again (a first read takes
-        # every row of the session; keeping them all would grow with the database).
-        if fresh and newest is not None:
-            below = _next_floor(newest)
-        else:
-            below = _next_floor(cursor.time_updated if cursor else None)
-        self._seen[session_id] = {key: stamp for key, stamp in stamps.items() if stamp >= below}
+        watermark = newest if fresh else cursor.time_updated if cursor else None
+        # Kept: what the next read, from its floor up, can meet again (a first read takes every
+        # row of the session; keeping them all would grow with the database).
+        below = _floor_below(watermark, wall) - CLOCK_SLACK_MS
+        seen = {key: stamp for key, stamp in stamps.items() if stamp >= below}
+        read = self._reads[session_id] = TableRead(wall, boot, clock, seen)
         if not fresh:
             return None
-        return SessionChange(session_id, keys=fresh, time_updated=newest)
+        return SessionChange(session_id, keys=fresh, time_updated=newest, read=read)
+
+    def _seen(self, session_id: str, cursor: Cursor | None) -> dict[ItemKey, int]:
+        """The stamps the session's last read kept; none for a session without a cursor (new
+        to syncd, or to the receiver it now delivers to: every row of it is new there)."""
+        read = self._reads.get(session_id) if cursor is not None else None
+        return read.seen if read is not None else {}
 
     async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
         """How many entities a capture of `scan` will record, per session, counted without
@@ -234,37 +244,65 @@ class ChangeDetector:
                 floor = self._floor(session_id, cursors[session_id])
                 read = functools.partial(_table_stamps, storage_path=self._db.storage,
                                          session_id=session_id, floor=floor)  # fmt: skip
-                newer = _unseen(await self._db.read(read), self._seen.get(session_id, {}))
+                seen = self._seen(session_id, cursors[session_id])
+                newer = _unseen(await self._db.read(read), seen)
                 if newer:
                     counts[session_id] = len(newer)
         return counts
 
     def _floor(self, session_id: str, cursor: Cursor | None) -> int:
         """The lowest `time_updated` table mode reads a session's rows from (-1: all of
-        them): a margin below its watermark. A watermark ahead of the clock means the clock
-        was set back (or a writer's ran fast): the rows written since the last read are
-        stamped from the clock as it was then, however far below the watermark; when this
-        detector has not read the session (syncd was stopped meanwhile), the clock may have
-        gone back at any time since: every row."""
+        them): a margin below its watermark, or below its last read if that is lower. The
+        rows written since the last read are stamped from the clock as it was then, however
+        far below the watermark it is now (the clock was set back, even while syncd was
+        stopped and caught up since): when the last read ran in this boot, the boot's clock
+        tells when it was by the wall clock as it is now. Otherwise, a clock now behind the
+        watermark or the last read went back at some time unknown: every row."""
         watermark = cursor.time_updated if cursor else None
-        now = int(time.time() * 1000)
-        if watermark is None or watermark <= now:
-            return _next_floor(watermark)
-        read_at = self._read_at.get(session_id)
-        if read_at is None:
+        if watermark is None:
             return -1
-        return now - int((time.monotonic() - read_at) * 1000) - RESTAMP_MARGIN_MS
+        now, (boot, clock) = _wall_ms(), boot_clock()
+        read = self._reads.get(session_id)
+        if read is not None and read.boot == boot:
+            return _floor_below(watermark, now - (clock - read.clock))
+        if watermark > now or (read is not None and read.wall > now):
+            return -1
+        # A last read in another boot (or in a syncd that did not record it): its own time.
+        return _floor_below(watermark, read.wall if read is not None else now)
 
     async def whole_session(self, session_id: str) -> set[ItemKey]:
         """Every entity of the session: for a first capture, a journal gap, a lost share."""
         return await self._db.read(functools.partial(_whole_session, session_id=session_id))
 
 
-def _next_floor(watermark: int | None) -> int:
-    """The floor of a session's next read while the clock keeps going (see _floor)."""
+def _floor_below(watermark: int | None, read_began: int) -> int:
+    """The floor of a read (see _floor): a margin below the watermark, or below when the last
+    read began (ms, by the wall clock as it is now) if that is lower."""
     if watermark is None:
         return -1
-    return min(watermark, int(time.time() * 1000)) - RESTAMP_MARGIN_MS
+    return min(watermark, read_began) - RESTAMP_MARGIN_MS
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@functools.cache
+def _boot_id() -> str:
+    """The boot the boot clock counts in: Linux names each; elsewhere, only this process's own
+    readings compare."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return uuid.uuid4().hex
+
+
+def boot_clock() -> tuple[str, int]:
+    """The boot and its clock (ms, suspend included): every process of the boot reads the same
+    clock, and no correction of the wall clock moves it."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    seconds = time.monotonic() if boottime is None else time.clock_gettime(boottime)
+    return _boot_id(), int(seconds * 1000)
 
 
 def _table_stamps(

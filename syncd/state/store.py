@@ -20,7 +20,7 @@ import aiosqlite
 
 from .. import jsontext
 from ..errors import UserError, os_problem
-from ..model import Cursor, PendingItem, Share
+from ..model import Cursor, PendingItem, Share, TableRead
 from ..redact import scrub
 from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, transaction
 
@@ -208,22 +208,42 @@ class StateStore:
         *,
         journal_seq: int | None = None,
         time_updated: int | None = None,
+        read: TableRead | None = None,
     ) -> None:
-        """Record `keys` as pending and move the session's cursor, atomically."""
+        """Record `keys` as pending and move the session's cursor, with table mode's `read`
+        that found them, atomically."""
         stamp = now_ms()
         rows = [(session_id, kind, item_id, stamp) for kind, item_id in keys]
+        cursor = (session_id, journal_seq, time_updated)
+        if read is None:
+            cursor += (None, None, None, None)
+        else:
+            cursor += (read.wall, read.boot, read.clock, _seen_text(read.seen))
 
         def record(db: sqlite3.Connection) -> None:
             db.executemany(UPSERT_PENDING, rows)
             db.execute(
-                "INSERT INTO session_cursor (session_id, journal_seq, time_updated) "
-                "VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+                "INSERT INTO session_cursor (session_id, journal_seq, time_updated, read_wall, "
+                "read_boot, read_clock, read_seen) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (session_id) DO UPDATE SET "
                 "journal_seq = COALESCE(excluded.journal_seq, journal_seq), "
-                "time_updated = COALESCE(excluded.time_updated, time_updated)",
-                (session_id, journal_seq, time_updated),
+                "time_updated = COALESCE(excluded.time_updated, time_updated), "
+                "read_wall = COALESCE(excluded.read_wall, read_wall), "
+                "read_boot = COALESCE(excluded.read_boot, read_boot), "
+                "read_clock = COALESCE(excluded.read_clock, read_clock), "
+                "read_seen = COALESCE(excluded.read_seen, read_seen)",
+                cursor,
             )
 
         await self._write_in_thread(record)
+
+    async def table_reads(self) -> dict[str, TableRead]:
+        """Table mode's last read of each session, as its last capture recorded it."""
+        rows = await self._rows(
+            "SELECT session_id, read_wall, read_boot, read_clock, read_seen FROM session_cursor "
+            "WHERE read_seen IS NOT NULL"
+        )
+        return {row[0]: TableRead(row[1], row[2], row[3], _seen_from(row[4])) for row in rows}
 
     async def forget_session(self, session_id: str) -> None:
         """A session gone from opencode (its remote copy kept or deleted): stop tracking it,
@@ -514,6 +534,24 @@ class StateStore:
         async with self._write() as db:
             cursor = await db.execute("UPDATE held_deletion SET confirmed = 1")
             return cursor.rowcount
+
+
+def _seen_text(seen: dict[tuple[str, str], int]) -> str:
+    """Table mode's seen stamps as JSON: [[kind, id, stamp], ...], an id that is not UTF-8 (read
+    as bytes) as {"hex": ...}, so that it compares equal when read back."""
+    return jsontext.dumps(
+        [
+            [kind, {"hex": item_id.hex()} if isinstance(item_id, bytes) else item_id, stamp]
+            for (kind, item_id), stamp in seen.items()
+        ]
+    )
+
+
+def _seen_from(text: str) -> dict[tuple[str, Any], int]:
+    return {
+        (kind, bytes.fromhex(item_id["hex"]) if isinstance(item_id, dict) else item_id): stamp
+        for kind, item_id, stamp in jsontext.loads(text)
+    }
 
 
 def _payload(payload: Any) -> str | None:
