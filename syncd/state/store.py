@@ -214,11 +214,10 @@ class StateStore:
         that found them, atomically."""
         stamp = now_ms()
         rows = [(session_id, kind, item_id, stamp) for kind, item_id in keys]
-        cursor = (session_id, journal_seq, time_updated)
-        if read is None:
-            cursor += (None, None, None, None)
-        else:
-            cursor += (read.wall, read.boot, read.clock, _seen_text(read.seen))
+        read_columns: tuple[int | str | None, ...] = (None, None, None, None)
+        if read is not None:
+            read_columns = (read.wall, read.boot, read.clock, _seen_text(read.seen))
+        cursor = (session_id, journal_seq, time_updated, *read_columns)
 
         def record(db: sqlite3.Connection) -> None:
             db.executemany(UPSERT_PENDING, rows)
