@@ -195,6 +195,34 @@ async def test_table_mode_captures_a_session_without_cursor_whole_again(
         assert [c.keys for c in (await detector.detect({})).changed] == [whole]
 
 
+async def test_table_mode_after_a_reboot_reads_every_row_of_a_session_ahead_of_the_clock(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A last read recorded in another boot: no clock tells when it was by the wall clock as it
+    is now. A watermark ahead of the clock says the clock went back at some time unknown: every
+    row is read, and only those the last read did not keep are captured."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    ahead = int(time.time() * 1000) + 3600 * 1000
+    sid = writer.session(time_created=ahead, time_updated=ahead)
+    mid = writer.message(sid, {"role": "user"})
+    async with detector_on(writer) as detector:
+        first = await detector.detect({})
+        cursors = cursors_after(first)
+        stamp = int(time.time() * 1000) - 30 * 60 * 1000
+        writer.conn.execute(
+            "INSERT INTO part (id, message_id, session_id, time_created, time_updated, data) "
+            "VALUES ('prt_since', ?, ?, ?, ?, '{}')",
+            (mid, sid, stamp, stamp),
+        )
+        read = first.changed[0].read
+        assert read is not None
+        rebooted = ChangeDetector(
+            detector._db, only_shared=False, reads={sid: replace(read, boot="another boot")}
+        )
+        later = await rebooted.detect(cursors, deep=True)
+        assert [c.keys for c in later.changed] == [{("part", "prt_since")}]
+
+
 async def test_deleted_sessions_are_reported(tmp_path: Path, fixtures_dir: Path) -> None:
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     kept, gone = writer.session(), writer.session()

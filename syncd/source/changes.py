@@ -5,7 +5,9 @@ Two ways to see a change, chosen per session:
   cursor on, and its events name the entities that changed;
 - the tables alone, for a database without a journal (or a session the journal does not
   know yet): rows whose `time_updated`, or a diff file whose modification time, is new or
-  changed since the last read, looked for from a margin below the session's watermark.
+  changed since the last read, looked for from a margin below the session's watermark (or
+  below that read, when it was lower). The last read is kept with the cursor (TableRead), so
+  a restart neither misses nor re-sends rows.
 A session seen for the first time, or whose journal has a gap or went backwards (another
 database under the same name), is captured whole; so is every session of a database captured
 afresh (`fresh`: the file was replaced). A session that vanished from the `session` table was
@@ -106,6 +108,8 @@ class ChangeDetector:
             shared: set[str] = set()
             if db.schema.has_shares:
                 shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
+        for gone in self._reads.keys() - sessions.keys():  # memory grows with sessions alive
+            del self._reads[gone]
         now = int(time.time() * 1000)
         candidates = []
         for session_id, (time_updated, has_share_url) in sessions.items():
