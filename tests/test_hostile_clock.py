@@ -6,6 +6,7 @@ opencode process can commit a row stamped before the newest one syncd has seen."
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from syncd.state.lock import StateLock
 from syncd.state.store import StateStore
 from tests.support.archive_check import archived, make_config
 from tests.support.fake_opencode import FakeOpencode
+from tests.support.opencode_releases import install_home
 
 HOUR_MS = 3600 * 1000
 
@@ -190,3 +192,22 @@ async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
         daemon.release()
     assert set((await archived(config))[sid]["parts"]) == {"prt_first", "prt_late"}
     writer.close()
+
+
+async def test_a_json_store_copied_afresh_is_sent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """opencode 1.1's JSON sessions copied with `cp -r`: every file's time, which is its row's
+    stamp, is the moment of the copy, so every row is within the margin below the watermark;
+    a restart must still send none of them again."""
+    db = install_home("1.1.65", tmp_path / "home")
+    for path in (db.parent / "storage").rglob("*"):
+        os.utime(path)  # as cp -r leaves them: copied now
+    config = make_config(tmp_path, db)
+    received = count_received(monkeypatch)
+    assert await sync_once(config) == 0
+    first = sum(received)
+    assert first > 0
+    for _ in range(2):
+        assert await sync_once(config) == 0
+    assert sum(received) == first
