@@ -15,6 +15,7 @@ import pytest
 
 from syncd.archive.sqlite import SqliteArchive
 from syncd.commands.sync import sync_once
+from syncd.config import Config
 from syncd.errors import UserError
 from syncd.pipeline.deliver import RetryPolicy
 from syncd.pipeline.pipeline import DELIVERING_META, Pipeline, capture_and_drain, delivering
@@ -36,18 +37,27 @@ def insert_part(writer: FakeOpencode, sid: str, mid: str, part_id: str, stamp: i
     )
 
 
+async def delivered_part(
+    tmp_path: Path, fixtures_dir: Path, part_id: str
+) -> tuple[FakeOpencode, str, str, int, Config]:
+    """A database without a journal, one session with a part stamped now (returned), delivered
+    by a first `sync`."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    now = int(time.time() * 1000)
+    insert_part(writer, sid, mid, part_id, now)
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+    return writer, sid, mid, now, config
+
+
 async def test_a_row_committed_after_a_newer_one_is_delivered(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:
     """Two opencode processes: one stamps its part, waits for the write lock, and commits after
     the other's newer part was synced."""
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
-    sid = writer.session()
-    mid = writer.message(sid, {"role": "user"})
-    newer = int(time.time() * 1000)
-    insert_part(writer, sid, mid, "prt_newer", newer)
-    config = make_config(tmp_path, writer.path)
-    assert await sync_once(config) == 0
+    writer, sid, mid, newer, config = await delivered_part(tmp_path, fixtures_dir, "prt_newer")
     insert_part(writer, sid, mid, "prt_stamped_first", newer - 2000)
     assert await sync_once(config) == 0
     assert set((await archived(config))[sid]["parts"]) == {"prt_newer", "prt_stamped_first"}
@@ -163,13 +173,7 @@ async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
 ) -> None:
     """A part committed late with a stamp below the cursor: the daemon has not read it yet, so
     a `sync` beside it must not say everything was delivered until the daemon captured it."""
-    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
-    sid = writer.session()
-    mid = writer.message(sid, {"role": "user"})
-    now = int(time.time() * 1000)
-    insert_part(writer, sid, mid, "prt_first", now)
-    config = make_config(tmp_path, writer.path)
-    assert await sync_once(config) == 0
+    writer, sid, mid, now, config = await delivered_part(tmp_path, fixtures_dir, "prt_first")
     insert_part(writer, sid, mid, "prt_late", now - 2000)
     daemon = StateLock(config.state)  # a daemon owns the state and has not looked since
     daemon.acquire()
