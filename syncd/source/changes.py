@@ -205,9 +205,10 @@ class ChangeDetector:
         return SessionChange(session_id, keys=fresh, time_updated=newest, read=read)
 
     def _seen(self, session_id: str, cursor: Cursor | None) -> dict[ItemKey, int]:
-        """The stamps the session's last read kept; none for a session without a cursor (new
-        to syncd, or to the receiver it now delivers to: every row of it is new there)."""
-        read = self._reads.get(session_id) if cursor is not None else None
+        """The stamps the session's last read kept; none for a session without a watermark
+        (new to syncd, or to the receiver it now delivers to, whose first failure may have
+        recorded its error on a cursor row already: every row of it is new there)."""
+        read = self._reads.get(session_id) if cursor and cursor.time_updated is not None else None
         return read.seen if read is not None else {}
 
     async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
