@@ -1,9 +1,13 @@
-"""Table mode's last read, kept in the state (TableRead), under attack."""
+"""Table mode's last read, kept in the state (TableRead), under attack: a receiver switched
+while the daemon runs, a capture in flight meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from syncd.commands.sync import sync_once
 from syncd.config import Config
@@ -48,6 +52,57 @@ async def test_a_new_receiver_gets_every_row_when_a_delivery_error_came_first(
         await pipeline.state.bind_target("http:http://127.0.0.1:9")  # what the reload does
         await pipeline.state.record_error(sid, "connection refused")  # the new one is down
         await pipeline.capture(deep=True)
+        assert await pending_keys(pipeline.state, sid) == whole
+    finally:
+        await pipeline.window.cancel()
+        await pipeline.close()
+        writer.close()
+
+
+class WatchedLock(asyncio.Lock):
+    """The capture lock, telling each time someone asks for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def acquire(self) -> Literal[True]:
+        self.asked += 1
+        return await super().acquire()
+
+
+async def test_a_reload_to_another_receiver_during_a_capture_sends_it_every_row(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """SIGHUP to another receiver while a wake-up's capture is recording a new part: that
+    capture read with the old receiver's cursor and stamps. Its cursor must not outlive the
+    switch, or the rows the old receiver got never reach the new one."""
+    writer, sid, whole = a_session(tmp_path, fixtures_dir)
+    config = make_config(tmp_path, writer.path, sessions="all")
+    pipeline = await delivered_then_daemon(config)
+    try:
+        mid = next(item_id for kind, item_id in whole if kind == "message")
+        whole.add(("part", writer.part(sid, mid, {"type": "text", "text": "new"})))
+        gate, recording = asyncio.Event(), asyncio.Event()
+        state_capture = pipeline.state.capture
+
+        async def held_capture(*args, **kwargs) -> None:
+            recording.set()
+            await gate.wait()
+            await state_capture(*args, **kwargs)
+
+        pipeline.state.capture = held_capture  # type: ignore[method-assign]
+        lock = pipeline._capturing = WatchedLock()
+        wake_up = asyncio.create_task(pipeline.capture())
+        await asyncio.wait_for(recording.wait(), 10)
+        other = replace(config, transport="http", url="http://127.0.0.1:9")
+        reload = asyncio.create_task(pipeline.reload(other))
+        deadline = time.monotonic() + 10
+        while lock.asked < 2 and time.monotonic() < deadline:  # the reload waits its turn
+            await asyncio.sleep(0.01)
+        assert lock.asked == 2
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(wake_up, reload), 10)
         assert await pending_keys(pipeline.state, sid) == whole
     finally:
         await pipeline.window.cancel()

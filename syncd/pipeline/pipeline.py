@@ -353,7 +353,10 @@ class Pipeline:
             self.transport = transport
             await close_quietly(replaced)
             # A new receiver has none of the sessions: bind_target makes capture send all.
-            await self.state.bind_target(target)
+            # Not while a capture runs: it read the old receiver's cursors, and would write
+            # them back over the forgetting.
+            async with self._capturing:
+                await self.state.bind_target(target)
             self.metrics.transport = config.transport
         self.policy = replace(
             self.policy, backoff_max=config.backoff_max, request_timeout=config.request_timeout
