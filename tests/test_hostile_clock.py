@@ -101,12 +101,25 @@ async def test_rows_written_after_the_clock_was_set_back_are_delivered(
     writer.close()
 
 
+@pytest.mark.parametrize(
+    ("wall_later", "boot_later"),
+    [(HOUR_MS + 5 * 60 * 1000, HOUR_MS + 5 * 60 * 1000), (5 * 60 * 1000, -HOUR_MS)],
+    ids=["caught-up", "boot-clock-behind"],
+)
 async def test_rows_written_while_stopped_across_a_correction_are_delivered(
-    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    fixtures_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    wall_later: int,
+    boot_later: int,
 ) -> None:
     """syncd stops while the clock runs an hour fast; the clock is corrected, a part is written,
     and syncd starts again only once the clock caught up past its watermark: the part is
-    stamped nearly an hour below it, and the clock alone no longer tells it went back."""
+    stamped nearly an hour below it, and the clock alone no longer tells it went back. Or
+    syncd starts five minutes later by the corrected clock, but the boot's clock, under the
+    same boot name, is behind the one its last read recorded (a virtual machine's snapshot
+    restored, a container in a time namespace of its own): that clock cannot say when the
+    read was, and the clock behind the watermark says it went back at some time unknown."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     real = int(time.time() * 1000)
     sid = writer.session(time_created=real + HOUR_MS, time_updated=real + HOUR_MS)
@@ -116,8 +129,7 @@ async def test_rows_written_while_stopped_across_a_correction_are_delivered(
     set_clocks(monkeypatch, wall_ahead=HOUR_MS, boot_elapsed=0)
     assert await sync_once(config) == 0
     insert_part(writer, sid, mid, "prt_corrected_clock", real + 1000)
-    later = HOUR_MS + 5 * 60 * 1000  # an hour and five minutes on, by either clock
-    set_clocks(monkeypatch, wall_ahead=later, boot_elapsed=later)
+    set_clocks(monkeypatch, wall_ahead=wall_later, boot_elapsed=boot_later)
     assert await sync_once(config) == 0
     assert set((await archived(config))[sid]["parts"]) == {"prt_fast_clock", "prt_corrected_clock"}
     writer.close()

@@ -261,14 +261,15 @@ class ChangeDetector:
         rows written since the last read are stamped from the clock as it was then, however
         far below the watermark it is now (the clock was set back, even while syncd was
         stopped and caught up since): when the last read ran in this boot, the boot's clock
-        tells when it was by the wall clock as it is now. Otherwise, a clock now behind the
-        watermark or the last read went back at some time unknown: every row."""
+        tells when it was by the wall clock as it is now (unless that clock is now behind the
+        one the read recorded: a snapshot restored, a time namespace). Otherwise, a clock now
+        behind the watermark or the last read went back at some time unknown: every row."""
         watermark = cursor.time_updated if cursor else None
         if watermark is None:
             return -1
         now, (boot, clock) = _wall_ms(), boot_clock()
         read = self._reads.get(session_id)
-        if read is not None and read.boot == boot:
+        if read is not None and read.boot == boot and read.clock <= clock:
             return _floor_below(watermark, now - (clock - read.clock))
         if watermark > now or (read is not None and read.wall > now):
             return -1
