@@ -5,6 +5,7 @@ opencode process can commit a row stamped before the newest one syncd has seen."
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -155,11 +156,23 @@ def count_received(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return received
 
 
+@pytest.mark.parametrize("boot_id", ["readable", "unreadable"])
 async def test_a_restart_sends_nothing_already_delivered(
-    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, boot_id: str
 ) -> None:
     """Rows stamped within the margin below the watermark are read again after a restart; the
-    stamps syncd read before are kept in its state, so none of them travels twice."""
+    stamps syncd read before are kept in its state, so none of them travels twice. Without a
+    boot id to read, each run is a boot of its own: its last read is placed by the wall
+    clock, and neither re-sends nor loses."""
+    if boot_id == "unreadable":
+        monkeypatch.setattr(changes, "_BOOT_ID", tmp_path / "no boot_id")
+    # Its own cache of the boot id, which the runs below empty (the module's stays as it was).
+    monkeypatch.setattr(changes, "_boot_id", functools.cache(changes._boot_id.__wrapped__))
+
+    async def run() -> None:  # each in a process of its own
+        changes._boot_id.cache_clear()
+        assert await sync_once(config) == 0
+
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
     sid = writer.session()
     mid = writer.message(sid, {"role": "user"})
@@ -168,14 +181,14 @@ async def test_a_restart_sends_nothing_already_delivered(
         insert_part(writer, sid, mid, f"prt_{n}", now - n * 1000)
     config = make_config(tmp_path, writer.path)
     received = count_received(monkeypatch)
-    assert await sync_once(config) == 0
+    await run()
     first = sum(received)
     assert first >= 7  # the session, its message, five parts
     for _ in range(2):
-        assert await sync_once(config) == 0
+        await run()
     assert sum(received) == first
     insert_part(writer, sid, mid, "prt_late", now - 3000)  # committed late, stamped low
-    assert await sync_once(config) == 0
+    await run()
     assert sum(received) == first + 1
     writer.close()
 
