@@ -5,9 +5,11 @@ opencode process can commit a row stamped before the newest one syncd has seen."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,26 @@ async def test_a_json_store_copied_afresh_is_sent_once(
     for _ in range(2):
         assert await sync_once(config) == 0
     assert sum(received) == first
+
+
+async def test_a_state_from_before_table_reads_loses_no_late_row_and_resends_once(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state written before syncd kept its table reads (the migration leaves them empty):
+    its first run reads from the margin below the watermark, as syncd did then, so a row
+    committed late while it was stopped is delivered; what it sends again, it sends once."""
+    writer, sid, mid, now, config = await delivered_part(tmp_path, fixtures_dir, "prt_first")
+    with contextlib.closing(sqlite3.connect(config.state)) as state, state:
+        state.execute(
+            "UPDATE session_cursor SET read_wall = NULL, read_boot = NULL, read_clock = NULL, "
+            "read_seen = NULL"
+        )
+    insert_part(writer, sid, mid, "prt_late", now - 2000)
+    received = count_received(monkeypatch)
+    assert await sync_once(config) == 0
+    assert set((await archived(config))[sid]["parts"]) == {"prt_first", "prt_late"}
+    again = sum(received)
+    assert again >= 1
+    assert await sync_once(config) == 0
+    assert sum(received) == again
+    writer.close()
