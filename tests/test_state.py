@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -79,6 +80,23 @@ async def test_table_reads_are_kept_with_the_cursor(tmp_path: Path) -> None:
     moved = await StateStore.open(path, "share:http://b")
     assert await moved.table_reads() == {}
     await moved.close()
+
+
+async def test_a_damaged_table_read_is_read_as_none_kept(tmp_path: Path) -> None:
+    """A read_seen that is not what syncd writes (a state edited by hand, or damaged) leaves
+    the session without a kept read (it is read again from its watermark's margin) instead of
+    failing every start with a traceback."""
+    path = tmp_path / "state.db"
+    read = TableRead(1_000, "boot-a", 50, {("session", "ses_1"): 990})
+    state = await StateStore.open(path, "share:http://a")
+    await state.capture("ses_1", [("session", "ses_1")], time_updated=990, read=read)
+    await state.capture("ses_2", [("session", "ses_2")], time_updated=990, read=read)
+    await state.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE session_cursor SET read_seen = '[[1]' WHERE session_id = 'ses_1'")
+    reopened = await StateStore.open(path, "share:http://a")
+    assert await reopened.table_reads() == {"ses_2": read}
+    await reopened.close()
 
 
 async def test_dead_letters_keep_payload_and_reason(state: StateStore) -> None:

@@ -242,7 +242,12 @@ class StateStore:
             "SELECT session_id, read_wall, read_boot, read_clock, read_seen FROM session_cursor "
             "WHERE read_seen IS NOT NULL"
         )
-        return {row[0]: TableRead(row[1], row[2], row[3], _seen_from(row[4])) for row in rows}
+        reads = {}
+        for session_id, wall, boot, clock, seen_text in rows:
+            seen = _seen_from(seen_text)
+            if seen is not None:
+                reads[session_id] = TableRead(wall, boot, clock, seen)
+        return reads
 
     async def forget_session(self, session_id: str) -> None:
         """A session gone from opencode (its remote copy kept or deleted): stop tracking it,
@@ -546,11 +551,16 @@ def _seen_text(seen: dict[tuple[str, str], int]) -> str:
     )
 
 
-def _seen_from(text: str) -> dict[tuple[str, Any], int]:
-    return {
-        (kind, bytes.fromhex(item_id["hex"]) if isinstance(item_id, dict) else item_id): stamp
-        for kind, item_id, stamp in jsontext.loads(text)
-    }
+def _seen_from(text: str) -> dict[tuple[str, Any], int] | None:
+    """`_seen_text` read back; None when the state holds something else (edited by hand, or
+    damaged): the session is then read as if no read were kept, which re-sends, never loses."""
+    try:
+        return {
+            (kind, bytes.fromhex(item_id["hex"]) if isinstance(item_id, dict) else item_id): stamp
+            for kind, item_id, stamp in jsontext.loads(text)
+        }
+    except (ValueError, TypeError, KeyError):  # JsonTextError is a ValueError
+        return None
 
 
 def _payload(payload: Any) -> str | None:
