@@ -17,12 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
 from syncd import jsonc
 from syncd.errors import UserError, os_problem
+from syncd.redact import MASK
 from syncd.urls import cleartext_beyond_loopback, origin_of
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
@@ -310,8 +311,30 @@ def _validate(name: str, value: Any, source: str | None) -> Any:
         return parse(value)
     except _Invalid as e:
         where = f"{source}: " if source else ""
-        shown = "<hidden>" if name in ("key", "store") else repr(value)
+        if name in ("key", "store"):
+            shown = "<hidden>"
+        elif name == "url" and isinstance(value, str):
+            shown = repr(_url_shown(value))
+        else:
+            shown = repr(value)
         raise UserError(f"{where}{name} = {shown} is not accepted: expected {e}") from None
+
+
+def _url_shown(url: str) -> str:
+    """`url` as an error may show it: a token is often carried in its user info, query or
+    fragment (opencode fills enterprise.url from the environment), so those are masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: shown only when nothing in it could be a credential
+        return MASK if set("@?#") & set(url) else url
+    _user, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{MASK}@{host}" if at else host,
+            query=MASK if parts.query else "",
+            fragment=MASK if parts.fragment else "",
+        )
+    )
 
 
 class _Invalid(Exception):

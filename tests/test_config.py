@@ -362,3 +362,31 @@ def test_bad_command_line_exits_2_with_one_line(
 def test_bad_enterprise_url_names_opencode_config(env: dict[str, str]) -> None:
     write_opencode(env, "opencode.jsonc", '{"enterprise": {"url": "opncd"}, // c\n}')
     assert_one_line_error(run_syncd(env, "sync"), "(enterprise.url): url = 'opncd'")
+
+
+URL_TOKEN = "tok-5d1c9e2a7b"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://robot:{token}@share.example.com",
+        "https://{token}@share.example.com",
+        "https://share.example.com/?token={token}",
+        "https://share.example.com/?{token}",
+        "https://share.example.com/#{token}",
+    ],
+)
+def test_a_refused_url_never_echoes_the_credential_in_it(env: dict[str, str], url: str) -> None:
+    # opencode substitutes {env:NAME} in enterprise.url: a token there comes from the
+    # environment, and the refusal reaches the journal of a service.
+    write_opencode(
+        env,
+        "opencode.json",
+        json.dumps({"enterprise": {"url": url.format(token="{env:SHARE_TOKEN}")}}),
+    )
+    env["SHARE_TOKEN"] = URL_TOKEN
+    with pytest.raises(UserError) as refused:
+        load_config({}, env)
+    assert "url = " in str(refused.value) and "share.example.com" in str(refused.value)
+    assert URL_TOKEN not in str(refused.value)
