@@ -8,16 +8,23 @@ from urllib.parse import SplitResult, urlsplit
 
 def origin_of(url: str) -> str | None:
     """scheme://host[:port] of `url` (the unit a key or a share belongs to), None for a url
-    without both."""
-    parts = urlsplit(url)
+    without both or one that does not parse."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
 def same_server(a: str, b: str) -> bool:
     """Whether two urls name the same host and port. The scheme is left out: opencode's share
     server builds its share urls as https unless a proxy says otherwise, whatever the scheme
-    it was reached by."""
-    first, second = urlsplit(a), urlsplit(b)
+    it was reached by. A url that does not parse (`https://[oops`, as a share server may have
+    answered opencode) names no server of ours."""
+    try:
+        first, second = urlsplit(a), urlsplit(b)
+    except ValueError:
+        return False
     if not first.hostname or not second.hostname:
         return False
     return (first.hostname.lower(), _port(first)) == (second.hostname.lower(), _port(second))

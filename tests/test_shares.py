@@ -82,3 +82,22 @@ async def test_a_lost_share_is_recreated_once_with_the_whole_session(
             "third"
         ]
     writer.close()
+
+
+async def test_an_unparseable_opencode_share_url_is_another_server(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """opencode stores the url its share server answered; one that does not parse
+    (`https://[oops/...`) once stopped the session's delivery on every run, for ever."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    sid = writer.session()
+    writer.share(sid, "abc", "other-secret", "https://[oops/share/abc")
+    mid = writer.message(sid, {"role": "user", "time": {"created": 1}})
+    async with running_receiver(tmp_path) as receiver:
+        config = make_config(tmp_path, writer.path, url=receiver.url, transport="http")
+        assert await sync_once(config) == 0
+        (listed,) = await receiver.store.list_shares()
+        assert listed["session_id"] == sid
+        shared = await receiver.store.read_share(listed["id"])
+        assert [m["id"] for m in shared["messages"]] == [mid]
+    writer.close()
