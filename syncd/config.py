@@ -251,7 +251,10 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
 def _holds_password(store: Any) -> bool:
     if not isinstance(store, str) or "://" not in store:
         return False
-    parts = urlsplit(store)
+    try:
+        parts = urlsplit(store)
+    except ValueError:  # refused when validated; meanwhile, whatever precedes an @ may be one
+        return "@" in store
     return bool(parts.password) or "password=" in parts.query
 
 
@@ -359,7 +362,10 @@ def _ca_bundle(value: Any) -> Path:
 def _url(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("an http:// or https:// url")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced [ or ] around an IPv6 address
+        raise _Invalid("an http:// or https:// url with a host") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Invalid("an http:// or https:// url with a host")
     if parts.username or parts.password:
@@ -376,11 +382,16 @@ def _url(value: Any) -> str:
 def _store(value: Any) -> str:
     if isinstance(value, Path):
         return str(value)
+    expected = "a file path, sqlite:///path or postgresql://user:password@host:port/database"
     if not isinstance(value, str) or not value.strip():
-        raise _Invalid(
-            "a file path, sqlite:///path or postgresql://user:password@host:port/database"
-        )
-    return value if "://" in value else str(Path(value).expanduser())
+        raise _Invalid(expected)
+    if "://" not in value:
+        return str(Path(value).expanduser())
+    try:
+        urlsplit(value)
+    except ValueError:  # an unbalanced [ or ] around an IPv6 address
+        raise _Invalid(expected) from None
+    return value
 
 
 def _text(value: Any) -> str:
