@@ -316,7 +316,7 @@ def _validate(name: str, value: Any, source: str | None) -> Any:
         where = f"{source}: " if source else ""
         if name in ("key", "store"):
             shown = "<hidden>"
-        elif name == "url" and isinstance(value, str):
+        elif isinstance(value, str) and "://" in value:
             shown = repr(_url_shown(value))
         else:
             shown = repr(value)
@@ -349,6 +349,8 @@ def _path(value: Any) -> Path:
         return value
     if not isinstance(value, str) or not value:
         raise _Invalid("a file path (non-empty string)")
+    if "://" in value:  # a database url: a path would make a file at ./postgresql:/user:pw@...
+        raise _Invalid("a file path, not a url (a receiver's store url goes in store / --store)")
     return Path(value).expanduser()
 
 

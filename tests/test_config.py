@@ -393,3 +393,16 @@ def test_a_refused_url_never_echoes_the_credential_in_it(env: dict[str, str], ur
         load_config({}, env)
     assert "url = " in str(refused.value) and "share.example.com" in str(refused.value)
     assert URL_TOKEN not in str(refused.value)
+
+
+@pytest.mark.parametrize("flag", ["--archive", "--state", "--db"])
+def test_a_database_url_where_a_file_path_goes_is_refused(
+    env: dict[str, str], home: Path, flag: str
+) -> None:
+    """`--archive postgresql://...` (the url belongs in --store) once served from a SQLite file
+    made at ./postgresql:/u:pw@host/db, and logged that path, password included."""
+    command = "serve" if flag == "--archive" else "sync"
+    result = run_syncd(env, command, flag, "postgresql://robot:pw-83c1f0@127.0.0.1:1/db")
+    assert_one_line_error(result, f"{flag.removeprefix('--')} = 'postgresql://***@127.0.0.1:1/db'")
+    assert "pw-83c1f0" not in result.stderr
+    assert not (home / "postgresql:").exists()
