@@ -184,6 +184,7 @@ class Pipeline:
         storage/ are read again."""
         db = self.db
         troubled = self._trouble_since is not None
+        await self.state.check_on_disk()
         try:
             moved = db.moved()
             if moved == "deleted":

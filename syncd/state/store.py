@@ -20,6 +20,7 @@ import aiosqlite
 
 from .. import jsontext
 from ..errors import UserError, os_problem
+from ..files import prepare_database_file, private_directory
 from ..model import Cursor, PendingItem, Share, TableRead
 from ..redact import scrub
 from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, transaction
@@ -70,6 +71,16 @@ def _readable_id(item_id: str | bytes) -> str:
     return item_id
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names (device, inode), None when there is none; OSError when the
+    path cannot be looked at."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -81,6 +92,7 @@ class StateStore:
         # One lock for the connection: reads and writes never interleave (syncd.sqlite).
         self._lock = asyncio.Lock()
         self._writer = GroupWriter(conn, self._lock)
+        self._opened = _file_identity(path)  # the file this connection writes
 
     @classmethod
     async def open(cls, path: Path, target: str | None = None) -> StateStore:
@@ -135,6 +147,39 @@ class StateStore:
 
     async def close(self) -> None:
         await self._conn.close()
+
+    async def check_on_disk(self) -> None:
+        """StateError when the file at `path` is no longer the one this connection writes:
+        what syncd records would go into a file nobody can open again, and the next start
+        would deliver every session anew (a second copy of each). A deleted state is first
+        written back from the open connection, so that the next start goes on from it."""
+        try:
+            now = _file_identity(self.path)
+        except OSError:
+            return  # cannot look (a directory made unreadable): its writes will fail and say so
+        if now == self._opened:
+            return
+        if now is not None:
+            raise StateError(
+                f"the state database {self.path} was replaced by another file while syncd ran; "
+                "syncd stops rather than record into the file it had open: start it again to go "
+                "on from the new file (stop syncd before replacing its state)"
+            )
+        try:
+            private_directory(self.path.parent)
+            prepare_database_file(self.path)
+            async with self._lock:
+                await self._conn.execute("VACUUM INTO ?", (str(self.path),))
+        except (OSError, sqlite3.Error, UserError) as exc:
+            raise StateError(
+                f"the state database {self.path} was deleted while syncd ran and could not be "
+                f"written back ({exc}); syncd stops: starting again delivers every session anew"
+            ) from None
+        raise StateError(
+            f"the state database {self.path} was deleted while syncd ran: written back from "
+            "the open copy; syncd stops so that it starts again on it (stop syncd before "
+            "moving or removing its state)"
+        )
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -1,0 +1,83 @@
+"""syncd's own state database taken away under a running daemon (a real `syncd run`): what it
+records must not vanish with it, and the next start must not deliver every session anew."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from syncd.archive.sqlite import SqliteArchive
+from syncd.state.store import StateError, StateStore
+from tests.support.env import WAIT_SECONDS, eventually, isolated_env
+from tests.support.fake_opencode import FakeOpencode
+from tests.support.syncd_process import run_syncd, syncd_process
+
+
+async def shares_by_session(archive: Path) -> dict[str, int]:
+    """session id -> how many shares the archive holds for it."""
+    if not archive.is_file():
+        return {}
+    store = await SqliteArchive.open(archive)
+    try:
+        counts: dict[str, int] = {}
+        for share in await store.list_shares():
+            counts[share["session_id"]] = counts.get(share["session_id"], 0) + 1
+        return counts
+    finally:
+        await store.close()
+
+
+async def test_a_state_deleted_under_the_daemon_is_written_back_and_it_stops(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """`rm -r ~/.local/state/syncd` while syncd runs: it went on recording into the deleted
+    file, `status` said syncd had never run, and the next start created a second share of
+    every session."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    first = writer.session("before")
+    state_dir, archive = tmp_path / "state", tmp_path / "archive.db"
+    args = ["--db", str(writer.path), "--state", str(state_dir / "state.db"),
+            "--archive", str(archive)]  # fmt: skip
+    env = isolated_env(tmp_path)
+    async with syncd_process(["run", *args], env, tmp_path / "syncd.log") as syncd:
+
+        async def delivered(*sessions: str) -> bool:
+            return set(sessions) <= set(await shares_by_session(archive))
+
+        await eventually(lambda: delivered(first), "the first session delivered", syncd.log)
+        shutil.rmtree(state_dir)
+        second = writer.session("after")  # a change wakes the daemon up
+        assert syncd.process is not None
+        code = await asyncio.wait_for(syncd.process.wait(), WAIT_SECONDS)
+    assert code == 1, syncd.log()
+    assert "was deleted while syncd ran: written back" in syncd.log()
+    assert (state_dir / "state.db").stat().st_mode & 0o777 == 0o600  # it holds share secrets
+
+    code, output = await run_syncd("sync", *args, env=env)
+    assert code == 0, output
+    assert await shares_by_session(archive) == {first: 1, second: 1}
+    writer.close()
+
+
+async def test_a_state_replaced_under_the_daemon_stops_it_and_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    state = await StateStore.open(path)
+    try:
+        await state.check_on_disk()  # the file it opened: nothing to say
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        replacement = await StateStore.open(path)  # a restored backup, say
+        await replacement.set_meta("restored", "yes")
+        await replacement.close()
+        with pytest.raises(StateError, match="replaced by another file while syncd ran"):
+            await state.check_on_disk()
+    finally:
+        await state.close()
+    reopened = await StateStore.open(path)
+    assert await reopened.meta("restored") == "yes"
+    await reopened.close()
