@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,29 @@ def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, fixtures_dir: P
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=30) == 141
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+async def test_dead_letters_by_a_range_of_any_size(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused key during a large backfill leaves a letter per item. `retry 1-260000` once
+    failed on SQLite's limit of bound variables (250,000 on Debian's build, 32,766 on
+    others) with the state's "free disk space" error, and a slip of the keyboard
+    (`discard 1-2000000000`) built a list of two billion ids and hung."""
+    config = remote_config(tmp_path, writer.path, "http://127.0.0.1:9")
+    await (await StateStore.open(config.state)).close()
+    count = 260_000
+    with sqlite3.connect(config.state) as db:
+        db.executemany(
+            "INSERT INTO dead_letter (session_id, kind, item_id, reason, time_created) "
+            "VALUES ('ses_x', 'part', ?, 'refused', 1)",
+            ((f"prt_{n}",) for n in range(count)),
+        )
+    code, out, err = await cli(capsys, "dead-letters", "retry", f"1-{count}", *flags(config))
+    assert code == 0 and f"{count} dead letter(s) retried" in out, err
+    with sqlite3.connect(config.state) as db:
+        assert db.execute("SELECT count(*) FROM pending_item").fetchone() == (count,)
+        assert db.execute("SELECT count(*) FROM dead_letter").fetchone() == (0,)
+    code, _, err = await cli(capsys, "dead-letters", "discard", "9-2000000000", *flags(config))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "no dead letter 9, 10, 11," in err and "1999999992 in all" in err

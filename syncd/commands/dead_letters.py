@@ -67,12 +67,13 @@ def _command(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, in
         case "show":
             return show_letter(config, args.id)
         case "retry":
-            return retry(config, list(itertools.chain(*args.ids)), args.all)
+            return retry(config, args.ids, args.all)
         case _:
-            return discard(config, list(itertools.chain(*args.ids)), args.all)
+            return discard(config, args.ids, args.all)
 
 
-def _id_range(text: str) -> list[int]:
+def _id_range(text: str) -> range:
+    """An id or a range of ids, never expanded: `1-2000000000` costs what `1` does."""
     first, _, last = text.partition("-")
     try:
         ids = range(int(first), int(last or first) + 1)
@@ -80,7 +81,7 @@ def _id_range(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not an id or a range of ids") from None
     if not ids:
         raise argparse.ArgumentTypeError(f"{text!r} is an empty range")
-    return list(ids)
+    return ids
 
 
 async def list_letters(config: Config, as_json: bool = False) -> int:
@@ -171,7 +172,7 @@ def _ranges(ids: list[int]) -> str:
 async def show_letter(config: Config, letter_id: int) -> int:
     state = await StateStore.open_readonly(config.state)
     try:
-        found = await state.dead_letters([letter_id])
+        found = await state.dead_letters([range(letter_id, letter_id + 1)])
         payload = await state.dead_letter_payload(letter_id)
     finally:
         await state.close()
@@ -181,10 +182,10 @@ async def show_letter(config: Config, letter_id: int) -> int:
     return 0
 
 
-async def retry(config: Config, ids: Sequence[int], every: bool) -> int:
+async def retry(config: Config, spans: Sequence[range], every: bool) -> int:
     state = await StateStore.open(config.state)
     try:
-        letters = await _chosen(state, ids, every)
+        letters = await _chosen(state, spans, every)
         keys = await _keys_to_requeue(config, letters)
         done = await state.requeue_dead_letters(keys)
     finally:
@@ -197,10 +198,10 @@ async def retry(config: Config, ids: Sequence[int], every: bool) -> int:
     return 0
 
 
-async def discard(config: Config, ids: Sequence[int], every: bool) -> int:
+async def discard(config: Config, spans: Sequence[range], every: bool) -> int:
     state = await StateStore.open(config.state)
     try:
-        letters = await _chosen(state, ids, every)
+        letters = await _chosen(state, spans, every)
         count = await state.discard_dead_letters(letter["id"] for letter in letters)
     finally:
         await state.close()
@@ -208,16 +209,30 @@ async def discard(config: Config, ids: Sequence[int], every: bool) -> int:
     return 0
 
 
-async def _chosen(state: StateStore, ids: Sequence[int], every: bool) -> list[dict[str, Any]]:
-    if every == bool(ids):
+async def _chosen(state: StateStore, spans: Sequence[range], every: bool) -> list[dict[str, Any]]:
+    if every == bool(spans):
         raise UserError("name the dead letters by id, or pass --all (not both)")
-    letters = await state.dead_letters(None if every else ids)
-    missing = sorted(set(ids) - {letter["id"] for letter in letters})
-    if missing:
-        raise UserError(
-            f"no dead letter {', '.join(map(str, missing))}: `syncd dead-letters list` shows them"
-        )
+    letters = await state.dead_letters(None if every else spans)
+    if not every:
+        _require_all_named(spans, {letter["id"] for letter in letters})
     return letters
+
+
+def _require_all_named(spans: Sequence[range], found: set[int], shown: int = 10) -> None:
+    """UserError naming the first few ids in `spans` that no dead letter has, and how many."""
+    merged: list[range] = []
+    for span in sorted(spans, key=lambda span: span.start):
+        if merged and span.start <= merged[-1].stop:
+            merged[-1] = range(merged[-1].start, max(merged[-1].stop, span.stop))
+        else:
+            merged.append(span)
+    missing = sum(len(span) for span in merged) - len(found)
+    if not missing:
+        return
+    # Each id looked at is either found or shown: at most len(found) + `shown` of them.
+    first = list(itertools.islice((n for span in merged for n in span if n not in found), shown))
+    named = ", ".join(map(str, first)) + (f", ... ({missing} in all)" if missing > shown else "")
+    raise UserError(f"no dead letter {named}: `syncd dead-letters list` shows them")
 
 
 async def _keys_to_requeue(

@@ -514,14 +514,21 @@ class StateStore:
                 "pending", "oldest_pending", "dead_letters")  # fmt: skip
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    async def dead_letters(self, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
-        """Every dead letter (or those with `ids`), oldest first, without payloads."""
-        where, params = "", tuple[int, ...]()
-        if ids is not None:
-            params = tuple(ids)
-            if not params:
+    async def dead_letters(self, spans: Iterable[range] | None = None) -> list[dict[str, Any]]:
+        """Every dead letter (or those with an id in one of `spans`), oldest first, without
+        payloads."""
+        where, params = "", tuple[str, ...]()
+        if spans is not None:
+            bounds = [[span.start, span.stop - 1] for span in spans if span]
+            if not bounds:
                 return []
-            where = f"WHERE id IN ({','.join('?' * len(params))})"
+            # The spans travel as one JSON value: a variable per id would meet SQLite's limit
+            # (32,766 by default) on a large refusal's letters, and a range is never expanded.
+            where = (
+                "WHERE EXISTS (SELECT 1 FROM json_each(?) AS span WHERE dead_letter.id "
+                "BETWEEN json_extract(span.value, '$[0]') AND json_extract(span.value, '$[1]'))"
+            )
+            params = (jsontext.dumps(bounds),)
         rows = await self._rows(
             "SELECT id, session_id, kind, item_id, reason, time_created FROM dead_letter "
             f"{where} ORDER BY id",
