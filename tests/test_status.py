@@ -274,6 +274,39 @@ def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path, fixtures_dir: P
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
 
 
+async def with_dead_letters(tmp_path: Path, writer: FakeOpencode, count: int) -> Config:
+    """A state holding `count` dead letters (ids 1 to `count`) of one session."""
+    config = remote_config(tmp_path, writer.path, "http://127.0.0.1:9")
+    await (await StateStore.open(config.state)).close()
+    with sqlite3.connect(config.state) as db:
+        db.executemany(
+            "INSERT INTO dead_letter (session_id, kind, item_id, reason, time_created) "
+            "VALUES ('ses_x', 'part', ?, 'refused:  400', 1764600000000)",
+            ((f"prt_{n}",) for n in range(count)),
+        )
+    return config
+
+
+def test_many_dead_letters_list_into_a_pipe_at_once(tmp_path: Path, writer: FakeOpencode) -> None:
+    """In a pipe (`| less`, `| grep`) every letter is a line. rich laid each out in about a
+    millisecond: the letters of one large refusal (260,000) took four minutes and 1.3 GB."""
+    config = asyncio.run(with_dead_letters(tmp_path, writer, count := 30_000))
+    env = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "syncd", "dead-letters", "list", *flags(config)],
+        env=env, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    lines = listed.stdout.splitlines()
+    assert listed.returncode == 0, listed.stderr
+    assert lines[0].split() == ["ID", "SESSION", "KIND", "ITEM", "WHEN", "REASON"]
+    assert lines[1].split()[:4] == ["1", "ses_x", "part", "prt_0"]
+    assert lines[1].startswith("1      ses_x    part  prt_0  ") and lines[1].endswith(
+        " refused: 400"
+    )
+    assert lines[count].split()[:4] == [str(count), "ses_x", "part", f"prt_{count - 1}"]
+    assert lines[count + 2].startswith(f"{count} dead letter(s).")
+
+
 async def test_dead_letters_by_a_range_of_any_size(
     tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,15 +314,7 @@ async def test_dead_letters_by_a_range_of_any_size(
     failed on SQLite's limit of bound variables (250,000 on Debian's build, 32,766 on
     others) with the state's "free disk space" error, and a slip of the keyboard
     (`discard 1-2000000000`) built a list of two billion ids and hung."""
-    config = remote_config(tmp_path, writer.path, "http://127.0.0.1:9")
-    await (await StateStore.open(config.state)).close()
-    count = 260_000
-    with sqlite3.connect(config.state) as db:
-        db.executemany(
-            "INSERT INTO dead_letter (session_id, kind, item_id, reason, time_created) "
-            "VALUES ('ses_x', 'part', ?, 'refused', 1)",
-            ((f"prt_{n}",) for n in range(count)),
-        )
+    config = await with_dead_letters(tmp_path, writer, count := 260_000)
     code, out, err = await cli(capsys, "dead-letters", "retry", f"1-{count}", *flags(config))
     assert code == 0 and f"{count} dead letter(s) retried" in out, err
     with sqlite3.connect(config.state) as db:
