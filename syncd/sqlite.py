@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from .errors import UserError
 from .files import prepare_database_file, private_directory, refuse_links
-from .migrate import migrate
+from .migrate import migrate, migration_folders
 
 # The files SQLite opens beside a WAL database, by name.
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -34,6 +35,7 @@ async def open_private(
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await _refuse_foreign(conn, path, migrations)
         await _use_wal(conn)
         for pragma in (f"synchronous = {synchronous}", "foreign_keys = ON"):
             await conn.execute(f"PRAGMA {pragma}")
@@ -42,6 +44,27 @@ async def open_private(
         await conn.close()
         raise
     return conn
+
+
+async def _refuse_foreign(conn: aiosqlite.Connection, path: Path, migrations: Path) -> None:
+    """UserError for a database with tables but without the first of `migrations` applied:
+    another program's (opencode's own, given as --state), or syncd's other store. syncd would
+    create its tables in it, and record its migrations in opencode's own `migration` table."""
+    async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
+        tables = sorted(row[0] for row in await cursor.fetchall())
+    if tables in ([], ["migration"]):  # new, or made by a start that stopped before migrating
+        return
+    if "migration" in tables:
+        first = migration_folders(migrations)[0].name
+        async with conn.execute("SELECT 1 FROM migration WHERE id = ?", (first,)) as cursor:
+            if await cursor.fetchone() is not None:
+                return
+    shown = ", ".join(tables[:4]) + (", ..." if len(tables) > 4 else "")
+    raise UserError(
+        f"{path} is not a database of syncd's (it holds the tables {shown}), and syncd writes "
+        "only into its own: give --state and --archive (or state and archive in the config "
+        "file) paths of their own"
+    )
 
 
 async def _use_wal(conn: aiosqlite.Connection) -> None:

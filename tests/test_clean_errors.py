@@ -3,8 +3,10 @@ code, and a process that exits (no traceback, no thread left holding it open).""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,44 @@ def test_an_unreadable_config_directory_is_one_line(tmp_path: Path) -> None:
     assert code == 2
     line = one_clean_line(stderr)
     assert "cannot look for the config file" in line and "Permission denied" in line
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+@pytest.mark.parametrize("flag", ["--state", "--archive"])
+def test_another_programs_database_is_never_written_into(
+    tmp_path: Path, fixtures_dir: Path, flag: str
+) -> None:
+    """`--state ~/.local/share/opencode/opencode.db` (the path meant for --db) once made syncd
+    create its tables in opencode's database, its migrations in opencode's own `migration`
+    table, and go on delivering from there."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    writer.session()
+    writer.close()
+    before = tables(writer.path)
+    paths = {"--state": str(tmp_path / "state.db"), "--archive": str(tmp_path / "archive.db")}
+    paths[flag] = str(writer.path)
+    code, stderr = syncd(
+        tmp_path, "sync", "--db", str(writer.path), *itertools.chain(*paths.items())
+    )
+    assert code == 2
+    line = one_clean_line(stderr)
+    assert f"{writer.path} is not a database of syncd's" in line and flag in line
+    assert tables(writer.path) == before
+    with sqlite3.connect(writer.path) as db:
+        assert not db.execute("SELECT 1 FROM migration WHERE id LIKE '2026%'").fetchall()
+
+
+def test_the_state_and_the_archive_are_not_each_other(tmp_path: Path, fixtures_dir: Path) -> None:
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    writer.session()
+    writer.close()
+    state, archive = tmp_path / "state.db", tmp_path / "archive.db"
+    flags = ["--db", str(writer.path), "--state", str(state), "--archive", str(archive)]
+    assert syncd(tmp_path, "sync", *flags)[0] == 0
+    swapped = ["--db", str(writer.path), "--state", str(archive), "--archive", str(state)]
+    code, stderr = syncd(tmp_path, "sync", *swapped)
+    assert code == 2 and f"{archive} is not a database of syncd's" in one_clean_line(stderr)
