@@ -18,12 +18,9 @@ from syncd.archive.postgres import MIGRATIONS, PostgresArchive
 from syncd.errors import UserError
 from syncd.model import Batch
 from syncd.redact import scrub
-from syncd.transports.a2a import A2aTransport
 from syncd.transports.base import RetryableError
-from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
-from syncd.transports.http import HttpTransport
 from tests.support.postgres import PostgresCluster
-from tests.support.receiver import running_receiver
+from tests.support.receiver import CLIENTS, running_receiver
 
 SESSION_ID = "ses_replicas000000000000000001"
 T = TypeVar("T")
@@ -159,21 +156,13 @@ async def test_an_unreachable_database_is_store_unavailable_then_recovers(
         assert (await store.read_share(share.id))["messages"] == [message("msg_1")["data"]]
 
 
-TRANSPORTS = {
-    "http": lambda url: HttpTransport(url, timeout=10, verify=True),
-    "capnweb-batch": lambda url: CapnwebBatchTransport(url, key=None, timeout=10, verify=True),
-    "capnweb-ws": lambda url: CapnwebWsTransport(url, key=None, timeout=10, verify=True),
-    "a2a": lambda url: A2aTransport(url, timeout=10),
-}
-
-
-@pytest.mark.parametrize("transport_name", sorted(TRANSPORTS))
+@pytest.mark.parametrize("transport_name", sorted(CLIENTS))
 async def test_senders_are_told_to_retry_while_the_database_is_down(
     tmp_path: Path, postgres: PostgresCluster, postgres_url: str, transport_name: str
 ) -> None:
     async with running_receiver(tmp_path, store=postgres_url) as receiver:
         receiver.store._pool.timeout = 1.0  # type: ignore[attr-defined]  # answer 503 sooner
-        transport = TRANSPORTS[transport_name](receiver.url)
+        transport = CLIENTS[transport_name](receiver.url)
         try:
             created = await transport.create(SESSION_ID, None)
             batch = Batch(SESSION_ID, [message("msg_1", role="user")])

@@ -4,10 +4,11 @@ The rules it keeps are described in `base`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from .base import (
     SessionCursor,
     SessionSummary,
     ShareNotFound,
+    StoreUnavailable,
     check_session_id,
     merged_items,
     new_secret,
@@ -38,6 +40,24 @@ from .base import (
 
 MIGRATIONS = Path(__file__).with_name("migration")
 T = TypeVar("T")
+# SQLite's answers about the machine, not the request: a disk full, a file system remounted
+# read-only, an I/O error, the file locked by another process past the busy timeout. They
+# pass, so the request is to be retried (StoreUnavailable), never refused.
+MACHINE_TROUBLE = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+})  # fmt: skip
+RETRY_AFTER = 5  # seconds: enough for space to be freed, short enough not to be waited out
+
+
+@contextlib.contextmanager
+def _machine_trouble_passes() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if exc.sqlite_errorcode & 0xFF not in MACHINE_TROUBLE:  # the primary result code
+            raise
+        raise StoreUnavailable(f"archive: {exc}", retry_after=RETRY_AFTER) from exc
 
 
 class SqliteArchive(ArchiveStore):
@@ -70,7 +90,8 @@ class SqliteArchive(ArchiveStore):
         await self._conn.close()
 
     async def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await fetch_all(self._conn, self._lock, sql, params)]
+        with _machine_trouble_passes():
+            return [tuple(row) for row in await fetch_all(self._conn, self._lock, sql, params)]
 
     @staticmethod
     async def _fetch(db: aiosqlite.Connection, sql: str, params: Iterable[Any]) -> Any:
@@ -80,7 +101,8 @@ class SqliteArchive(ArchiveStore):
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` in a transaction, in one hand-off to the connection's thread, grouped with
         the writes made meanwhile (one commit for all of them)."""
-        return await self._writer(work)
+        with _machine_trouble_passes():
+            return await self._writer(work)
 
     # -- shares ----------------------------------------------------------------------------
 

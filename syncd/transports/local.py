@@ -8,7 +8,7 @@ from typing import ClassVar, TypeVar
 
 import aiosqlite
 
-from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound
+from ..archive import ArchiveStore, BadSyncData, InvalidSecret, ShareNotFound, StoreUnavailable
 from ..model import Batch, Created, Share
 from .base import (
     RejectedError,
@@ -35,7 +35,7 @@ async def _outcome(call: Awaitable[T]) -> T:
         raise SecretRefusedError(str(exc)) from exc
     except BadSyncData as exc:
         raise RejectedError(str(exc)) from exc
-    except aiosqlite.Error as exc:  # a busy or full disk passes; try again later
+    except (StoreUnavailable, aiosqlite.Error) as exc:  # a busy or full disk passes
         raise RetryableError(f"archive write failed: {exc}") from exc
 
 

@@ -28,7 +28,7 @@ import random as random_module
 import socket
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,19 @@ from syncd.listen import listening_socket
 from syncd.model import Share
 from syncd.receiver.app import build_app
 from syncd.receiver.body_limit import DEFAULT_MAX_BODY
+from syncd.transports.a2a import A2aTransport
+from syncd.transports.base import Transport
+from syncd.transports.capnweb import CapnwebBatchTransport, CapnwebWsTransport
+from syncd.transports.http import HttpTransport
 from tests.support.stores import TEST_POOL_SIZE
+
+# A client of each remote transport for a receiver's url (no key, loopback).
+CLIENTS: dict[str, Callable[[str], Transport]] = {
+    "http": lambda url: HttpTransport(url, timeout=10, verify=True),
+    "capnweb-batch": lambda url: CapnwebBatchTransport(url, key=None, timeout=10, verify=True),
+    "capnweb-ws": lambda url: CapnwebWsTransport(url, key=None, timeout=10, verify=True),
+    "a2a": lambda url: A2aTransport(url, timeout=10),
+}
 
 
 class _Server(uvicorn.Server):

@@ -1,5 +1,6 @@
-"""syncd's own state database taken away under a running daemon (a real `syncd run`): what it
-records must not vanish with it, and the next start must not deliver every session anew."""
+"""The machine under syncd's files: its state database taken away under a running daemon (a
+real `syncd run`), and the receiver's archive out of disk space. Nothing may be lost, and
+nothing delivered twice."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from pathlib import Path
 import pytest
 
 from syncd.archive.sqlite import SqliteArchive
+from syncd.model import Batch
 from syncd.state.store import StateError, StateStore
+from syncd.transports.base import RetryableError, ThrownError
 from tests.support.env import WAIT_SECONDS, eventually, isolated_env
 from tests.support.fake_opencode import FakeOpencode
+from tests.support.receiver import CLIENTS, running_receiver
 from tests.support.syncd_process import run_syncd, syncd_process
+
+SESSION_ID = "ses_fulldisk00000000000000001"
 
 
 async def shares_by_session(archive: Path) -> dict[str, int]:
@@ -81,3 +87,43 @@ async def test_a_state_replaced_under_the_daemon_stops_it_and_is_left_alone(
     reopened = await StateStore.open(path)
     assert await reopened.meta("restored") == "yes"
     await reopened.close()
+
+
+# SQLite's own answers to a full file system (SQLITE_FULL) and to one remounted read-only after
+# an error (SQLITE_READONLY), made without a file system of their own.
+MACHINE_TROUBLE = {
+    "disk full": "PRAGMA max_page_count = 1",
+    "read-only": "PRAGMA query_only = 1",
+}
+TROUBLE_GONE = ["PRAGMA max_page_count = 1073741823", "PRAGMA query_only = 0"]
+
+
+@pytest.mark.parametrize("trouble", sorted(MACHINE_TROUBLE))
+@pytest.mark.parametrize("transport_name", sorted(CLIENTS))
+async def test_a_receiver_that_cannot_write_says_retry_later(
+    tmp_path: Path, transport_name: str, trouble: str
+) -> None:
+    """The receiver's disk full (or its file system read-only) is the machine's trouble, not
+    the batch's: over capnweb `syncd serve` threw it back as "internal error", which senders
+    cannot tell from a refusal, and after five in a row `syncd sync` dead-lettered the batch,
+    left behind until someone retried it by hand."""
+    async with running_receiver(tmp_path) as receiver:
+        archive = receiver.store._conn  # type: ignore[attr-defined]
+        await archive.execute(MACHINE_TROUBLE[trouble])
+        transport = CLIENTS[transport_name](receiver.url)
+        # A message larger than the archive's free pages.
+        message = {"id": "msg_1", "sessionID": SESSION_ID, "role": "user", "note": "x" * 20_000}
+        batch = Batch(SESSION_ID, [{"type": "message", "data": message}])
+        try:
+            with pytest.raises(RetryableError) as raised:
+                created = await transport.create(SESSION_ID, batch)
+                await transport.sync(created.share, batch)  # the share alone had room
+            assert not isinstance(raised.value, ThrownError), raised.value
+            if transport_name in ("http", "capnweb-batch"):
+                assert raised.value.retry_after == 5
+            for pragma in TROUBLE_GONE:
+                await archive.execute(pragma)
+            created = await transport.create(SESSION_ID + "2", None)
+            assert created.share.id
+        finally:
+            await transport.aclose()
