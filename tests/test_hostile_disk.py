@@ -5,8 +5,10 @@ nothing delivered twice."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +100,12 @@ MACHINE_TROUBLE = {
 TROUBLE_GONE = ["PRAGMA max_page_count = 1073741823", "PRAGMA query_only = 0"]
 
 
+def message_item() -> dict[str, Any]:
+    """A message larger than the archive's free pages."""
+    message = {"id": "msg_1", "sessionID": SESSION_ID, "role": "user", "note": "x" * 20_000}
+    return {"type": "message", "data": message}
+
+
 @pytest.mark.parametrize("trouble", sorted(MACHINE_TROUBLE))
 @pytest.mark.parametrize("transport_name", sorted(CLIENTS))
 async def test_a_receiver_that_cannot_write_says_retry_later(
@@ -111,9 +119,7 @@ async def test_a_receiver_that_cannot_write_says_retry_later(
         archive = receiver.store._conn  # type: ignore[attr-defined]
         await archive.execute(MACHINE_TROUBLE[trouble])
         transport = CLIENTS[transport_name](receiver.url)
-        # A message larger than the archive's free pages.
-        message = {"id": "msg_1", "sessionID": SESSION_ID, "role": "user", "note": "x" * 20_000}
-        batch = Batch(SESSION_ID, [{"type": "message", "data": message}])
+        batch = Batch(SESSION_ID, [message_item()])
         try:
             with pytest.raises(RetryableError) as raised:
                 created = await transport.create(SESSION_ID, batch)
@@ -127,3 +133,29 @@ async def test_a_receiver_that_cannot_write_says_retry_later(
             assert created.share.id
         finally:
             await transport.aclose()
+
+
+async def test_a_broken_websocket_session_leaves_no_error_unretrieved(tmp_path: Path) -> None:
+    """A new share travels with its first batch: two calls. When the session broke under them,
+    the second call's error was never retrieved, and asyncio printed it to stderr (three
+    lines per call, in no log's form) for every retry."""
+    unretrieved: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _, context: unretrieved.append(context["message"])
+    )
+
+    async def create_while_read_only(url: str) -> str:
+        transport = CLIENTS["capnweb-ws"](url)
+        try:
+            await transport.create(SESSION_ID, Batch(SESSION_ID, [message_item()]))
+        except RetryableError as error:
+            return str(error)
+        finally:
+            await transport.aclose()
+        raise AssertionError("the archive took a write while read-only")
+
+    async with running_receiver(tmp_path) as receiver:
+        await receiver.store._conn.execute(MACHINE_TROUBLE["read-only"])  # type: ignore[attr-defined]
+        assert "archive unavailable" in await create_while_read_only(receiver.url)
+    gc.collect()  # a future's unretrieved error is reported when it is collected
+    assert unretrieved == []

@@ -167,13 +167,17 @@ class _Session:
         finally:  # a call abandoned by its caller (a deadline) leaves nothing behind
             for offset in range(len(calls)):
                 self._pending.pop(first + offset, None)
+        # A broken session has set RetryableError on every call it left unanswered. Each one is
+        # retrieved: asyncio reports an exception never retrieved on stderr, in no log's form.
+        errors = [error for future in futures if (error := future.exception()) is not None]
         largest = max(len(text) for text in texts)
-        if self.too_big and largest > LARGE_BODY and any(f.exception() for f in futures):
+        if self.too_big and largest > LARGE_BODY and errors:
             raise UnsendableError(
                 f"WebSocket {PATH}: a message of {largest} characters is larger than the "
                 f"receiver accepts: {self.broken}"
             )
-        # A broken session has set RetryableError on every call it left unanswered.
+        if errors:
+            raise errors[0]
         results = [future.result() for future in futures]
         return [
             JsError("Error", str(value))
