@@ -229,3 +229,32 @@ def test_sources_of_derived_items_are_acknowledged_with_them() -> None:
     ]
     assert [[p.item_id for p in b.acknowledges] for b in planned] == [[], ["m2"], ["s", "m1"]]
     assert planned[1].diff_hash is not None
+
+
+async def test_backfill_interrupted_while_shares_are_made_makes_each_once(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """Ctrl-C while creates were in flight cancelled them in syncd while the receiver made the
+    shares: the state never learnt of them, and the next run made a second share of each
+    session (27 of 600 sessions after three Ctrl-C, against `syncd serve`)."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    populate(writer, sessions=4, parts=1)
+    writer.close()
+    state = tmp_path / "state.db"
+    async with running_receiver(tmp_path) as receiver:
+        await receiver.faults.late(1.0)  # each share made at once, its answer a second later
+        args = remote_args("backfill", writer.path, state, receiver)
+        async with syncd_process(args, isolated_env(tmp_path), tmp_path / "syncd.log") as syncd:
+
+            async def all_made() -> bool:
+                return receiver.create_count == 4
+
+            await eventually(all_made, "4 shares made", syncd.log)
+            assert syncd.process is not None
+            syncd.process.send_signal(signal.SIGINT)
+            assert await finished(syncd) == 130, syncd.log()
+            await receiver.faults.ok()
+            await syncd.start()
+            assert await finished(syncd) == 0, syncd.log()
+        made = [share["session_id"] for share in await receiver.store.list_shares()]
+    assert sorted(made) == sorted(state_shares(state)), "a session shared twice"

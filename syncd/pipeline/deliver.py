@@ -282,9 +282,8 @@ class SessionDelivery:
             known = await self._share(session_id)
             if known is None:
                 creating = True
-                created = await self._create(session_id, batch, target, planned)
+                created = await self._create_recorded(session_id, batch, target, planned)
                 creating = False
-                await self._state.save_share(session_id, target, created.share)
                 log.info("share created", session=session_id, url=created.share.url)
                 if not created.synced:
                     await self._sync(session_id, created.share, planned, target)
@@ -349,6 +348,29 @@ class SessionDelivery:
             planned,
             probing=probing,
         )
+
+    async def _create_recorded(
+        self, session_id: str, batch: Batch, target: str, planned: PlannedBatch
+    ) -> Created:
+        """Create the share and record it in the state, even when the delivery is cancelled
+        meanwhile (Ctrl-C, a stop whose flush ran out): the receiver makes a share it was
+        asked for, answered or not, and one the state never learnt of would be made a second
+        time by the next run. What is in flight is waited for up to one call's deadline."""
+
+        async def create_and_record() -> Created:
+            created = await self._create(session_id, batch, target, planned)
+            await self._state.save_share(session_id, target, created.share)
+            return created
+
+        creating = asyncio.ensure_future(create_and_record())
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await asyncio.wait({creating}, timeout=self._policy.deadline(planned.size))
+            creating.cancel()  # a retry's wait, or a call past its deadline
+            with contextlib.suppress(BaseException):
+                await creating
+            raise
 
     async def _sync(
         self, session_id: str, share: Share, planned: PlannedBatch, target: str
