@@ -11,6 +11,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from syncd.model import PendingItem
 from syncd.pipeline.planner import plan_batches
 from syncd.source.loader import Loaded
@@ -231,12 +233,14 @@ def test_sources_of_derived_items_are_acknowledged_with_them() -> None:
     assert planned[1].diff_hash is not None
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_backfill_interrupted_while_shares_are_made_makes_each_once(
-    tmp_path: Path, fixtures_dir: Path
+    tmp_path: Path, fixtures_dir: Path, signum: signal.Signals, code: int
 ) -> None:
     """Ctrl-C while creates were in flight cancelled them in syncd while the receiver made the
     shares: the state never learnt of them, and the next run made a second share of each
-    session (27 of 600 sessions after three Ctrl-C, against `syncd serve`)."""
+    session (27 of 600 sessions after three Ctrl-C, against `syncd serve`). SIGTERM (a
+    service manager's stop) killed the process outright, with the same result."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
     populate(writer, sessions=4, parts=1)
     writer.close()
@@ -251,8 +255,8 @@ async def test_backfill_interrupted_while_shares_are_made_makes_each_once(
 
             await eventually(all_made, "4 shares made", syncd.log)
             assert syncd.process is not None
-            syncd.process.send_signal(signal.SIGINT)
-            assert await finished(syncd) == 130, syncd.log()
+            syncd.process.send_signal(signum)
+            assert await finished(syncd) == code, syncd.log()
             await receiver.faults.ok()
             await syncd.start()
             assert await finished(syncd) == 0, syncd.log()

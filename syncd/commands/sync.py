@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 from collections.abc import Coroutine
 from typing import Any
 
@@ -54,7 +55,26 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _command(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
-    return sync_once(config, args.give_up_after, show_progress=args.show_progress)
+    return _stopped_by_sigterm(
+        sync_once(config, args.give_up_after, show_progress=args.show_progress)
+    )
+
+
+async def _stopped_by_sigterm(work: Coroutine[Any, Any, int]) -> int:
+    """`work`, which SIGTERM (a service manager's stop, `timeout`) ends as Ctrl-C does: by
+    cancelling it, so that what is being recorded (a share just made) is, rather than by
+    killing the process. Exit code 143, as a shell reports a process SIGTERM ended."""
+    running = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, running.cancel)
+    try:
+        return await running
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # Ctrl-C: ours
+            raise
+        return 128 + signal.SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _positive_seconds(text: str) -> float:
