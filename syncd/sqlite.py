@@ -23,6 +23,28 @@ BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 
 
+# What frees a database of SQLite's failure, by its primary result code.
+_REMEDIES = {
+    sqlite3.SQLITE_FULL: "free disk space",
+    sqlite3.SQLITE_READONLY: "make it writable again (a file system mounted read-only, or the "
+    "file's or its directory's mode)",
+    sqlite3.SQLITE_BUSY: "stop what holds it locked",
+    sqlite3.SQLITE_LOCKED: "stop what holds it locked",
+    sqlite3.SQLITE_IOERR: "check the disk it is on",
+    sqlite3.SQLITE_CANTOPEN: "check that its directory exists and can be written",
+    sqlite3.SQLITE_CORRUPT: "move it aside (a new one is made; every session is sent again)",
+    sqlite3.SQLITE_NOTADB: "move it aside (a new one is made; every session is sent again)",
+}
+
+
+def remedy(error: sqlite3.Error) -> str:
+    """What to do about `error`, in words for a one-line message."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return "free disk space or stop what holds it"
+    return _REMEDIES.get(code & 0xFF, "free disk space or stop what holds it")
+
+
 async def open_private(
     path: Path, migrations: Path, *, synchronous: str = "FULL"
 ) -> aiosqlite.Connection:

@@ -165,6 +165,20 @@ async def test_a_full_disk_in_a_transaction_is_reported_as_such(store: StateStor
     assert await store.meta("small") == "fits"
 
 
+async def test_a_full_disk_and_a_read_only_state_each_say_what_to_do(store: StateStore) -> None:
+    """The one line names the remedy for the failure at hand: "free disk space" for a full
+    disk only, not for a file system remounted read-only (SQLite's SQLITE_READONLY, made here
+    without a file system of its own)."""
+    await _cap_size(store)
+    with pytest.raises(StateError, match="free disk space") as full:
+        await asyncio.wait_for(store.set_meta("big", "x" * 1_000_000), 15)
+    assert "writable" not in str(full.value)
+    await in_thread(store._conn, lambda db: db.execute("PRAGMA query_only = 1"))
+    with pytest.raises(StateError, match="make it writable again") as read_only:
+        await asyncio.wait_for(store.set_meta("small", "x"), 15)
+    assert "disk space" not in str(read_only.value)
+
+
 async def test_a_delivery_whose_state_cannot_be_written_is_logged_not_lost_in_a_dead_task(
     tmp_path: Path, sample_db: Path
 ) -> None:

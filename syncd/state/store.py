@@ -23,7 +23,7 @@ from ..errors import UserError, os_problem
 from ..files import prepare_database_file, private_directory
 from ..model import Cursor, PendingItem, Share, TableRead
 from ..redact import scrub
-from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, transaction
+from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, remedy, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
 # Send order inside a session: the session first, then what hangs off it.
@@ -207,8 +207,7 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(
                 f"the state database {self.path} failed: {exc}; syncd stops rather than lose "
-                "track of what is pending: free disk space or stop what holds it, then start "
-                "syncd again"
+                f"track of what is pending: {remedy(exc)}, then start syncd again"
             ) from exc
 
     async def bind_target(self, target: str) -> None:
