@@ -73,10 +73,13 @@ def encode(value: Any) -> bytes:
         return _dumps(value, ensure_ascii=True).encode("ascii")
 
 
-def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+def loads(text: str | bytes, max_depth: int | None = MAX_DEPTH) -> Any:
     """The value `text` holds; JsonTextError naming why when it is not JSON syncd accepts:
     invalid JSON or UTF-8, NaN/Infinity, an integer too long for Python to convert, nesting
-    deeper than `max_depth`."""
+    deeper than `max_depth`. `max_depth` None: not checked here, for a caller that checks
+    every value it keeps before anything walks it (reading is safe at any depth: orjson stops
+    at 1024 levels, the standard library's RecursionError is an error here). The check of a
+    large text writes it again with orjson."""
     raw = _orjson_readable(text)
     if raw is not None:
         try:
@@ -84,18 +87,20 @@ def loads(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         except orjson.JSONDecodeError:
             pass  # the standard library words the error, or reads what orjson refuses
         else:
-            if not _shallow(raw, value, max_depth):
+            if max_depth is not None and not _shallow(raw, value, max_depth):
                 check_depth(value, max_depth)
             return value
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
-        raise JsonTextError(f"is nested deeper than {max_depth} levels") from None
+        limit = "too deep to read" if max_depth is None else f"deeper than {max_depth} levels"
+        raise JsonTextError(f"is nested {limit}") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integer digit limit
         if isinstance(exc, JsonTextError):
             raise
         raise JsonTextError(f"is not valid JSON ({exc})") from None
-    check_depth(value, max_depth)
+    if max_depth is not None:
+        check_depth(value, max_depth)
     return value
 
 
@@ -137,7 +142,9 @@ def _orjson_dumps(value: Any) -> bytes | None:
         text = orjson.dumps(value)
     except orjson.JSONEncodeError:
         return None
-    return None if b"null" in text else text  # NaN and Infinity come out as null
+    # NaN and Infinity come out as null. find, not `in`: CPython's bytes `in` first tries the
+    # needle as an integer and clears the TypeError, a cost per call (per item, in a backfill).
+    return None if text.find(b"null") != -1 else text
 
 
 def _orjson_readable(text: str | bytes) -> bytes | None:
@@ -146,7 +153,7 @@ def _orjson_readable(text: str | bytes) -> bytes | None:
         raw = text if isinstance(text, bytes) else text.encode()
     except UnicodeEncodeError:  # a lone surrogate in the str itself
         return None
-    return None if _LONG_INTEGER in raw.translate(_DIGITS_AS_NINES) else raw
+    return None if raw.translate(_DIGITS_AS_NINES).find(_LONG_INTEGER) != -1 else raw
 
 
 def _shallow(raw: bytes, value: Any, max_depth: int) -> bool:

@@ -89,6 +89,19 @@ def test_a_value_deeper_than_allowed_is_refused_when_written_and_when_read() -> 
     assert jsontext.loads(wide) == [[1]] * 600
 
 
+def test_without_a_depth_limit_what_can_be_read_is_read_and_the_rest_refused() -> None:
+    deep = "[" * 1000 + "]" * 1000  # within orjson's own limit, past MAX_DEPTH
+    value = jsontext.loads(deep, None)
+    for _ in range(999):  # not ==, which would recurse 1000 levels
+        (value,) = value
+    assert value == []
+    with pytest.raises(jsontext.JsonTextError, match="nested deeper than 500"):
+        jsontext.loads(deep)
+    deeper = "[" * 5000 + '"\\ud800"' + "]" * 5000  # read by the standard library
+    with pytest.raises(jsontext.JsonTextError, match="nested too deep to read"):
+        jsontext.loads(deeper, None)
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -106,6 +106,40 @@ async def test_malformed_sync_is_400(client: httpx.AsyncClient, body: bytes, exp
     assert expected in answer.json()["error"]
 
 
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        # A sync body's depth is not checked as a whole: each item's is, by what names it.
+        ('{"type": ' + nested(1000) + ', "data": []}', "item 0: type an array is not one of"),
+        ('{"type": "model", "data": ' + nested(600) + "}", "item 0 (model): data is nested deep"),
+        ('{"type": "model", "data": ' + nested(5000) + "}", "request body is nested too deep"),
+    ],
+)
+async def test_items_nested_too_deep_are_400_naming_them(
+    client: httpx.AsyncClient, item: str, expected: str
+) -> None:
+    share = await create(client)
+    body = f'{{"secret": {json.dumps(share["secret"])}, "data": [{item}]}}'
+    answer = await client.post(f"/api/share/{share['id']}/sync", content=body)
+    assert (answer.status_code, expected in answer.json()["error"]) == (400, True), answer.text
+    assert (await client.get(f"/api/share/{share['id']}/data")).json() == []
+
+
+async def test_a_deep_value_the_receiver_does_not_keep_is_not_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    share = await create(client)
+    secret, item = json.dumps(share["secret"]), json.dumps(message("msg_1"))
+    body = f'{{"secret": {secret}, "data": [{item}], "note": {nested(1000)}}}'
+    answer = await client.post(f"/api/share/{share['id']}/sync", content=body)
+    assert answer.status_code == 200, answer.text
+    assert (await client.get(f"/api/share/{share['id']}/data")).json() == [message("msg_1")]
+
+
 async def test_batch_with_one_bad_item_changes_nothing(client: httpx.AsyncClient) -> None:
     share = await create(client)
     url = f"/api/share/{share['id']}/sync"

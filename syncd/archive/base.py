@@ -260,27 +260,36 @@ def _item_id(data: dict[str, Any], field: str, index: int, kind: str) -> str:
     return value
 
 
+_MISSING = object()
+
+
 def item_key(index: int, item: Any, text: str | None = None) -> tuple[str, str, str]:
     """(merge key, kind, JSON text) of one SyncData item; BadSyncData names what is wrong.
     `text`: the item's data as syncd encoded it already (not encoded again). Runs for every
-    item a receiver takes: the message naming a problem is made only when there is one."""
+    item a receiver takes, so it is written for the common case: a part whose ids
+    are plain ASCII (the full checks run for anything else), and a message naming a problem
+    is made only when there is one."""
     if not isinstance(item, dict):
         raise BadSyncData(f"item {index}: must be an object with 'type' and 'data'")
     kind = item.get("type")
-    if kind not in SYNC_KINDS:
-        raise BadSyncData(f"item {index}: type {kind!r} is not one of {', '.join(SYNC_KINDS)}")
-    if "data" not in item:
+    data = item.get("data", _MISSING)
+    if kind == "part" and isinstance(data, dict):
+        message_id, part_id = data.get("messageID"), data.get("id")
+        if not (_plain_id(message_id) and _plain_id(part_id)):
+            message_id = _item_id(data, "messageID", index, kind)
+            part_id = _item_id(data, "id", index, kind)
+        key = f"part/{message_id}/{part_id}"
+    elif kind not in SYNC_KINDS:
+        kinds = ", ".join(SYNC_KINDS)
+        raise BadSyncData(f"item {index}: type {_shown(kind)} is not one of {kinds}")
+    elif data is _MISSING:
         raise BadSyncData(f"{_where(index, kind)}: 'data' is missing")
-    data = item["data"]
-    if kind in ("session_diff", "model"):
+    elif kind in ("session_diff", "model"):
         if not isinstance(data, list):
             raise BadSyncData(f"{_where(index, kind)}: data must be an array")
         key = kind
     elif not isinstance(data, dict):
         raise BadSyncData(f"{_where(index, kind)}: data must be an object")
-    elif kind == "part":
-        message_id = _item_id(data, "messageID", index, kind)
-        key = f"part/{message_id}/{_item_id(data, 'id', index, kind)}"
     elif kind == "message":
         key = f"message/{_item_id(data, 'id', index, kind)}"
     else:
@@ -291,6 +300,19 @@ def item_key(index: int, item: Any, text: str | None = None) -> tuple[str, str, 
         except jsontext.JsonTextError as exc:
             raise BadSyncData(f"{_where(index, kind)}: data {exc}") from exc
     return key, kind, text
+
+
+def _shown(value: Any) -> str:
+    """`value` (a scalar) as a message quotes it; an array or object by its kind only: its
+    depth is not checked yet, and quoting it whole would recurse through it."""
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return repr(value)
+
+
+def _plain_id(value: Any) -> bool:
+    """Whether `value` is an id `text_problem` surely passes: non-empty ASCII without NUL."""
+    return type(value) is str and value.isascii() and value != "" and "\x00" not in value
 
 
 def merged_items(data: Any, texts: list[str] | None) -> list[tuple[str, str, str]]:

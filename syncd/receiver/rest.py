@@ -21,6 +21,9 @@ from .share_key import key_problem
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
+BODY_DEPTH = jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH
+
+
 class BadRequest(Exception):
     pass
 
@@ -32,10 +35,13 @@ class JsonText(JSONResponse):
         return jsontext.encode(content)
 
 
-async def _json_object(request: Request, *fields: str) -> dict[str, Any]:
-    """The body as a JSON object holding string `fields` (plus anything else)."""
+async def _json_object(
+    request: Request, *fields: str, max_depth: int | None = BODY_DEPTH
+) -> dict[str, Any]:
+    """The body as a JSON object holding string `fields` (plus anything else), nested no
+    deeper than `max_depth` (None: the caller checks what it keeps, see `jsontext.loads`)."""
     try:
-        body = jsontext.loads(await request.body(), jsontext.MAX_DEPTH + jsontext.ENVELOPE_DEPTH)
+        body = jsontext.loads(await request.body(), max_depth)
     except jsontext.JsonTextError as exc:
         raise BadRequest(f"request body {exc}") from exc
     if not isinstance(body, dict):
@@ -81,7 +87,11 @@ def rest_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) -
 
     async def sync(request: Request) -> Response:
         try:
-            body = await _json_object(request, "secret")
+            # The body's depth is not checked as a whole, which would write it all again:
+            # of what it holds only the secret (a string) and the items are kept, and the
+            # store checks each item's type and data before anything walks them
+            # (archive.base.item_key).
+            body = await _json_object(request, "secret", max_depth=None)
             if not isinstance(body.get("data"), list):
                 raise BadRequest("request body needs 'data' as an array of SyncData items")
             count = await store.sync(
