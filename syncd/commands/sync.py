@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -64,6 +65,8 @@ async def _stopped_by_sigterm(work: Coroutine[Any, Any, int]) -> int:
     """`work`, which SIGTERM (a service manager's stop, `timeout`) ends as Ctrl-C does: by
     cancelling it, so that what is being recorded (a share just made) is, rather than by
     killing the process. Exit code 143, as a shell reports a process SIGTERM ended."""
+    if threading.current_thread() is not threading.main_thread():
+        return await work  # only the main thread takes signals (syncd run from a program)
     running = asyncio.ensure_future(work)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, running.cancel)
