@@ -61,7 +61,8 @@ async def test_a_state_deleted_under_the_daemon_is_written_back_and_it_stops(
         assert syncd.process is not None
         code = await asyncio.wait_for(syncd.process.wait(), WAIT_SECONDS)
     assert code == 1, syncd.log()
-    assert "was deleted while syncd ran: written back" in syncd.log()
+    assert "was deleted while syncd ran" in syncd.log()
+    assert "written back from the open copy" in syncd.log()
     assert (state_dir / "state.db").stat().st_mode & 0o777 == 0o600  # it holds share secrets
 
     code, output = await run_syncd("sync", *args, env=env)
@@ -159,3 +160,36 @@ async def test_a_broken_websocket_session_leaves_no_error_unretrieved(tmp_path: 
         assert "archive unavailable" in await create_while_read_only(receiver.url)
     gc.collect()  # a future's unretrieved error is reported when it is collected
     assert unretrieved == []
+
+
+async def test_a_share_made_while_a_deleted_state_is_written_back_is_in_the_copy(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """The state deleted while a share is being made: the copy was written at the look that
+    noticed, the share's answer came after it and was recorded into the deleted file on the
+    way out, and the next start made a second share of the session."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    first = writer.session("before")
+    state_dir = tmp_path / "state"
+    env = isolated_env(tmp_path)
+    async with running_receiver(tmp_path) as receiver:
+        args = ["--db", str(writer.path), "--state", str(state_dir / "state.db"),
+                "--url", receiver.url, "--transport", "http", "--sessions", "all"]  # fmt: skip
+        await receiver.faults.late(3.0)  # the share made at once, its answer 3 s later
+        async with syncd_process(["run", *args], env, tmp_path / "syncd.log") as syncd:
+
+            async def share_made() -> bool:
+                return receiver.create_count == 1
+
+            await eventually(share_made, "the share being made", syncd.log)
+            shutil.rmtree(state_dir)
+            second = writer.session("after")  # a change wakes the daemon up
+            assert syncd.process is not None
+            code = await asyncio.wait_for(syncd.process.wait(), WAIT_SECONDS)
+        assert code == 1, syncd.log()
+        await receiver.faults.ok()
+        code, output = await run_syncd("sync", *args, env=env)
+        assert code == 0, output
+        made = sorted(share["session_id"] for share in await receiver.store.list_shares())
+    assert made == sorted([first, second]), syncd.log()
+    writer.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import structlog
 
 from .. import jsontext
 from ..errors import UserError, os_problem
@@ -26,6 +27,7 @@ from ..redact import scrub
 from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, remedy, transaction
 
 MIGRATIONS = Path(__file__).with_name("migration")
+log = structlog.get_logger("syncd")
 # Send order inside a session: the session first, then what hangs off it.
 KIND_ORDER = ("session", "message", "part")
 # A capture of an entity already pending bumps its version, so that the acknowledgement of a
@@ -93,6 +95,7 @@ class StateStore:
         self._lock = asyncio.Lock()
         self._writer = GroupWriter(conn, self._lock)
         self._opened = _file_identity(path)  # the file this connection writes
+        self._deleted = False  # found deleted at its path: written back there when closed
 
     @classmethod
     async def open(cls, path: Path, target: str | None = None) -> StateStore:
@@ -146,13 +149,15 @@ class StateStore:
         return cls(path, conn)
 
     async def close(self) -> None:
+        if self._deleted:
+            await self._write_back()
         await self._conn.close()
 
     async def check_on_disk(self) -> None:
         """StateError when the file at `path` is no longer the one this connection writes:
         what syncd records would go into a file nobody can open again, and the next start
-        would deliver every session anew (a second copy of each). A deleted state is first
-        written back from the open connection, so that the next start goes on from it."""
+        would deliver every session anew (a second copy of each). A deleted state is written
+        back from the open connection when it closes (`_write_back`)."""
         try:
             now = _file_identity(self.path)
         except OSError:
@@ -165,20 +170,36 @@ class StateStore:
                 "syncd stops rather than record into the file it had open: start it again to go "
                 "on from the new file (stop syncd before replacing its state)"
             )
+        self._deleted = True
+        raise StateError(
+            f"the state database {self.path} was deleted while syncd ran: syncd stops, and "
+            "writes it back from the open copy as it stops, so that it starts again on it "
+            "(stop syncd before moving or removing its state)"
+        )
+
+    async def _write_back(self) -> None:
+        """Write the open database to its path, where it was deleted (VACUUM INTO, 0600). Done
+        last, once nothing records any more: a share whose answer comes while syncd stops is
+        recorded then, and a copy made before it would make the next start create it again.
+        The copy goes onto an empty file at the path: SQLite then removes a write-ahead log
+        left there, which would otherwise be read into the copy."""
         try:
+            if _file_identity(self.path) is not None:
+                raise FileExistsError("another file is there now, left alone")
             private_directory(self.path.parent)
             prepare_database_file(self.path)
             async with self._lock:
                 await self._conn.execute("VACUUM INTO ?", (str(self.path),))
         except (OSError, sqlite3.Error, UserError) as exc:
-            raise StateError(
-                f"the state database {self.path} was deleted while syncd ran and could not be "
-                f"written back ({exc}); syncd stops: starting again delivers every session anew"
-            ) from None
-        raise StateError(
-            f"the state database {self.path} was deleted while syncd ran: written back from "
-            "the open copy; syncd stops so that it starts again on it (stop syncd before "
-            "moving or removing its state)"
+            log.error(
+                "the deleted state database could not be written back: starting again "
+                "delivers every session anew",
+                state=str(self.path),
+                error=str(exc),
+            )
+            return
+        log.warning(
+            "the deleted state database was written back from the open copy", state=str(self.path)
         )
 
     @contextlib.asynccontextmanager
