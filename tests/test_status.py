@@ -323,3 +323,26 @@ async def test_dead_letters_by_a_range_of_any_size(
     code, _, err = await cli(capsys, "dead-letters", "discard", "9-2000000000", *flags(config))
     assert code == 2 and err.count("\n") == 1, err
     assert "no dead letter 9, 10, 11," in err and "1999999992 in all" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", str(2**63)],  # past SQLite's largest integer
+        ["retry", f"1-{2**70}"],
+        ["discard", f"0-{2**63 - 1}"],  # more ids than a Python range has a length for
+    ],
+)
+async def test_dead_letter_ids_past_sqlites_integers_are_one_line(
+    tmp_path: Path, writer: FakeOpencode, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """An id is a SQLite integer (below 2**63): a larger one reached the state as a Python
+    OverflowError, a traceback."""
+    config = await with_dead_letters(tmp_path, writer, 3)
+    try:
+        code, _, err = await cli(capsys, "dead-letters", *argv, *flags(config))
+    except SystemExit as refused:  # argparse's refusal, in-process
+        code, err = refused.code, capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    with sqlite3.connect(config.state) as db:
+        assert db.execute("SELECT count(*) FROM dead_letter").fetchone() == (3,)

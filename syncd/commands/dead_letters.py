@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 from rich.text import Text
@@ -32,6 +32,7 @@ from .screen import ago, clipped, fitted, screen, short_ids, table_for, timestam
 
 # Entities read from opencode by id; everything else is derived from the whole session.
 ENTITY_KINDS = ("session", "message", "part")
+LARGEST_ID = 2**63 - 1  # a letter's id is a SQLite integer
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -48,7 +49,7 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     action("list", "every dead letter").add_argument(
         "--json", action="store_true", help="machine-readable output"
     )
-    action("show", "one dead letter with its payload").add_argument("id", type=int)
+    action("show", "one dead letter with its payload").add_argument("id", type=_letter_id)
     for name, text in (
         ("retry", "send again (read afresh from opencode) once the receiver accepts them"),
         ("discard", "drop for good"),
@@ -72,16 +73,31 @@ def _command(config: Config, args: argparse.Namespace) -> Coroutine[Any, Any, in
             return discard(config, args.ids, args.all)
 
 
+def _letter_id(text: str) -> int:
+    ids = _id_range(text)
+    if ids.stop - ids.start != 1:
+        _not_an_id(text)
+    return ids.start
+
+
 def _id_range(text: str) -> range:
     """An id or a range of ids, never expanded: `1-2000000000` costs what `1` does."""
     first, _, last = text.partition("-")
     try:
         ids = range(int(first), int(last or first) + 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an id or a range of ids") from None
+        _not_an_id(text)
     if not ids:
         raise argparse.ArgumentTypeError(f"{text!r} is an empty range")
+    if ids[-1] > LARGEST_ID:
+        _not_an_id(text)
     return ids
+
+
+def _not_an_id(text: str) -> NoReturn:
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an id or a range of ids (from 0 to {LARGEST_ID})"
+    ) from None
 
 
 async def list_letters(config: Config, as_json: bool = False) -> int:
@@ -226,7 +242,8 @@ def _require_all_named(spans: Sequence[range], found: set[int], shown: int = 10)
             merged[-1] = range(merged[-1].start, max(merged[-1].stop, span.stop))
         else:
             merged.append(span)
-    missing = sum(len(span) for span in merged) - len(found)
+    # Counted by subtraction: len() of a range fails past 2**63 ids (`0-9223372036854775807`).
+    missing = sum(span.stop - span.start for span in merged) - len(found)
     if not missing:
         return
     # Each id looked at is either found or shown: at most len(found) + `shown` of them.
