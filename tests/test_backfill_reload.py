@@ -262,3 +262,38 @@ async def test_backfill_interrupted_while_shares_are_made_makes_each_once(
             assert await finished(syncd) == 0, syncd.log()
         made = [share["session_id"] for share in await receiver.store.list_shares()]
     assert sorted(made) == sorted(state_shares(state)), "a session shared twice"
+
+
+@pytest.mark.parametrize("receiver_fault", ["down", "never answers"])
+async def test_backfill_stopped_while_creates_fail_stops_within_a_call(
+    tmp_path: Path, fixtures_dir: Path, receiver_fault: str
+) -> None:
+    """SIGTERM (or Ctrl-C) while every create failed against a receiver that was down went on
+    retrying for one call's time limit (request_timeout) before it stopped, though no create
+    was out and so no share could be in the making. A create that is out (a receiver that
+    makes the share and never answers) is waited for up to that limit, no longer."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir)
+    populate(writer, sessions=2, parts=1)
+    writer.close()
+    config = tmp_path / "syncd.toml"
+    # Down: a limit past the wait for the end below; never answering: one well inside it.
+    config.write_text(f"request_timeout = {300 if receiver_fault == 'down' else 3}\n")
+    async with running_receiver(tmp_path) as receiver:
+        if receiver_fault == "down":
+            await receiver.faults.stop()
+        else:
+            await receiver.faults.late(WAIT_SECONDS * 2)
+        args = remote_args(
+            "backfill", writer.path, tmp_path / "state.db", receiver, "--config", str(config)
+        )
+        async with syncd_process(args, isolated_env(tmp_path), tmp_path / "syncd.log") as syncd:
+
+            async def create_out() -> bool:
+                if receiver_fault == "down":
+                    return "delivery failed; retrying" in syncd.log()
+                return receiver.create_count > 0
+
+            await eventually(create_out, "a create sent", syncd.log)
+            assert syncd.process is not None
+            syncd.process.send_signal(signal.SIGTERM)
+            assert await finished(syncd) == 143, syncd.log()

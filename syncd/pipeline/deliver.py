@@ -355,10 +355,18 @@ class SessionDelivery:
         """Create the share and record it in the state, even when the delivery is cancelled
         meanwhile (Ctrl-C, a stop whose flush ran out): the receiver makes a share it was
         asked for, answered or not, and one the state never learnt of would be made a second
-        time by the next run. What is in flight is waited for up to one call's deadline."""
+        time by the next run. A create out when the delivery is cancelled is waited for (up
+        to one call's deadline) and its share recorded; a retry's wait, or one for a free
+        call, ends at once: no share is in the making then."""
+        sent: asyncio.Future[Created] | None = None  # the create last sent to the receiver
+
+        async def send(transport: Transport) -> Created:
+            nonlocal sent
+            sent = asyncio.ensure_future(transport.create(session_id, batch))
+            return await sent
 
         async def create_and_record() -> Created:
-            created = await self._create(session_id, batch, target, planned)
+            created = await self._retrying(session_id, "create", send, target, planned)
             await self._state.save_share(session_id, target, created.share)
             return created
 
@@ -366,8 +374,12 @@ class SessionDelivery:
         try:
             return await asyncio.shield(creating)
         except asyncio.CancelledError:
-            await asyncio.wait({creating}, timeout=self._policy.deadline(planned.size))
-            creating.cancel()  # a retry's wait, or a call past its deadline
+            if sent is not None:
+                deadline = self._policy.deadline(planned.size)
+                await asyncio.wait({sent}, timeout=deadline)
+                if sent.done() and not sent.cancelled() and sent.exception() is None:
+                    await asyncio.wait({creating}, timeout=deadline)  # recording its share
+            creating.cancel()
             with contextlib.suppress(BaseException):
                 await creating
             raise
