@@ -316,7 +316,7 @@ def _validate(name: str, value: Any, source: str | None) -> Any:
         where = f"{source}: " if source else ""
         if name in ("key", "store"):
             shown = "<hidden>"
-        elif isinstance(value, str) and "://" in value:
+        elif isinstance(value, str) and (parse is _url or "://" in value):
             shown = repr(_url_shown(value))
         else:
             shown = repr(value)
@@ -328,7 +328,10 @@ def _url_shown(url: str) -> str:
     fragment (opencode fills enterprise.url from the environment), so those are masked."""
     try:
         parts = urlsplit(url)
-    except ValueError:  # unparseable: shown only when nothing in it could be a credential
+    except ValueError:
+        parts = None
+    if parts is None or not parts.netloc:  # unparseable, or no //host (`robot:TOKEN@host`,
+        # `https:/robot:TOKEN@host`): shown only when nothing in it could be a credential
         return MASK if set("@?#") & set(url) else url
     _user, at, host = parts.netloc.rpartition("@")
     return urlunsplit(
