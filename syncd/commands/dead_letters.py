@@ -26,7 +26,7 @@ from ..config import Config
 from ..errors import UserError
 from ..source.changes import ChangeDetector
 from ..source.opencode_db import OpencodeDb
-from ..state.store import StateStore
+from ..state.store import StateStore, merged_spans
 from . import Subcommands
 from .screen import ago, clipped, fitted, screen, short_ids, table_for, timestamp
 
@@ -236,12 +236,7 @@ async def _chosen(state: StateStore, spans: Sequence[range], every: bool) -> lis
 
 def _require_all_named(spans: Sequence[range], found: set[int], shown: int = 10) -> None:
     """UserError naming the first few ids in `spans` that no dead letter has, and how many."""
-    merged: list[range] = []
-    for span in sorted(spans, key=lambda span: span.start):
-        if merged and span.start <= merged[-1].stop:
-            merged[-1] = range(merged[-1].start, max(merged[-1].stop, span.stop))
-        else:
-            merged.append(span)
+    merged = merged_spans(spans)
     # Counted by subtraction: len() of a range fails past 2**63 ids (`0-9223372036854775807`).
     missing = sum(span.stop - span.start for span in merged) - len(found)
     if not missing:
