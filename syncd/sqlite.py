@@ -37,12 +37,18 @@ _REMEDIES = {
 }
 
 
+def primary_code(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of `error`; None for an error the sqlite3 module raised
+    itself (a ProgrammingError, say), which carries none."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def remedy(error: sqlite3.Error) -> str:
     """What to do about `error`, in words for a one-line message."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:
-        return "free disk space or stop what holds it"
-    return _REMEDIES.get(code & 0xFF, "free disk space or stop what holds it")
+    code = primary_code(error)
+    known = _REMEDIES.get(code) if code is not None else None
+    return known or "free disk space or stop what holds it"
 
 
 async def open_private(

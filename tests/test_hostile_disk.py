@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from syncd.archive.sqlite import SqliteArchive
+from syncd.archive.sqlite import SqliteArchive, _machine_trouble_passes
 from syncd.model import Batch
 from syncd.state.store import StateError, StateStore
 from syncd.transports.base import RetryableError, ThrownError
@@ -193,3 +194,13 @@ async def test_a_share_made_while_a_deleted_state_is_written_back_is_in_the_copy
         made = sorted(share["session_id"] for share in await receiver.store.list_shares())
     assert made == sorted([first, second]), syncd.log()
     writer.close()
+
+
+def test_an_error_sqlite3_raises_itself_is_not_taken_for_machine_trouble() -> None:
+    """The sqlite3 module's own errors (a ProgrammingError: a bug, not the machine) carry no
+    SQLite result code: they pass through as they are, not as an AttributeError, and are no
+    'retry later'."""
+    closed = sqlite3.connect(":memory:")
+    closed.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"), _machine_trouble_passes():
+        closed.execute("SELECT 1")

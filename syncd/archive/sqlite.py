@@ -16,7 +16,7 @@ import aiosqlite
 
 from ..errors import UserError, os_problem
 from ..model import Share, SyncItem
-from ..sqlite import GroupWriter, fetch_all, open_private
+from ..sqlite import GroupWriter, fetch_all, open_private, primary_code
 from .base import (
     DEDUP_KEYS_KEPT,
     SUMMARY_COLUMNS,
@@ -55,7 +55,7 @@ def _machine_trouble_passes() -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        if exc.sqlite_errorcode & 0xFF not in MACHINE_TROUBLE:  # the primary result code
+        if primary_code(exc) not in MACHINE_TROUBLE:
             raise
         raise StoreUnavailable(f"archive: {exc}", retry_after=RETRY_AFTER) from exc
 
