@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from syncd.model import Batch, Share
-from syncd.receiver.capnweb_session import ServerSession
+from syncd.receiver.capnweb_session import MAX_EXPORTS, ProtocolError, ServerSession
 from syncd.transports.base import (
     KeyRefusedError,
     RejectedError,
@@ -155,6 +155,27 @@ async def test_results_are_kept_until_released() -> None:
         for answer in map(parse_answer, sent):
             session.receive(dumps(release(answer.import_id)))  # type: ignore[arg-type]
         assert session.retained == 0
+    finally:
+        await session.close()
+
+
+async def test_calls_released_before_they_ran_still_count_against_the_limit() -> None:
+    """A caller releasing each call at once, faster than they run, cannot queue without end."""
+    blocked = asyncio.Event()
+
+    async def dispatch(method: str, args: list[Any]) -> Any:
+        await blocked.wait()  # the store is slow: every call waits in the queue
+
+    session = ServerSession(dispatch, lambda _text: None)
+    try:
+        with pytest.raises(ProtocolError, match="unreleased"):
+            for export_id in range(1, MAX_EXPORTS + 2):
+                session.receive(dumps(["push", ["import", 0, ["syncShare"], []]]))
+                session.receive(dumps(release(export_id)))
+        assert session.retained == MAX_EXPORTS
+        blocked.set()
+        await session.settled()
+        assert session.retained == 0  # each released call is let go once it has run
     finally:
         await session.close()
 

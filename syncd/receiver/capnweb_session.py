@@ -28,7 +28,8 @@ log = structlog.get_logger("syncd.receiver.rpc")
 Dispatch = Callable[[str, list[Any]], Awaitable[Any]]
 """Calls method `name` of the main object with decoded arguments."""
 
-# Results a WebSocket caller may leave unreleased before the session is aborted.
+# Calls and results a WebSocket caller may leave the session holding (calls not yet evaluated,
+# results not yet released) before the session is aborted.
 MAX_EXPORTS = 10_000
 
 
@@ -49,6 +50,9 @@ class _Export:
     result: asyncio.Future[Any]
     pulled: bool = False
     answered: bool = field(default=False)
+    # Released before its call was evaluated: held until then, so that calls released at
+    # once still count against MAX_EXPORTS while they wait in the queue.
+    released: bool = False
 
 
 class ServerSession:
@@ -78,7 +82,7 @@ class ServerSession:
         match message:
             case ["push", expr]:
                 if len(self._exports) >= MAX_EXPORTS:
-                    raise ProtocolError(f"more than {MAX_EXPORTS} results left unreleased")
+                    raise ProtocolError(f"more than {MAX_EXPORTS} calls left unreleased")
                 export_id = self._next_id
                 self._next_id += 1
                 self._exports[export_id] = _Export(asyncio.get_running_loop().create_future())
@@ -89,7 +93,11 @@ class ServerSession:
                 if export.result.done():
                     self._answer(export_id, export)
             case ["release", int(export_id), int()]:
-                self._exports.pop(export_id, None)
+                held = self._exports.get(export_id)
+                if held is not None and not held.result.done():
+                    held.released = True
+                else:
+                    self._exports.pop(export_id, None)
             case ["abort", _]:
                 raise ProtocolError("caller aborted the session")
             case _:
@@ -135,6 +143,8 @@ class ServerSession:
                     export.result.set_result(outcome)
                     if export.pulled:
                         self._answer(export_id, export)
+                    if export.released:
+                        del self._exports[export_id]
             finally:
                 self._queue.task_done()
 
