@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from syncd.model import Batch, Share
+from syncd.receiver import rpc
 from syncd.receiver.capnweb_session import MAX_EXPORTS, ProtocolError, ServerSession
 from syncd.transports.base import (
     KeyRefusedError,
@@ -180,6 +184,59 @@ async def test_calls_released_before_they_ran_still_count_against_the_limit() ->
         await session.close()
 
 
+def _masked_text_frame(text: str) -> bytes:
+    """A client's WebSocket text frame (masked with a zero key, so the payload reads as is)."""
+    data = text.encode()
+    if len(data) < 126:
+        length = bytes([0x80 | len(data)])
+    else:
+        length = bytes([0x80 | 126]) + struct.pack("!H", len(data))
+    return b"\x81" + length + b"\0\0\0\0" + data
+
+
+async def test_a_caller_not_reading_its_answers_is_held_back(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls sent over a WebSocket by a caller that never reads the answers stop being read
+    (TCP holds the caller back) instead of piling up answers in the receiver."""
+    monkeypatch.setattr(rpc, "MAX_AHEAD", 10)
+    host, port = receiver.url.removeprefix("http://").split(":")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no room to absorb answers
+    raw.connect((host, int(port)))
+    raw.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=raw)
+    try:
+        writer.write(
+            f"GET /rpc/share HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nx-opencode-share-key: {KEY}\r\n\r\n".encode()
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(
+            b"HTTP/1.1 101"
+        )
+        method = "m" * 8192  # each answer names it: 4,000 answers are 32 MB, never read
+
+        async def send_all() -> None:
+            for export_id in range(1, 4001):
+                push = dumps(["push", ["import", 0, [method], []]])
+                writer.write(
+                    _masked_text_frame(push)
+                    + _masked_text_frame(dumps(["pull", export_id]))
+                    + _masked_text_frame(dumps(release(export_id)))
+                )
+                await writer.drain()
+
+        sending = asyncio.create_task(send_all())
+        done, _ = await asyncio.wait({sending}, timeout=5)
+        assert not done, "the receiver kept reading calls whose answers were not read"
+        sending.cancel()
+        async with httpx.AsyncClient() as client:  # others are served meanwhile
+            assert (await client.get(receiver.url + "/api/share/nope")).status_code == 404
+    finally:
+        writer.transport.abort()
+
+
 async def test_a_protocol_violation_aborts_the_socket(receiver: Receiver) -> None:
     url = receiver.url.replace("http", "ws") + "/rpc/share"
     async with connect(url, additional_headers={"x-opencode-share-key": KEY}) as socket:
@@ -191,8 +248,6 @@ async def test_a_protocol_violation_aborts_the_socket(receiver: Receiver) -> Non
 
 
 async def test_a_bad_batch_body_is_a_400(receiver: Receiver) -> None:
-    import httpx
-
     async with httpx.AsyncClient() as client:
         answer = await client.post(
             receiver.url + "/rpc/share", content=b"not json", headers={"x-opencode-share-key": KEY}

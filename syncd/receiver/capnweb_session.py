@@ -73,6 +73,11 @@ class ServerSession:
         """Results held for the caller (not yet released)."""
         return len(self._exports)
 
+    @property
+    def waiting(self) -> int:
+        """Calls received and not yet run."""
+        return self._queue.qsize()
+
     def receive(self, text: str) -> None:
         """Take one message; raises ProtocolError for one that breaks the session."""
         try:

@@ -27,6 +27,11 @@ from .capnweb_session import ProtocolError, ServerSession, Thrown
 from .share_key import key_problem
 from .unavailable import unavailable_response
 
+# Calls waiting to run, or answers waiting to be sent, past which a WebSocket is not read until
+# they are done: a caller sending calls faster than they run, or never reading the answers, is
+# held back by TCP instead of growing the receiver's memory.
+MAX_AHEAD = 1_000
+
 
 class ShareRpc:
     """The main object: dispatches a call by method name to the store."""
@@ -135,7 +140,12 @@ def rpc_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) ->
         session = ServerSession(main_object(websocket), outgoing.put_nowait)
         writer = asyncio.create_task(_write(websocket, outgoing))
         try:
-            while True:
+            while not writer.done():  # done: a send failed, the caller left
+                if session.waiting >= MAX_AHEAD:
+                    await session.settled()
+                if outgoing.qsize() >= MAX_AHEAD:
+                    await _sent(outgoing, writer)
+                    continue
                 session.receive(await websocket.receive_text())
         except ProtocolError as exc:
             with contextlib.suppress(Exception):
@@ -154,7 +164,20 @@ def rpc_routes(store: ArchiveStore, *, base_url: str | None, key: str | None) ->
 
 async def _write(websocket: WebSocket, outgoing: asyncio.Queue[str]) -> None:
     while True:
-        await websocket.send_text(await outgoing.get())
+        text = await outgoing.get()
+        try:
+            await websocket.send_text(text)
+        finally:
+            outgoing.task_done()
+
+
+async def _sent(outgoing: asyncio.Queue[str], writer: asyncio.Task[None]) -> None:
+    """Wait until the answers queued so far are sent, or the writer stopped (the caller left)."""
+    joined = asyncio.ensure_future(outgoing.join())
+    try:
+        await asyncio.wait({joined, writer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        joined.cancel()
 
 
 async def _deny(websocket: WebSocket, problem: str) -> None:
