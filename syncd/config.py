@@ -74,6 +74,7 @@ class Config:
     serve_header_timeout: float = 10.0
     serve_body_timeout: float = 60.0
     serve_max_connections: int = 256
+    serve_max_live_streams: int | None = None  # None: see live_streams
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     metrics_address: str = ""  # "host:port" of /metrics and /health; empty: off
@@ -97,6 +98,15 @@ class Config:
             f"url {self.url} is plain http:// to another machine: {carried} cross the network "
             "unencrypted; use https://"
         )
+
+    @property
+    def live_streams(self) -> int:
+        """Share pages' live streams `syncd serve` keeps open at once: a part of
+        serve_max_connections only, so that streams anyone may open leave the rest to
+        syncd's deliveries. Unset, a quarter of it."""
+        if self.serve_max_live_streams is not None:
+            return self.serve_max_live_streams
+        return self.serve_max_connections // 4
 
     @property
     def serve_url(self) -> str:
@@ -143,7 +153,15 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str] = os.environ
 
     values = {name: _validate(name, value, source) for name, (value, source) in chosen.items()}
     explicit_transport = "transport" in toml or "transport" in cli
-    return _finish(values, explicit_transport=explicit_transport, transport_hint=transport_hint)
+    config = _finish(values, explicit_transport=explicit_transport, transport_hint=transport_hint)
+    if config.live_streams >= config.serve_max_connections:  # only when set: unset is fewer
+        raise UserError(
+            f"{chosen['serve_max_live_streams'][1]}: serve_max_live_streams = "
+            f"{config.live_streams} is not accepted: expected fewer than serve_max_connections "
+            f"({config.serve_max_connections}), so that live share pages leave room for syncd's "
+            "deliveries"
+        )
+    return config
 
 
 def opencode_settings(config_dir: Path, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -477,6 +495,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "serve_header_timeout": _positive_float,
     "serve_body_timeout": _positive_float,
     "serve_max_connections": _positive_int,
+    "serve_max_live_streams": _positive_int,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(LOG_LEVELS),
     "metrics_address": _address,

@@ -1,6 +1,7 @@
 """No one gets in: `syncd serve` attacked over loopback as someone on the same network would,
 keyed and unkeyed; syncd's transports led to another origin or echoed their own secrets;
-syncd's files laid out by another user; slow clients holding the receiver's connections.
+syncd's files laid out by another user; slow clients, and visitors of live share pages,
+holding the receiver's connections.
 
 Every refused attack is also shown to be refused for the right reason: the same request with
 the share's own credentials goes through (so a malformed attack cannot pass for a refused one).
@@ -603,3 +604,72 @@ async def test_connections_beyond_the_limit_get_503_until_slow_ones_are_dropped(
         await asyncio.gather(*(s.until_closed(HEAD_TIMEOUT + 20) for s in slow))
         answered = await client.get(f"{served.url}/api/share")
         assert answered.status_code == 200
+
+
+# -- live share pages --------------------------------------------------------------------------
+
+MAX_CONNECTIONS = 8
+LIVE_STREAMS = MAX_CONNECTIONS // 4  # the default share of serve_max_connections
+
+
+async def test_live_streams_leave_room_for_deliveries(tmp_path: Path) -> None:
+    # A share page needs no key and its live stream stays open as long as the reader likes: a
+    # visitor opens as many as the receiver takes, and syncd's deliveries still get through.
+    async with (
+        serving(tmp_path, key=KEY, serve_max_connections=MAX_CONNECTIONS) as served,
+        contextlib.AsyncExitStack() as visitor,
+    ):
+        rest_share, a2a_share = await victims(served)
+        client = await visitor.enter_async_context(httpx.AsyncClient(timeout=10.0))
+        url = f"{served.url}/share/{rest_share.id}/events"
+        streams = [
+            await visitor.enter_async_context(client.stream("GET", url))
+            for _ in range(MAX_CONNECTIONS)
+        ]
+        rest = HttpTransport(served.url, key=KEY, timeout=10.0, verify=True)
+        capnweb = CapnwebBatchTransport(served.url, key=KEY, timeout=10.0, verify=True)
+        a2a = A2aTransport(served.url, key=KEY)
+        try:
+            await rest.sync(rest_share, Batch(REST_VICTIM, [session_item(REST_VICTIM, "rest")]))
+            await a2a.sync(a2a_share, Batch(A2A_VICTIM, [session_item(A2A_VICTIM, "a2a")]))
+            await capnweb.sync(rest_share, Batch(REST_VICTIM, [session_item(REST_VICTIM, "rpc")]))
+        finally:
+            for transport in (rest, capnweb, a2a):
+                await transport.aclose()
+        statuses = [stream.status_code for stream in streams]
+        assert statuses == [200] * LIVE_STREAMS + [503] * (MAX_CONNECTIONS - LIVE_STREAMS)
+        for refused in streams[LIVE_STREAMS:]:
+            assert refused.headers["retry-after"] == "15"
+            assert refused.headers["connection"] == "close"  # no place held after the answer
+
+        async def seen(text: str) -> None:
+            async for line in streams[0].aiter_lines():
+                if text in line:
+                    return
+
+        await asyncio.wait_for(seen("rpc"), 10)  # the streams let in are live
+        await streams[1].aclose()
+        for _ in range(200):  # once the server has seen it gone, its place is free again
+            async with client.stream("GET", url) as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert again.status_code == 200
+
+
+async def test_a_websocket_without_the_key_is_not_held(tmp_path: Path) -> None:
+    # A WebSocket escapes uvicorn's connection limit but counts against it once open: one
+    # without the key is refused and closed at once.
+    async with serving(tmp_path, key=KEY, serve_max_connections=MAX_CONNECTIONS) as served:
+        for path, key in ((CAPNWEB_PATH, None), (CAPNWEB_PATH, "wrong"), ("/share/x/events", None)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n".encode()
+                + (f"{KEY_HEADER}: {key}\r\n".encode() if key else b"")
+                + b"\r\n"
+            )
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: closed
+            writer.close()
+            assert answer.split(b" ")[1] in (b"401", b"403"), (path, answer)

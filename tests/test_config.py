@@ -245,6 +245,9 @@ def test_example_config_documents_every_key_at_its_default(env: dict[str, str]) 
             getattr(defaults, name), Path
         ):
             continue  # examples of values, or paths spelled with "~"
+        if name == "serve_max_live_streams":  # unset, derived from serve_max_connections
+            assert defaults.live_streams == value
+            continue
         assert getattr(defaults, name) == value, name
 
 
@@ -285,6 +288,8 @@ BAD_TOML = [
     ("concurrency = true", "concurrency = True"),
     ("serve_port = 70000", "serve_port = 70000"),
     ('serve_host = ""', "serve_host = ''"),
+    ("serve_max_live_streams = 0", "serve_max_live_streams = 0"),
+    ("serve_max_live_streams = 256", "fewer than serve_max_connections (256)"),
     ('transport = "smtp"', "one of local, http, capnweb-batch, capnweb-ws, a2a"),
     ('sessions = "some"', "one of all, shared"),
     ('on_delete = "purge"', "one of keep, delete"),

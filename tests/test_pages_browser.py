@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from syncd.archive.sqlite import SqliteArchive
 from syncd.model import Share
@@ -326,3 +326,32 @@ async def test_hostile_content_renders_as_text_and_runs_nothing(
     assert not browser_page.errors
     # Escaped, the markup never reached the browser as markup: not even the CSP had to refuse.
     assert not [line for line in browser_page.console if "Content Security Policy" in line]
+
+
+async def test_a_page_beyond_the_live_streams_limit_shows_and_goes_live_later(
+    tmp_path: Path,
+    archive: Path,
+    writer: SqliteArchive,
+    browser: Browser,
+    browser_page: BrowserPage,
+) -> None:
+    # Refused its stream (503), the page still shows; its script asks again later by itself.
+    config = tmp_path / "serve.toml"
+    config.write_text("serve_max_live_streams = 1\n")
+    port = free_port()
+    args = ["serve", "--config", str(config), "--archive", str(archive), "--port", str(port)]
+    async with syncd_process(args, isolated_env(tmp_path), tmp_path / "serve.log") as process:
+        served = Served(process, f"http://127.0.0.1:{port}")
+        await served.ready()
+        other_reader = await browser.new_context()
+        share = await open_sample_live(served, writer, await other_reader.new_page())
+        page = browser_page.page
+        streams: list[int] = []  # the status of each stream the page asked for
+        page.on("response", lambda r: streams.append(r.status) if "/events" in r.url else None)
+        await page.goto(f"{served.url}/share/{share.id}")
+        await expect(page.locator("article.msg").first).to_be_visible()
+        await expect(page.locator("#live")).to_have_text("reconnecting")
+        await other_reader.close()  # its stream's place is given back
+        await expect(page.locator("#live")).to_have_text("live", timeout=LIVE_MS)
+        assert streams[0] == 503 and streams[-1] == 200, streams
+        assert not browser_page.errors

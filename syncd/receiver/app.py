@@ -37,17 +37,19 @@ def build_app(
     base_url: str | None = None,
     key: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    max_live_streams: int | None = None,
     a2a_expected: bool = False,
 ) -> Starlette:
     """The receiver's routes over `store`. `base_url` prefixes share urls (None: the request's
     own scheme and host); `key`, when set, is required to create shares, to see the list of
-    sessions and for every A2A call; `a2a_expected`: the config asks for A2A, so a missing
-    A2A SDK is worth a warning."""
+    sessions and for every A2A call; `max_live_streams`: share pages' live streams open at
+    once (None: no limit); `a2a_expected`: the config asks for A2A, so a missing A2A SDK is
+    worth a warning."""
     routes = [
         *rest_routes(store, base_url=base_url, key=key),
         *a2a_routes(store, base_url=base_url, key=key, expected=a2a_expected),
         *rpc_routes(store, base_url=base_url, key=key),
-        *page_routes(store, key=key),
+        *page_routes(store, key=key, max_live_streams=max_live_streams),
     ]
     return Starlette(
         routes=routes,
@@ -104,7 +106,12 @@ async def _serve(config: Config, app_server: list[_Server], stopping: asyncio.Ev
         sock.close()
         raise
     try:
-        app = build_app(store, key=config.key, a2a_expected=config.transport == "a2a")
+        app = build_app(
+            store,
+            key=config.key,
+            max_live_streams=config.live_streams,
+            a2a_expected=config.transport == "a2a",
+        )
         shares = await store.list_shares()
         host, port = sock.getsockname()[:2]
         log.info(

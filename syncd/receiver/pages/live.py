@@ -4,6 +4,12 @@ Each event is one stored item, its SSE `id` the item's sequence number in the sh
 the HTML the page puts in place of the old piece. A reader that reconnects (the browser sends
 `Last-Event-ID`; the page's script passes `after` when it opens a new stream) is sent everything
 stored after the last item it saw: no duplicates, no gaps, across a server restart too.
+
+A share page needs no key and its stream stays open as long as the reader likes, while uvicorn
+counts every open connection against `serve_max_connections`: streams opened by anyone who can
+reach the port would take every place syncd's deliveries need (they were answered 503). So the
+streams have a budget of their own (`serve_max_live_streams`); one asked for beyond it is
+refused at once, and the page shows without live updates.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ...archive.base import ArchiveStore, ShareNotFound, StoreUnavailable
 from ...model import SyncItem
@@ -32,6 +39,8 @@ PING_SECONDS = 15
 # Sent to the browser: how soon to reconnect a dropped stream (milliseconds).
 RETRY_MS = 1000
 MAX_DIGITS = 18
+# Sent with a refused stream: when to ask again (the page's script waits at most as long).
+RETRY_AFTER_SECONDS = 15
 
 
 def number(text: str | None) -> int | None:
@@ -73,19 +82,65 @@ def fragment(item: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
+class LiveStreams:
+    """The streams open at once, and how many may be (None: as many as asked for)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.open = 0
+        self._full = False  # refused one since the last stream ended: logged once
+
+    def take(self) -> bool:
+        if self.limit is not None and self.open >= self.limit:
+            if not self._full:
+                log.warning(
+                    "live streams at their limit: pages show without live updates",
+                    limit=self.limit,
+                )
+                self._full = True
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+        self._full = False
+
+
+class _HeldStream(EventSourceResponse):
+    """A stream that gives its place back when it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], streams: LiveStreams) -> None:
+        super().__init__(content, ping=PING_SECONDS)
+        self._streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._streams.give_back()
+
+
 def _event(name: str, data: dict[str, str], seq: int | None = None) -> ServerSentEvent:
     return ServerSentEvent(
         json.dumps(data, ensure_ascii=False), event=name, id=None if seq is None else str(seq)
     )
 
 
-async def events(request: Request, store: ArchiveStore) -> Response:
+async def events(request: Request, store: ArchiveStore, streams: LiveStreams) -> Response:
     share_id = request.path_params["share_id"]
     after = position(request)
     try:
         first = await store.changes(share_id, after, BATCH)
     except ShareNotFound:
         return PlainTextResponse("Share not found", status_code=404)
+    if not streams.take():
+        # Closed after the answer: a refused reader holds no connection either.
+        return PlainTextResponse(
+            "Too many live pages open: this page shows without live updates",
+            status_code=503,
+            headers={"retry-after": str(RETRY_AFTER_SECONDS), "connection": "close"},
+        )
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(retry=RETRY_MS)
@@ -120,4 +175,4 @@ async def events(request: Request, store: ArchiveStore) -> Response:
                 break
         yield _event("gone", {})
 
-    return EventSourceResponse(stream(), ping=PING_SECONDS)
+    return _HeldStream(stream(), streams)

@@ -79,7 +79,11 @@ def _page_url(query: str, direction: str, cursor: SessionCursor) -> str:
     return "/?" + urlencode(params)
 
 
-def page_routes(store: ArchiveStore, *, key: str | None) -> list[BaseRoute]:
+def page_routes(
+    store: ArchiveStore, *, key: str | None, max_live_streams: int | None
+) -> list[BaseRoute]:
+    live_streams = live.LiveStreams(max_live_streams)
+
     def html(name: str, status: int = 200, **context: object) -> HTMLResponse:
         return HTMLResponse(render.page(name, **context), status_code=status)
 
@@ -156,7 +160,7 @@ def page_routes(store: ArchiveStore, *, key: str | None) -> list[BaseRoute]:
         return HTMLResponse(await run_in_threadpool(page))
 
     async def events(request: Request) -> Response:
-        return await live.events(request, store)
+        return await live.events(request, store, live_streams)
 
     async def code_css(_request: Request) -> Response:
         return Response(CODE_CSS, media_type="text/css")
