@@ -24,7 +24,7 @@ import structlog
 from syncd import jsonc
 from syncd.errors import UserError, os_problem
 from syncd.redact import MASK
-from syncd.urls import cleartext_beyond_loopback, origin_of
+from syncd.urls import cleartext_beyond_loopback, is_port_number, origin_of, port_of, port_text
 
 TransportName = Literal["local", "http", "capnweb-batch", "capnweb-ws", "a2a"]
 Sessions = Literal["all", "shared"]
@@ -343,7 +343,8 @@ def _validate(name: str, value: Any, source: str | None) -> Any:
 
 def _url_shown(url: str) -> str:
     """`url` as an error may show it: a token is often carried in its user info, query or
-    fragment (opencode fills enterprise.url from the environment), so those are masked."""
+    fragment (opencode fills enterprise.url from the environment), so those are masked, and
+    so is a port that is not a number (a user info without its @host)."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -352,6 +353,9 @@ def _url_shown(url: str) -> str:
         # `https:/robot:TOKEN@host`): shown only when nothing in it could be a credential
         return MASK if set("@?#") & set(url) else url
     _user, at, host = parts.netloc.rpartition("@")
+    port = port_text(host)
+    if port is not None and not is_port_number(port):  # `https://robot:TOKEN`: no @host
+        host = f"{host.removesuffix(':' + port)}:{MASK}"
     return urlunsplit(
         parts._replace(
             netloc=f"{MASK}@{host}" if at else host,
@@ -396,9 +400,11 @@ def _url(value: Any) -> str:
     if parts.query or parts.fragment:
         raise _Invalid("a base url without ?query or #fragment")
     try:
-        parts.port  # noqa: B018 - raises on a port out of range
+        port_of(parts)
     except ValueError:
-        raise _Invalid("a url with a port between 1 and 65535") from None
+        raise _Invalid(
+            "a url with a port between 1 and 65535, or none (the scheme's default)"
+        ) from None
     return value.rstrip("/")
 
 

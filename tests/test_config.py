@@ -367,6 +367,37 @@ def test_bad_command_line_exits_2_with_one_line(
     assert_one_line_error(run_syncd(env, *args), expected)
 
 
+NOT_PORTS = ["99999", "65536", "0", "-1", "port"]
+PORT_EXPECTED = "expected a url with a port between 1 and 65535, or none"
+
+
+@pytest.mark.parametrize("port", NOT_PORTS)
+@pytest.mark.parametrize("where", ["--url", "config file", "enterprise.url from the environment"])
+def test_a_url_whose_port_is_not_a_port_is_refused_wherever_it_comes_from(
+    env: dict[str, str], port: str, where: str
+) -> None:
+    """A url is dialled at the port it names or not at all. `http://h:0` was accepted (Python's
+    urlsplit takes port 0; the refusal said 1-65535) and every call then failed, retried for
+    ever; httpx itself takes 99999 and -1, so each source is checked by syncd, the same way."""
+    url = f"https://share.example.test:{port}"
+    if where == "--url":
+        result = run_syncd(env, "sync", "--url", url)
+    elif where == "config file":
+        write_toml(env, f'url = "{url}"\n')
+        result = run_syncd(env, "sync")
+    else:
+        write_opencode(env, "opencode.json", '{"enterprise": {"url": "{env:SHARE_URL}"}}')
+        result = run_syncd({**env, "SHARE_URL": url}, "sync")
+    assert_one_line_error(result, PORT_EXPECTED)
+    shown = port if port.isdigit() else "***"  # a word there may be a token: see below
+    assert f"url = 'https://share.example.test:{shown}' is not accepted" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["https://share.example.test:443", "http://h:", "http://h:080"])
+def test_a_url_with_its_port_written_out_is_accepted(env: dict[str, str], url: str) -> None:
+    assert load_config({"url": url}, env).url == url
+
+
 def test_bad_enterprise_url_names_opencode_config(env: dict[str, str]) -> None:
     write_opencode(env, "opencode.jsonc", '{"enterprise": {"url": "opncd"}, // c\n}')
     assert_one_line_error(run_syncd(env, "sync"), "(enterprise.url): url = 'opncd'")
@@ -387,6 +418,10 @@ URL_TOKEN = "tok-5d1c9e2a7b"
         # finds it: the refusal once quoted these whole.
         ("robot:{token}@share.example.com", "url = '***' is not accepted"),
         ("https:/robot:{token}@share.example.com", "url = '***' is not accepted"),
+        # Without its @host the user info reads as host:port: the refusal of the port once
+        # quoted the token as the port.
+        ("https://robot:{token}", "url = 'https://robot:***' is not accepted"),
+        ("https://robot:{token}/share", "url = 'https://robot:***/share' is not accepted"),
     ],
 )
 def test_a_refused_url_never_echoes_the_credential_in_it(

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from syncd.commands.sync import sync_once
 from syncd.state.store import StateStore
+from syncd.urls import same_server
 from tests.support.archive_check import make_config
 from tests.support.fake_opencode import FakeOpencode
 from tests.support.receiver import running_receiver
@@ -101,3 +104,14 @@ async def test_an_unparseable_opencode_share_url_is_another_server(
         shared = await receiver.store.read_share(listed["id"])
         assert [m["id"] for m in shared["messages"]] == [mid]
     writer.close()
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "port"])
+def test_an_opencode_share_url_whose_port_is_not_a_port_is_another_server(port: str) -> None:
+    """opencode's share on `https://share.example.test:99999` was taken for one on
+    share.example.test's 443 (an unreadable port counted as the default one), so syncd would
+    have continued it there, with its secret."""
+    assert same_server("https://share.example.test:443/share/abc", "https://share.example.test")
+    opencode_url = f"https://share.example.test:{port}/share/abc"
+    assert not same_server(opencode_url, "https://share.example.test")
+    assert not same_server("https://share.example.test", opencode_url)
