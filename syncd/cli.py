@@ -27,6 +27,7 @@ from syncd.config import load_config
 from syncd.errors import UserError
 from syncd.log import configure_logging
 from syncd.service import config_for_state_reader
+from syncd.terminal import printable
 
 COMMANDS = (run, sync, status, open, dead_letters, deletions, serve, install_service)
 # Objects allocated before the cyclic collector runs (Python's default: 700). A backfill or an
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a closed pipe is handled below
         return code
     except UserError as e:
-        print(f"syncd: {e}", file=sys.stderr)
+        print(f"syncd: {printable(str(e))}", file=sys.stderr)  # it may quote a receiver
         return e.exit_code
     except KeyboardInterrupt:
         return 130

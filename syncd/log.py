@@ -1,5 +1,6 @@
 """Structured logging to stderr: console lines on a terminal, JSON lines otherwise (journald,
-files, pipes), with share secrets and keys masked wherever they appear (`syncd.redact`)."""
+files, pipes), with share secrets and keys masked wherever they appear (`syncd.redact`) and
+no control character from elsewhere reaching a console (`syncd.terminal`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 import structlog
 
 from syncd.redact import MASK, register, scrub
+from syncd.terminal import printable
 
 if TYPE_CHECKING:
     from syncd.config import Config
@@ -31,10 +33,11 @@ def configure_logging(config: Config | None = None) -> None:
         register(config.key)
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    # JSON lines escape control characters themselves; console lines are made printable.
+    renderers: list[structlog.typing.Processor] = (
+        [printable_values, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         if log_format == "console"
-        else structlog.processors.JSONRenderer()
+        else [structlog.processors.JSONRenderer()]
     )
     structlog.configure(
         processors=[
@@ -44,7 +47,7 @@ def configure_logging(config: Config | None = None) -> None:
             # Exceptions become text before masking, so a secret in a traceback is masked too.
             structlog.processors.format_exc_info,
             mask_secrets,
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
@@ -71,6 +74,14 @@ def mask_secrets(
 ) -> MutableMapping[str, Any]:
     """structlog processor: hide credential-named keys, and scrub every text."""
     return _mask(event)
+
+
+def printable_values(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: every text in a console line `printable` (a receiver's message
+    is quoted in many). Other values are shown by repr(), which escapes them itself."""
+    return {name: printable(v) if isinstance(v, str) else v for name, v in event.items()}
 
 
 def _mask(value: Any) -> Any:

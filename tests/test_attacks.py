@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -44,6 +45,7 @@ from tests.support import FIXTURES
 from tests.support.env import free_port, isolated_env
 from tests.support.fake_opencode import one_session_db
 from tests.support.receiver import running_receiver
+from tests.support.scripted_server import Answer, Server
 from tests.support.served import Served, SlowClient, serving
 from tests.support.syncd_process import run_syncd
 
@@ -465,6 +467,59 @@ async def test_an_echoing_receiver_never_gets_its_echo_shown(
     for where, text in outputs.items():
         for secret in secrets:
             assert secret not in text, f"{secret} in {where}"
+
+
+# What a receiver may send to a terminal: retitle the window (OSC 0, ended by BEL), clear the
+# screen (CSI 2J), a CSI in its 8-bit C1 form, a carriage return to write over the line, a
+# link to somewhere else (OSC 8), DEL and NUL.
+TERMINAL_ATTACK = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \rforged \x1b]8;;http://evil\x1b\\ \x7f\x00"
+# Without blanks, as a url has them: a console log line quotes (and escapes) only values with.
+URL_ATTACK = "http://x/share/shr_1\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\x00"
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+async def test_a_receiver_never_writes_to_the_terminal_through_what_syncd_shows(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """A refusal's reason and an answered share url are shown by `status`, `dead-letters` and
+    `open`; in a pipe (`syncd dead-letters list | less -R`) they were printed as received:
+    ESC, C1, DEL and NUL reached the terminal (on one too: rich drops only BEL, BS, CR, VT and
+    FF, and a table folds whitespace). Every output is shown here through a pipe."""
+    db = one_session_db(tmp_path / "opencode.db", fixtures_dir)
+    server = Server()
+    share = {"id": "shr_1", "secret": "s3cr3t-share-secret", "url": URL_ATTACK}
+    server.answer = lambda m, p: (
+        Answer(body=share) if p == "/api/share" else Answer(400, f"refused: {TERMINAL_ATTACK}")
+    )
+    config = tmp_path / "syncd.toml"
+    config.write_text('log_format = "console"\n')  # the human form, wherever it goes
+    common = ["--db", str(db), "--state", str(tmp_path / "state.db"), "--url", server.url,
+              "--transport", "http", "--sessions", "all", "--config", str(config)]  # fmt: skip
+    env = isolated_env(tmp_path)
+    try:
+        code, synced = await run_syncd("sync", *common, env=env)
+    finally:
+        server.close()
+    assert code == 1 and "dead-lettered" in synced, synced
+    state = await StateStore.open_readonly(tmp_path / "state.db")
+    [letter, *_] = await state.dead_letters()
+    await state.close()
+    assert "\x1b[2J" in letter["reason"]  # stored as received: the attack is real
+    outputs = {"sync": synced}
+    commands = [["status"], ["status", "--wide"], ["status", "ses"], ["status", "--json"],
+                ["dead-letters", "list"], ["dead-letters", "list", "--json"],
+                ["dead-letters", "show", str(letter["id"])],
+                ["open", "ses", "--print"]]  # fmt: skip
+    for command in commands:
+        outputs[" ".join(command)] = (await run_syncd(*command, *common, env=env))[1]
+    for where, text in outputs.items():
+        assert not CONTROL_CHARACTER.findall(text), f"{where}: {text!r}"
+    # Still shown, as escapes: the reason says what the receiver sent.
+    for where in ("status --wide", "dead-letters list"):
+        assert r"refused: \x1b]0;pwned" in outputs[where], outputs[where]
+    assert r"\u009b31m" in outputs[f"dead-letters show {letter['id']}"]
+    assert r"shr_1\x1b]0;pwned\x07\x1b[2J" in outputs["open ses --print"]
+    assert r"url=http://x/share/shr_1\x1b]0;pwned" in outputs["sync"]
 
 
 def share_secret(archive: Path, share_id: str) -> str:

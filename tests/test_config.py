@@ -367,6 +367,13 @@ def test_bad_command_line_exits_2_with_one_line(
     assert_one_line_error(run_syncd(env, *args), expected)
 
 
+def test_an_error_line_shows_control_characters_as_escapes(env: dict[str, str]) -> None:
+    """The error line quotes what it was given (a path, a server's or a database's message)
+    as it is: an escape sequence in it reached the terminal."""
+    result = run_syncd(env, "sync", "--config", "/nonexistent/\x1b]0;pwned\x07\x1b[2J.toml")
+    assert_one_line_error(result, r"/nonexistent/\x1b]0;pwned\x07\x1b[2J.toml does not exist")
+
+
 NOT_PORTS = ["99999", "65536", "0", "-1", "port"]
 PORT_EXPECTED = "expected a url with a port between 1 and 65535, or none"
 

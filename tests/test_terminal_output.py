@@ -189,6 +189,25 @@ receiver accepts them again, `discard ID...` to drop them.
     )
 
 
+def test_a_reason_from_a_hostile_receiver_stays_text_on_the_terminal() -> None:
+    """rich drops BEL, BS, CR, VT and FF from text but prints ESC, C1, DEL and NUL: a reason
+    retitled the window, cleared the screen (the rows above were gone) or linked elsewhere."""
+    reason = (
+        "POST /api/share/x/sync: 400: \x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\x00 "
+        "\x1b]8;;http://evil\x1b\\go on, this reason is longer than what is left"
+    )
+    letters = [{"id": 1, "session_id": SESSIONS[2]["session_id"], "kind": "part",
+                "item_id": "prt_1", "reason": reason, "time_created": ms(600)}]  # fmt: skip
+    terminal = Terminal()
+    render_letters(letters, terminal, now=NOW, console=terminal.console)
+    assert terminal.screen.title == ""
+    assert terminal.text().splitlines()[:3] == [
+        "IDS  SESSION   WHEN     ITEMS  REASON",
+        "─" * 80,
+        r"1    DAG46UWU  10m ago      1  POST /api/share/x/sync: 400: \x1b]0;pwned\x07\x1…",
+    ]  # cut at the 80th column, escapes counted
+
+
 def test_short_ids_grow_until_they_differ() -> None:
     ids = ["ses_aaaa_x12345678", "ses_bbbb_y12345678", "ses_cccc_zz999999"]
     assert short_ids(ids) == {

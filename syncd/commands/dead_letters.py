@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..source.changes import ChangeDetector
 from ..source.opencode_db import OpencodeDb
 from ..state.store import StateStore, merged_spans
+from ..terminal import printable_json
 from . import Subcommands
 from .screen import ago, clipped, fitted, screen, short_ids, table_for, timestamp
 
@@ -194,7 +195,8 @@ async def show_letter(config: Config, letter_id: int) -> int:
         await state.close()
     if not found:
         raise UserError(f"no dead letter {letter_id}: `syncd dead-letters list` shows them")
-    sys.stdout.write(jsontext.dumps({**found[0], "payload": payload}, indent=2) + "\n")
+    shown = jsontext.dumps({**found[0], "payload": payload}, indent=2)
+    sys.stdout.write(printable_json(shown) + "\n")
     return 0
 
 

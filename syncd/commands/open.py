@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from ..config import Config
 from ..errors import UserError
 from ..state.store import StateStore
+from ..terminal import printable
 from ..transports.local import page_url
 from . import Subcommands
 from .screen import find_session
@@ -75,7 +76,7 @@ async def open_page(config: Config, wanted: str | None, print_only: bool) -> int
             "`syncd run`) and try again"
         )
     url = page_url(row["share_url"], config.serve_url)
-    print(url)
+    print(printable(url))  # as the receiver answered it
     if url.startswith(config.serve_url + "/") and not _answers(url):
         print(
             f"syncd: nothing answers at {config.serve_url}: start `syncd serve` to read this page",

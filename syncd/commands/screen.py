@@ -11,30 +11,66 @@ from typing import Any, TextIO
 
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import (
+    Console,
+    ConsoleOptions,
+    ConsoleRenderable,
+    RenderableType,
+    RenderHook,
+    RenderResult,
+)
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from ..errors import UserError
+from ..terminal import printable
 
 SHORT_ID = 8  # characters of an opencode id's random tail: what share urls use too
 
 
 @contextlib.contextmanager
 def screen(out: TextIO, console: Console | None = None) -> Iterator[Console]:
-    """A console for `out` (or the given one, for tests). In a pipe, what it printed reaches
-    `out` as plain lines without trailing blanks, written by plain `write` so that a closed
-    pipe reaches the CLI as BrokenPipeError."""
-    if console is not None:
+    """A console for `out` (or the given one, for tests) that prints no control character
+    (`printable`), on a terminal or not. In a pipe, what it printed reaches `out` as plain
+    lines without trailing blanks, written by plain `write` so that a closed pipe reaches the
+    CLI as BrokenPipeError."""
+    buffer = None
+    if console is None and out.isatty():
+        console = Console(file=out)
+    elif console is None:
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=100_000, no_color=True, highlight=False, emoji=False)
+    console.push_render_hook(_PRINTABLE)
+    try:
         yield console
-        return
-    if out.isatty():
-        yield Console(file=out)
-        return
-    buffer = io.StringIO()
-    yield Console(file=buffer, width=100_000, no_color=True, highlight=False, emoji=False)
-    out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+    finally:
+        console.pop_render_hook()
+    if buffer is not None:
+        out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+
+
+class _Printable:
+    """A renderable as it renders, its text made `printable`: every line and cell a command
+    prints comes through here, whoever built it. Laid out already: a control character, 0
+    cells wide to rich, widens its line as an escape (`clipped` and `_plain` cells, where
+    long text from elsewhere goes, are made printable before they are measured)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            # A control segment is rich's own (cursor moves), never text from elsewhere.
+            yield segment if segment.control else segment._replace(text=printable(segment.text))
+
+
+class _PrintableHook(RenderHook):
+    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+        return [_Printable(renderable) for renderable in renderables]
+
+
+_PRINTABLE = _PrintableHook()
 
 
 def table_for(console: Console, *headers: str) -> Table:
@@ -66,7 +102,8 @@ class _PipeTable(Table):
 
 
 def _plain(cell: RenderableType) -> str:
-    return " ".join((cell.plain if isinstance(cell, Text) else str(cell)).split())
+    # Made printable before it is measured, so that the columns after it stay aligned.
+    return printable(" ".join((cell.plain if isinstance(cell, Text) else str(cell)).split()))
 
 
 def fitted(table: Table) -> Table:
@@ -79,8 +116,10 @@ def fitted(table: Table) -> Table:
 
 def clipped(text: str | None) -> Text:
     """One line, cut to its column's width with an ellipsis (see `fitted`); "-" for nothing.
-    Text, not markup: ids, urls and server messages may hold "[...]"."""
-    return Text(" ".join(text.split()) if text else "-", no_wrap=True, overflow="ellipsis")
+    Text, not markup: ids, urls and server messages may hold "[...]". Made printable before
+    it is cut, so that the cut falls at the column's edge."""
+    shown = printable(" ".join(text.split())) if text else "-"
+    return Text(shown, no_wrap=True, overflow="ellipsis")
 
 
 def timestamp(ms: int | None) -> str:
