@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import sqlite3
 import stat
 import time
@@ -659,6 +660,66 @@ async def test_connections_beyond_the_limit_get_503_until_slow_ones_are_dropped(
         await asyncio.gather(*(s.until_closed(HEAD_TIMEOUT + 20) for s in slow))
         answered = await client.get(f"{served.url}/api/share")
         assert answered.status_code == 200
+
+
+def unread_answer(port: int, path: str) -> socket.socket:
+    """A connection that asks for `path` and reads nothing of the answer but its status line,
+    left in place (peeked), with a receive buffer as small as the kernel allows."""
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    reader.settimeout(30)
+    reader.connect(("127.0.0.1", port))
+    reader.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert reader.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
+    return reader
+
+
+async def test_a_client_reading_none_of_its_answer_is_dropped(tmp_path: Path) -> None:
+    # A share's data needs no key (nor does its page). An answer bigger than the kernel's
+    # buffers, asked for by a client that reads none of it, waited in the server for ever, and
+    # its connection with it: closing it waits for the answer to be sent.
+    settings = {"serve_body_timeout": BODY_TIMEOUT, "serve_max_connections": 4}
+    async with (
+        serving(tmp_path, key=KEY, **settings) as served,
+        httpx.AsyncClient(headers={"connection": "close"}) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        rest_share, _ = await victims(served)
+        text = {"messageID": "msg_1", "type": "text", "text": "x" * 2**20}
+        parts = [{"type": "part", "data": {"id": f"prt_{n}", **text}} for n in range(16)]
+        big = HttpTransport(served.url, key=KEY, timeout=30.0, verify=True)
+        try:
+            await big.sync(rest_share, Batch(REST_VICTIM, parts))
+        finally:
+            await big.aclose()  # its connection would count against the limit
+        await client.get(f"{served.url}/api/share/{rest_share.id}")  # after the close is seen
+        path = f"/api/share/{rest_share.id}/data"
+        for _ in range(3):
+            stack.callback(unread_answer(served.port, path).close)
+        refused = await client.get(f"{served.url}/api/share/{rest_share.id}")
+        assert refused.status_code == 503  # every place but the unread answers' is taken
+        for _ in range(int((BODY_TIMEOUT + 20) / 0.2)):
+            answered = await client.get(f"{served.url}/api/share/{rest_share.id}")
+            if answered.status_code != 503:
+                break
+            await asyncio.sleep(0.2)
+        assert answered.status_code == 200
+        rest = HttpTransport(served.url, key=KEY, timeout=10.0, verify=True)
+        stack.push_async_callback(rest.aclose)
+        await rest.sync(rest_share, Batch(REST_VICTIM, [session_item(REST_VICTIM, "after")]))
+        assert "answer to be read" in served.process.log()
+
+        # One that reads, however slowly, keeps its connection: the whole answer comes.
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        stack.callback(writer.close)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+        slowly = 0
+        for _ in range(int(3 * BODY_TIMEOUT / 0.1)):  # 160 KB/s
+            slowly += len(await reader.read(2**14))
+            await asyncio.sleep(0.1)
+        assert slowly + len(await reader.read()) == length
 
 
 # -- live share pages --------------------------------------------------------------------------

@@ -12,11 +12,23 @@ not arrived `header_timeout` seconds after the connection opened (or the previou
 sent), or whose body has not arrived `body_timeout` seconds after its head. Deadlines count
 from the start of each phase, not from the last byte, so trickling does not extend them. A
 WebSocket is no longer HTTP once upgraded: its pings bound it.
+
+A client that reads none of its answer holds its connection the other way: what the kernel's
+buffers cannot take waits in the transport, and closing the connection (a deadline, uvicorn's
+keep-alive) waits for it to be sent, for ever; a share's data and page need no key and may be
+many MB. So while writing is held back (the transport's buffer above its high-water mark), a
+connection whose client takes none of it for `body_timeout` seconds is aborted, the unread
+answer dropped. As with nginx's send_timeout, this counts from one part taken to the next: a
+client reading slowly keeps its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import sys
+import termios
 from typing import Any, Literal
 
 import structlog
@@ -38,6 +50,7 @@ def deadline_protocol(header_timeout: float, body_timeout: float) -> type[asynci
             self._deadline: asyncio.TimerHandle | None = None
             self._reading_body = False  # between a request's head and the end of its body
             self._upgraded = False  # a WebSocket now: no longer ours to time
+            self._unread: asyncio.TimerHandle | None = None  # while writing is held back
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -65,7 +78,46 @@ def deadline_protocol(header_timeout: float, body_timeout: float) -> type[asynci
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._set_phase(None)
+            self._stop_unread_watch()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._watch_unread(self._unread_bytes())
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._stop_unread_watch()
+
+        def _watch_unread(self, waiting: int) -> None:
+            self._stop_unread_watch()
+            self._unread = self.loop.call_later(body_timeout, self._check_unread, waiting)
+
+        def _stop_unread_watch(self) -> None:
+            if self._unread is not None:
+                self._unread.cancel()
+                self._unread = None
+
+        def _check_unread(self, waited_before: int) -> None:
+            waiting = self._unread_bytes()
+            self._unread = None
+            if waiting < waited_before:  # the client took some: it reads, however slowly
+                self._watch_unread(waiting)
+                return
+            self._log_dropped("answer to be read", body_timeout)
+            self.transport.abort()
+
+        def _unread_bytes(self) -> int:
+            """Answer bytes the client has not taken: in the transport and (where the kernel
+            tells) in the socket's send queue. The transport alone would not do: it writes
+            again only once the kernel's buffer has much room (MBs), which a slow reader
+            takes longer than `body_timeout` to make."""
+            waiting = self.transport.get_write_buffer_size()
+            with contextlib.suppress(OSError, AttributeError):
+                sock = self.transport.get_extra_info("socket")
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+                waiting += int.from_bytes(queued, sys.byteorder, signed=True)
+            return waiting
 
         def _watch(self) -> None:
             """Arm the deadline of the phase the connection is in: none while the app
@@ -96,12 +148,15 @@ def deadline_protocol(header_timeout: float, body_timeout: float) -> type[asynci
             if self.transport.is_closing():
                 return
             seconds = header_timeout if self._phase == "head" else body_timeout
+            self._log_dropped(f"request {self._phase}", seconds)
+            self.transport.close()
+
+        def _log_dropped(self, waited_for: str, seconds: float) -> None:
             log.info(
                 "slow client dropped",
                 client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
-                waited_for=f"request {self._phase}",
+                waited_for=waited_for,
                 seconds=seconds,
             )
-            self.transport.close()
 
     return DeadlineProtocol
