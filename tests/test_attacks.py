@@ -34,6 +34,7 @@ from websockets.asyncio.client import connect as websocket_connect
 from syncd.config import load_config
 from syncd.log import configure_logging
 from syncd.model import Batch, Share
+from syncd.receiver.app import STOP_GRACE_SECONDS
 from syncd.state.store import StateStore
 from syncd.transports import make_transport
 from syncd.transports.a2a import A2aTransport
@@ -674,26 +675,31 @@ def unread_answer(port: int, path: str) -> socket.socket:
     return reader
 
 
+async def big_share(served: Served) -> tuple[Share, str]:
+    """A share of 16 MB and the path of its data, which needs no key (nor does its page)."""
+    share, _ = await victims(served)
+    text = {"messageID": "msg_1", "type": "text", "text": "x" * 2**20}
+    parts = [{"type": "part", "data": {"id": f"prt_{n}", **text}} for n in range(16)]
+    big = HttpTransport(served.url, key=KEY, timeout=30.0, verify=True)
+    try:
+        await big.sync(share, Batch(REST_VICTIM, parts))
+    finally:
+        await big.aclose()  # its connection would count against a limit
+    return share, f"/api/share/{share.id}/data"
+
+
 async def test_a_client_reading_none_of_its_answer_is_dropped(tmp_path: Path) -> None:
-    # A share's data needs no key (nor does its page). An answer bigger than the kernel's
-    # buffers, asked for by a client that reads none of it, waited in the server for ever, and
-    # its connection with it: closing it waits for the answer to be sent.
+    # An answer bigger than the kernel's buffers, asked for by a client that reads none of it,
+    # waited in the server for ever, and its connection with it: closing it waits for the
+    # answer to be sent.
     settings = {"serve_body_timeout": BODY_TIMEOUT, "serve_max_connections": 4}
     async with (
         serving(tmp_path, key=KEY, **settings) as served,
         httpx.AsyncClient(headers={"connection": "close"}) as client,
         contextlib.AsyncExitStack() as stack,
     ):
-        rest_share, _ = await victims(served)
-        text = {"messageID": "msg_1", "type": "text", "text": "x" * 2**20}
-        parts = [{"type": "part", "data": {"id": f"prt_{n}", **text}} for n in range(16)]
-        big = HttpTransport(served.url, key=KEY, timeout=30.0, verify=True)
-        try:
-            await big.sync(rest_share, Batch(REST_VICTIM, parts))
-        finally:
-            await big.aclose()  # its connection would count against the limit
+        rest_share, path = await big_share(served)
         await client.get(f"{served.url}/api/share/{rest_share.id}")  # after the close is seen
-        path = f"/api/share/{rest_share.id}/data"
         for _ in range(3):
             stack.callback(unread_answer(served.port, path).close)
         refused = await client.get(f"{served.url}/api/share/{rest_share.id}")
@@ -720,6 +726,17 @@ async def test_a_client_reading_none_of_its_answer_is_dropped(tmp_path: Path) ->
             slowly += len(await reader.read(2**14))
             await asyncio.sleep(0.1)
         assert slowly + len(await reader.read()) == length
+
+
+async def test_a_client_reading_none_of_its_answer_does_not_hold_up_a_stop(
+    tmp_path: Path,
+) -> None:
+    # Stopping, uvicorn waits for every connection to close: one whose unread answer waits to
+    # be sent held SIGTERM for ever.
+    async with serving(tmp_path, key=KEY) as served:
+        _, path = await big_share(served)
+        with contextlib.closing(unread_answer(served.port, path)):
+            assert await served.process.terminate(STOP_GRACE_SECONDS + 20) == 0
 
 
 # -- live share pages --------------------------------------------------------------------------

@@ -29,6 +29,9 @@ from .unavailable import store_unavailable
 
 log = structlog.get_logger("syncd.receiver")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Once asked to stop, how long answers under way may take to be sent: uvicorn would wait for
+# every connection to close, and one whose client reads none of its answer never does.
+STOP_GRACE_SECONDS = 10
 
 
 def build_app(
@@ -138,6 +141,7 @@ async def _serve(config: Config, app_server: list[_Server], stopping: asyncio.Ev
                 access_log=False,
                 http=deadline_protocol(config.serve_header_timeout, config.serve_body_timeout),
                 limit_concurrency=config.serve_max_connections,
+                timeout_graceful_shutdown=STOP_GRACE_SECONDS,
                 # One size limit for a request, whether it comes as a body or a message.
                 ws_max_size=DEFAULT_MAX_BODY,
             )
