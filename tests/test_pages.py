@@ -251,3 +251,40 @@ async def test_a_store_outage_ends_a_live_stream_for_the_browser_to_resume(
         assert "event: gone" not in answer.text
     finally:
         await store.close()
+
+
+class CountingArchive(SqliteArchive):
+    """A store that counts the reads of a share's changes."""
+
+    reads = 0
+
+    async def changes(self, share_id: str, after: int, limit: int) -> Any:
+        self.reads += 1
+        return await super().changes(share_id, after, limit)
+
+
+async def test_a_refused_live_stream_reads_nothing_and_a_missing_share_holds_no_place(
+    tmp_path: Path,
+) -> None:
+    store = await CountingArchive.open(tmp_path / "archive.db")
+    try:
+        share = await store.create_share("ses_counted0001", "http://testserver")
+        await store.sync(share.id, share.secret, [{"type": "message", "data": {"id": "m1"}}])
+        streams = live.LiveStreams(1)
+
+        def request(share_id: str) -> Request:
+            path = f"/share/{share_id}/events"
+            params = {"share_id": share_id}
+            scope = {"type": "http", "method": "GET", "path": path, "headers": [],
+                     "query_string": b"", "path_params": params}  # fmt: skip
+            return Request(scope)
+
+        missing = await live.events(request("nosuchshare"), store, streams)
+        assert missing.status_code == 404 and streams.open == 0
+        assert streams.take()  # the one place, taken by a reader
+        reads = store.reads
+        refused = await live.events(request(share.id), store, streams)
+        assert refused.status_code == 503
+        assert store.reads == reads  # refused before anything was read
+    finally:
+        await store.close()
