@@ -78,13 +78,27 @@ class TableRead:
     """Table mode's last read of a session (a database without a journal), kept with its
     cursor so that a restart neither loses nor re-sends rows: when the read began, by the wall
     clock (`wall`, ms) and by the clock of the boot it ran in (`boot`, `clock`: ms no clock
-    correction moves), and the stamps it read that the next read can meet again (`seen`:
-    (kind, id) -> time_updated)."""
+    correction moves), the stamps it read that the next read can meet again (`seen`:
+    (kind, id) -> time_updated), and what it knows of the rows below those (`print`)."""
 
     wall: int
     boot: str
     clock: int
     seen: dict[tuple[str, str], int]
+    print: TablePrint | None = None  # None: a read from before syncd kept one
+
+
+class TablePrint(NamedTuple):
+    """What a table read knows of the session's messages and parts it kept no stamp of (those
+    stamped below `below`): how many there were (`rows`) and their stamps added up (`total`,
+    each modulo 2**32), with the session's own stamp (`session`). A row rewritten with a stamp
+    below the next read's floor changes them, so that read finds it without reading every row
+    into Python."""
+
+    below: int
+    session: int | float | None  # None: the session's row was gone
+    rows: int
+    total: int
 
 
 class PendingItem(NamedTuple):

@@ -99,6 +99,25 @@ async def test_count_tells_beforehand_what_a_capture_records(
         assert counted == captured == {sid: 2}
 
 
+async def test_table_mode_counts_a_row_rewritten_far_below_as_its_capture_records_it(
+    tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """Backfill totals: a part rewritten with a stamp far below the margin table mode reads
+    from is counted (the rows below it are), and the count agrees with the capture."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    mid = writer.message(sid, {"role": "user"})
+    parts = [writer.part(sid, mid, {"type": "text", "text": str(n)}) for n in range(3)]
+    async with detector_on(writer) as detector:
+        cursors = cursors_after(await detector.detect({}))
+        writer.conn.execute("UPDATE part SET time_updated = 1000 WHERE id = ?", (parts[0],))
+        scan = await detector.scan(cursors, deep=True)
+        counted = await detector.count(scan, cursors)
+        changed = (await detector.detect(cursors, deep=True)).changed
+        assert [c.keys for c in changed] == [{("part", parts[0])}]
+        assert counted == {sid: 1}
+
+
 async def test_table_mode_sees_rows_written_in_the_same_millisecond(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:

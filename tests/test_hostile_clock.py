@@ -195,13 +195,16 @@ async def test_a_restart_sends_nothing_already_delivered(
     writer.close()
 
 
+@pytest.mark.parametrize("late_by", [2000, HOUR_MS], ids=["within-margin", "far-below"])
 async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
-    tmp_path: Path, fixtures_dir: Path
+    tmp_path: Path, fixtures_dir: Path, late_by: int
 ) -> None:
-    """A part committed late with a stamp below the cursor: the daemon has not read it yet, so
-    a `sync` beside it must not say everything was delivered until the daemon captured it."""
+    """A part committed late with a stamp below the cursor (within the margin table mode reads
+    from, or far below it: a writer whose clock is an hour behind): the daemon has not read it
+    yet, so a `sync` beside it must not say everything was delivered until the daemon
+    captured it."""
     writer, sid, mid, now, config = await delivered_part(tmp_path, fixtures_dir, "prt_first")
-    insert_part(writer, sid, mid, "prt_late", now - 2000)
+    insert_part(writer, sid, mid, "prt_late", now - late_by)
     daemon = StateLock(config.state)  # a daemon owns the state and has not looked since
     daemon.acquire()
     try:
@@ -264,4 +267,85 @@ async def test_a_state_from_before_table_reads_loses_no_late_row_and_resends_onc
     assert again >= 1
     assert await sync_once(config) == 0
     assert sum(received) == again
+    writer.close()
+
+
+def read_prints(config: Config) -> list[Any]:
+    with contextlib.closing(sqlite3.connect(config.state)) as state:
+        return [row[0] for row in state.execute("SELECT read_print FROM session_cursor")]
+
+
+async def old_rows_delivered(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeOpencode, str, str, Config, list[int]]:
+    """A database without a journal, one session whose message and two parts were written an
+    hour ago (far below the margin table mode reads from), delivered by a first `sync`; and
+    the items the receiver is handed from then on."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    sid = writer.session()
+    hour_ago = int(time.time() * 1000) - HOUR_MS
+    mid = writer.message(sid, {"role": "user"})
+    writer.conn.execute("UPDATE message SET time_updated = ?", (hour_ago,))
+    for part_id in ("prt_old", "prt_rewritten"):
+        insert_part(writer, sid, mid, part_id, hour_ago)
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+    return writer, sid, mid, config, count_received(monkeypatch)
+
+
+async def test_a_row_written_far_below_the_margin_is_delivered_once(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose clock is a day behind rewrites a part and adds one: both are stamped far
+    below the margin table mode reads from. The rows below it are counted, so the session is
+    read whole (and sent again, once); an old row rewritten with a stamp above the margin is
+    only that row."""
+    writer, sid, mid, config, received = await old_rows_delivered(
+        tmp_path, fixtures_dir, monkeypatch
+    )
+    day_ago = int(time.time() * 1000) - 24 * HOUR_MS
+    writer.conn.execute(
+        'UPDATE part SET data = \'{"type": "text", "text": "after"}\', '
+        "time_updated = ? WHERE id = 'prt_rewritten'",
+        (day_ago,),
+    )
+    insert_part(writer, sid, mid, "prt_added", day_ago)
+    assert await sync_once(config) == 0
+    got = (await archived(config))[sid]["parts"]
+    assert set(got) == {"prt_old", "prt_rewritten", "prt_added"}
+    assert got["prt_rewritten"]["text"] == "after"
+    sent = sum(received)
+    assert await sync_once(config) == 0
+    assert sum(received) == sent  # once
+    writer.conn.execute(
+        "UPDATE part SET time_updated = ? WHERE id = 'prt_old'", (int(time.time() * 1000),)
+    )
+    assert await sync_once(config) == 0
+    assert sum(received) == sent + 1
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [None, "[1, 2", '["a", 1, 2, 3]', "[1, null, 2]", b"\xff"],
+    ids=["before-prints", "cut", "not-a-stamp", "short", "blob"],
+)
+async def test_a_read_kept_without_a_print_resends_nothing_and_keeps_one(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch, kept: Any
+) -> None:
+    """A state written before syncd kept prints (the migration leaves them empty), or one whose
+    print is damaged: nothing is sent again, a print is kept from that run on, and a row
+    rewritten far below the margin after it is delivered."""
+    writer, sid, mid, config, received = await old_rows_delivered(
+        tmp_path, fixtures_dir, monkeypatch
+    )
+    with contextlib.closing(sqlite3.connect(config.state)) as state, state:
+        state.execute("UPDATE session_cursor SET read_print = ?", (kept,))
+    assert await sync_once(config) == 0
+    assert sum(received) == 0
+    [printed] = read_prints(config)
+    assert isinstance(printed, str) and printed != kept
+    insert_part(writer, sid, mid, "prt_added", int(time.time() * 1000) - 24 * HOUR_MS)
+    assert await sync_once(config) == 0
+    assert "prt_added" in (await archived(config))[sid]["parts"]
     writer.close()

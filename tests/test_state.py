@@ -16,7 +16,7 @@ from syncd.archive.sqlite import MIGRATIONS as SERVE_MIGRATIONS
 from syncd.archive.sqlite import SqliteArchive as ShareStore
 from syncd.errors import UserError
 from syncd.migrate import migrate, migration_folders
-from syncd.model import PendingItem, Share, TableRead
+from syncd.model import PendingItem, Share, TablePrint, TableRead
 from syncd.state.store import MIGRATIONS, UPSERT_PENDING, StateStore
 
 
@@ -68,13 +68,16 @@ async def test_table_reads_are_kept_with_the_cursor(tmp_path: Path) -> None:
     capture without one (journal mode, a lost share) keeps it; a new receiver forgets it with
     the cursors. An id that is not UTF-8 (read as bytes) comes back as bytes."""
     path = tmp_path / "state.db"
-    read = TableRead(1_000, "boot-a", 50, {("session", "ses_1"): 990, ("part", b"p\xff"): 995})
+    seen = {("session", "ses_1"): 990, ("part", b"p\xff"): 995}
+    read = TableRead(1_000, "boot-a", 50, seen, TablePrint(980, 990, 3, 2_900))
     first = await StateStore.open(path, "share:http://a")
     await first.capture("ses_1", [("part", "p1")], time_updated=995, read=read)
     await first.capture("ses_1", [("session", "ses_1")])
     await first.capture("ses_2", [("session", "ses_2")], journal_seq=3)
     await first.close()
     same = await StateStore.open(path, "share:http://a")
+    assert await same.table_reads() == {"ses_1": read}
+    await same.capture("ses_1", [("part", "p2")], time_updated=996)  # no read: both kept
     assert await same.table_reads() == {"ses_1": read}
     await same.close()
     moved = await StateStore.open(path, "share:http://b")

@@ -248,6 +248,8 @@ def next_look_after(look_seconds: float) -> float:
 
 def _ahead_of(change: SessionChange, cursor: Cursor | None, reads: dict[str, TableRead]) -> bool:
     """Whether `change` is one the daemon has not captured yet."""
+    if not change.keys:
+        return False  # only a read to keep (its print, for a read kept without one)
     if cursor is None:
         return True
     if change.journal_seq is not None:

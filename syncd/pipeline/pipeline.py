@@ -253,7 +253,7 @@ class Pipeline:
                     for write in done:
                         write.result()  # a failed write stops the capture, as before
                 writes.add(asyncio.create_task(self._record(change)))
-                changed += 1
+                changed += bool(change.keys)  # none: only its read is kept
         finally:
             outcomes = await asyncio.gather(*writes, return_exceptions=True)
         for outcome in outcomes:
@@ -274,7 +274,8 @@ class Pipeline:
             time_updated=change.time_updated,
             read=change.read,
         )
-        self.window.touch(change.session_id)  # deliver while the rest is captured
+        if change.keys:
+            self.window.touch(change.session_id)  # deliver while the rest is captured
 
     async def settle_deletions(self) -> None:
         """Act on the sessions gone from opencode now, held deletions confirmed since included

@@ -7,7 +7,10 @@ Two ways to see a change, chosen per session:
   know yet): rows whose `time_updated`, or a diff file whose modification time, is new or
   changed since the last read, looked for from a margin below the session's watermark (or
   below that read, when it was lower). The last read is kept with the cursor (TableRead), so
-  a restart neither misses nor re-sends rows.
+  a restart neither misses nor re-sends rows. The rows below that floor are counted, not
+  read (TablePrint): a message or part rewritten with a stamp below it (a writer whose clock
+  is far behind) makes them other than the last read left them, and the session is read
+  (and sent) whole.
 A session seen for the first time, or whose journal has a gap or went backwards (another
 database under the same name), is captured whole; so is every session of a database captured
 afresh (`fresh`: the file was replaced). A session that vanished from the `session` table was
@@ -24,8 +27,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from .. import jsontext
-from ..model import Cursor, TableRead
+from ..model import Cursor, TablePrint, TableRead
 from . import storage
 from .opencode_db import OpencodeDb
 
@@ -42,7 +47,15 @@ RESTAMP_MARGIN_MS = 60 * 1000
 # The stamps a read keeps reach this much lower than the next read's floor: the boot clock and
 # the wall clock are read a moment apart, and a few milliseconds must not make a re-send.
 CLOCK_SLACK_MS = 1000
+# A TablePrint adds up each stamp modulo this: no session's total overflows SQLite's integers,
+# and Python adds up the same values for the rows it has stamps of.
+PRINT_MODULUS = 2**32
+_WEIGHT = (
+    f"CASE WHEN typeof(time_updated) = 'integer' "
+    f"THEN (time_updated % {PRINT_MODULUS} + {PRINT_MODULUS}) % {PRINT_MODULUS} ELSE 0 END"
+)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+log = structlog.get_logger("syncd.source")
 
 
 @dataclass
@@ -191,25 +204,33 @@ class ChangeDetector:
         self, db: sqlite3.Connection, *, session_id: str, cursor: Cursor | None
     ) -> SessionChange | None:
         wall, (boot, clock) = _wall_ms(), boot_clock()  # before the snapshot's first read
-        stamps = _table_stamps(db, self._db.storage, session_id, self._floor(session_id, cursor))
-        fresh = _unseen(stamps, self._seen(session_id, cursor))
-        newest = max(stamps.values(), default=None)
+        floor, kept = self._floor(session_id, cursor), self._kept(session_id, cursor)
+        look = _look_at_tables(db, self._db.storage, session_id, floor, kept)
+        fresh = _unseen(look.stamps, kept.seen if kept else {})
+        newest = max(look.stamps.values(), default=None)
         watermark = newest if fresh else cursor.time_updated if cursor else None
         # Kept: what the next read, from its floor up, can meet again (a first read takes every
-        # row of the session; keeping them all would grow with the database).
-        below = _floor_below(watermark, wall) - CLOCK_SLACK_MS
-        seen = {key: stamp for key, stamp in stamps.items() if stamp >= below}
-        read = self._reads[session_id] = TableRead(wall, boot, clock, seen)
-        if not fresh:
-            return None
-        return SessionChange(session_id, keys=fresh, time_updated=newest, read=read)
+        # row of the session; keeping them all would grow with the database), and what it
+        # knows of the rows below that.
+        below = max(_floor_below(watermark, wall) - CLOCK_SLACK_MS, look.floor)
+        seen = {key: stamp for key, stamp in look.stamps.items() if stamp >= below}
+        read = self._reads[session_id] = TableRead(wall, boot, clock, seen, look.print(below))
+        if fresh:
+            return SessionChange(session_id, keys=fresh, time_updated=newest, read=read)
+        if kept is not None and kept.print is None:
+            # A read kept before syncd kept prints (or a damaged one): keep one from now on.
+            return SessionChange(session_id, read=read)
+        return None
 
     def _seen(self, session_id: str, cursor: Cursor | None) -> dict[ItemKey, int]:
-        """The stamps the session's last read kept; none for a session without a watermark
-        (new to syncd, or to the receiver it now delivers to, whose first failure may have
-        recorded its error on a cursor row already: every row of it is new there)."""
-        read = self._reads.get(session_id) if cursor and cursor.time_updated is not None else None
+        read = self._kept(session_id, cursor)
         return read.seen if read is not None else {}
+
+    def _kept(self, session_id: str, cursor: Cursor | None) -> TableRead | None:
+        """The session's last read; none for a session without a watermark (new to syncd, or
+        to the receiver it now delivers to, whose first failure may have recorded its error
+        on a cursor row already: every row of it is new there)."""
+        return self._reads.get(session_id) if cursor and cursor.time_updated is not None else None
 
     async def count(self, scan: Scan, cursors: dict[str, Cursor]) -> dict[str, int]:
         """How many entities a capture of `scan` will record, per session, counted without
@@ -246,11 +267,12 @@ class ChangeDetector:
         for session_id, head, _ in scan.candidates:
             if session_id not in whole and head is None:
                 # The rows _from_tables would capture: their ids and stamps, not their data.
-                floor = self._floor(session_id, cursors[session_id])
-                read = functools.partial(_table_stamps, storage_path=self._db.storage,
-                                         session_id=session_id, floor=floor)  # fmt: skip
-                seen = self._seen(session_id, cursors[session_id])
-                newer = _unseen(await self._db.read(read), seen)
+                cursor = cursors[session_id]
+                kept = self._kept(session_id, cursor)
+                floor = self._floor(session_id, cursor)
+                read = functools.partial(_look_at_tables, storage_path=self._db.storage,
+                                         session_id=session_id, floor=floor, kept=kept)  # fmt: skip
+                newer = _unseen((await self._db.read(read)).stamps, kept.seen if kept else {})
                 if newer:
                     counts[session_id] = len(newer)
         return counts
@@ -311,27 +333,93 @@ def boot_clock() -> tuple[str, int]:
     return _boot_id(), int(seconds * 1000)
 
 
-def _table_stamps(
-    db: sqlite3.Connection, storage_path: Path, session_id: str, floor: int
-) -> dict[ItemKey, int]:
-    """The session's entities stamped at or above `floor`, with their stamps, as of this
-    snapshot. The session's own stamp is read here, not taken from the session list read
-    earlier: a rename since then must be seen with the rows read with it."""
+@dataclass
+class _TableLook:
+    """One read of a session's rows in table mode, as of one snapshot: the entities stamped at
+    or above `floor` with their stamps, the session's own stamp (None: its row is gone), and
+    how many messages and parts are stamped below `floor` with their stamps added up."""
+
+    stamps: dict[ItemKey, int]
+    session: int | None
+    floor: int
+    counted: tuple[int, int]
+
+    def print(self, below: int) -> TablePrint:
+        """What this read knows of the rows stamped below `below` (at or above its floor)."""
+        rows, total = self.counted
+        for (kind, _), stamp in self.stamps.items():
+            if kind != "session" and stamp < below:
+                rows, total = rows + 1, total + _weight(stamp)
+        return TablePrint(below, self.session, rows, total)
+
+
+def _look_at_tables(
+    db: sqlite3.Connection,
+    storage_path: Path,
+    session_id: str,
+    floor: int,
+    kept: TableRead | None,
+) -> _TableLook:
+    """The session's rows from `floor` up, as of this snapshot; every row when, since the
+    `kept` read, a message or part was rewritten (or written) with a stamp below the floor or
+    below what that read kept stamps of. The session's own stamp is read here, not taken from
+    the session list read earlier: a rename since then must be seen with the rows read with
+    it; one that changed since the kept read is new whatever its stamp."""
+    printed = kept.print if kept is not None else None
+    if printed is not None:
+        floor = max(floor, printed.below)  # its stamps reach down to there
     stamps: dict[ItemKey, int] = {}
+    session = None
     row = db.execute("SELECT time_updated FROM session WHERE id = ?", (session_id,)).fetchone()
     if row is not None:
         # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
         # stamp tells whether the session must be read again for it.
-        stamp = max(row[0], storage.diff_stamp(storage_path, session_id) or 0)
-        if stamp >= floor:
-            stamps[("session", session_id)] = stamp
+        session = max(row[0], storage.diff_stamp(storage_path, session_id) or 0)
+        if session >= floor or (printed is not None and session != printed.session):
+            stamps[("session", session_id)] = session
+    rows = total = 0
     for kind in ("message", "part"):
-        rows = db.execute(
-            f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
-            (session_id, floor),
+        stamps.update(
+            ((kind, row[0]), row[1])
+            for row in db.execute(
+                f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
+                (session_id, floor),
+            )
         )
-        stamps.update(((kind, row[0]), row[1]) for row in rows)
-    return stamps
+        below = db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({_WEIGHT}), 0) FROM {kind} "
+            "WHERE session_id = ? AND time_updated < ?",
+            (session_id, floor),
+        ).fetchone()
+        rows, total = rows + below[0], total + below[1]
+    look = _TableLook(stamps, session, floor, (rows, total))
+    if kept is not None and printed is not None and _rewritten_below(printed, kept.seen, look):
+        log.info(
+            "rows written with stamps below what table mode reads from (a writer's clock "
+            "behind?): the session is read whole",
+            session=session_id,
+        )
+        return _look_at_tables(db, storage_path, session_id, -1, None)
+    return look
+
+
+def _rewritten_below(printed: TablePrint, seen: dict[ItemKey, int], look: _TableLook) -> bool:
+    """Whether the messages and parts stamped below `look`'s floor now are not those that
+    were below it at the read that kept `printed` and `seen` (less the rows rewritten since
+    with a stamp at or above it): more of them, or as many with other stamps. Fewer: rows that
+    read only counted were rewritten above the floor, or deleted; not knowing their old
+    stamps, the others are not compared."""
+    rows, total = printed.rows, printed.total
+    for key, stamp in seen.items():
+        if key[0] != "session" and stamp < look.floor and key not in look.stamps:
+            rows, total = rows + 1, total + _weight(stamp)
+    now_rows, now_total = look.counted
+    return now_rows > rows or (now_rows == rows and now_total != total)
+
+
+def _weight(stamp: int) -> int:
+    """A stamp as a TablePrint adds it up (as _WEIGHT does in SQL)."""
+    return stamp % PRINT_MODULUS if type(stamp) is int else 0
 
 
 def _unseen(stamps: dict[ItemKey, int], seen: dict[ItemKey, int]) -> set[ItemKey]:

@@ -22,7 +22,7 @@ import structlog
 from .. import jsontext
 from ..errors import UserError, os_problem
 from ..files import prepare_database_file, private_directory
-from ..model import Cursor, PendingItem, Share, TableRead
+from ..model import Cursor, PendingItem, Share, TablePrint, TableRead
 from ..redact import scrub
 from ..sqlite import GroupWriter, fetch_all, open_private, read_whole, remedy, transaction
 
@@ -291,23 +291,27 @@ class StateStore:
         that found them, atomically."""
         stamp = now_ms()
         rows = [(session_id, kind, item_id, stamp) for kind, item_id in keys]
-        read_columns: tuple[int | str | None, ...] = (None, None, None, None)
+        read_columns: tuple[int | str | None, ...] = (None, None, None, None, None)
         if read is not None:
-            read_columns = (read.wall, read.boot, read.clock, _seen_text(read.seen))
+            printed = None if read.print is None else jsontext.dumps(list(read.print))
+            read_columns = (read.wall, read.boot, read.clock, _seen_text(read.seen), printed)
         cursor = (session_id, journal_seq, time_updated, *read_columns)
 
         def record(db: sqlite3.Connection) -> None:
             db.executemany(UPSERT_PENDING, rows)
             db.execute(
                 "INSERT INTO session_cursor (session_id, journal_seq, time_updated, read_wall, "
-                "read_boot, read_clock, read_seen) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "read_boot, read_clock, read_seen, read_print) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (session_id) DO UPDATE SET "
                 "journal_seq = COALESCE(excluded.journal_seq, journal_seq), "
                 "time_updated = COALESCE(excluded.time_updated, time_updated), "
                 "read_wall = COALESCE(excluded.read_wall, read_wall), "
                 "read_boot = COALESCE(excluded.read_boot, read_boot), "
                 "read_clock = COALESCE(excluded.read_clock, read_clock), "
-                "read_seen = COALESCE(excluded.read_seen, read_seen)",
+                "read_seen = COALESCE(excluded.read_seen, read_seen), "
+                # A read's print goes with its stamps, or none does.
+                "read_print = CASE WHEN excluded.read_seen IS NULL THEN read_print "
+                "ELSE excluded.read_print END",
                 cursor,
             )
 
@@ -316,14 +320,14 @@ class StateStore:
     async def table_reads(self) -> dict[str, TableRead]:
         """Table mode's last read of each session, as its last capture recorded it."""
         rows = await self._rows(
-            "SELECT session_id, read_wall, read_boot, read_clock, read_seen FROM session_cursor "
-            "WHERE read_seen IS NOT NULL"
+            "SELECT session_id, read_wall, read_boot, read_clock, read_seen, read_print "
+            "FROM session_cursor WHERE read_seen IS NOT NULL"
         )
         reads = {}
-        for session_id, wall, boot, clock, seen_text in rows:
+        for session_id, wall, boot, clock, seen_text, print_text in rows:
             seen = _seen_from(seen_text)
             if seen is not None:
-                reads[session_id] = TableRead(wall, boot, clock, seen)
+                reads[session_id] = TableRead(wall, boot, clock, seen, _print_from(print_text))
         return reads
 
     async def forget_session(self, session_id: str) -> None:
@@ -645,6 +649,24 @@ def _seen_from(text: str) -> dict[tuple[str, Any], int] | None:
         }
     except (ValueError, TypeError, KeyError):  # JsonTextError is a ValueError
         return None
+
+
+def _print_from(text: str | None) -> TablePrint | None:
+    """A read's TablePrint as the capture wrote it; None when there is none (a read kept before
+    syncd kept prints) or the state holds something else: the session's next read then keeps
+    one, without comparing."""
+    try:
+        values = jsontext.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if not isinstance(values, list) or len(values) != len(TablePrint._fields):
+        return None
+    below, session, rows, total = values
+    if not all(type(value) is int for value in (below, rows, total)):
+        return None
+    if session is not None and type(session) not in (int, float):  # as opencode stored it
+        return None
+    return TablePrint(below, session, rows, total)
 
 
 def _payload(payload: Any) -> str | None:
