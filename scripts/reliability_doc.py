@@ -87,19 +87,19 @@ LIMITS = """\
   read began and the stamps it saw are kept in the state with the cursor, in the transaction
   of the capture it found, so a restart re-sends none of them and still delivers rows written
   while syncd was stopped across a clock correction; `syncd sync` beside a daemon starts from
-  what the daemon recorded, so it waits for a row committed late below the cursor
-  (`tests/test_hostile_clock.py`). The messages and parts below that floor are counted, not
-  read: how many, and their stamps added up, are kept with the read. A row written or
-  rewritten with a stamp further below (a writer whose clock is behind syncd's, a clock
-  stepped back while syncd was stopped across a reboot) changes them, and the session is
-  read whole and sent again, once (`tests/test_hostile_rows.py`). Not seen, until written
-  again: a row rewritten with the stamp it had, and one rewritten below the floor between
-  two reads that also saw a row they only counted rewritten above it or deleted (fewer rows
-  below: the old stamps of those that left are unknown, so the rest are not compared).
-  Counting costs each table-mode read one more pass over the session's stamps: about 80 µs
-  per session of 220 rows (a deep poll of 1,000 such sessions, CPU 630 → 720 ms with every
-  row within the margin, 170 → 250 ms with the rows spread over an hour). With the journal
-  (opencode 1.17 and later) every change is delivered.
+  what the daemon recorded and its first look reads every session, idle ones too, so it waits
+  for a row committed late below the cursor (`tests/test_hostile_clock.py`). The messages and
+  parts below that floor are counted, not read: how many, and their stamps added up, are kept
+  with the read. A row written or rewritten with a stamp further below (a writer whose clock
+  is behind syncd's, a clock stepped back while syncd was stopped across a reboot) changes
+  them, and the session is read whole and sent again, once (`tests/test_hostile_rows.py`). Not
+  seen, until written again: a row rewritten with the stamp it had, and one rewritten below
+  the floor between two reads that also saw a row they only counted rewritten above it or
+  deleted (fewer rows below: the old stamps of those that left are unknown, so the rest are
+  not compared). Counting costs each table-mode read one more pass over the session's stamps:
+  about 80 µs per session of 220 rows (a deep poll of 1,000 such sessions, CPU 630 → 720 ms
+  with every row within the margin, 170 → 250 ms with the rows spread over an hour). With the
+  journal (opencode 1.17 and later) every change is delivered.
 - `syncd serve` bounds how long a request takes to arrive, not how long its answer takes to be
   read: a client that reads a large answer slowly holds its connection, and a place under
   `serve_max_connections`, until it has read it.

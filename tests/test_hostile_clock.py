@@ -228,6 +228,36 @@ async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
     writer.close()
 
 
+async def test_sync_beside_a_daemon_waits_for_an_idle_session_rewritten_far_below(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session idle for an hour (its rows are read again only on the daemon's deep poll)
+    gets a part added a day below: a `sync` beside the daemon reads every session once,
+    as a `sync` alone does, and waits until the daemon captured it."""
+    writer, sid, mid, config, _ = await old_rows_delivered(tmp_path, fixtures_dir, monkeypatch)
+    insert_part(writer, sid, mid, "prt_added", int(time.time() * 1000) - 24 * HOUR_MS)
+    daemon = StateLock(config.state)
+    daemon.acquire()
+    try:
+        state = await StateStore.open(config.state)
+        try:
+            await state.set_meta(DELIVERING_META, json.dumps(delivering(config)))
+        finally:
+            await state.close()
+        with pytest.raises(UserError, match="has not delivered 1 session"):
+            await sync_once(config, give_up_after=1.0)
+        pipeline = await Pipeline.open(config, RetryPolicy())
+        try:
+            await capture_and_drain(pipeline, deep=True)  # the daemon's deep poll
+        finally:
+            await pipeline.close()
+        assert await sync_once(config, give_up_after=5.0) == 0
+    finally:
+        daemon.release()
+    assert "prt_added" in (await archived(config))[sid]["parts"]
+    writer.close()
+
+
 async def test_a_json_store_copied_afresh_is_sent_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,12 +308,12 @@ def read_prints(config: Config) -> list[Any]:
 async def old_rows_delivered(
     tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[FakeOpencode, str, str, Config, list[int]]:
-    """A database without a journal, one session whose message and two parts were written an
-    hour ago (far below the margin table mode reads from), delivered by a first `sync`; and
-    the items the receiver is handed from then on."""
+    """A database without a journal, one session idle for an hour: it, its message and two
+    parts were written an hour ago (far below the margin table mode reads from), delivered by
+    a first `sync`; and the items the receiver is handed from then on."""
     writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
-    sid = writer.session()
     hour_ago = int(time.time() * 1000) - HOUR_MS
+    sid = writer.session(time_created=hour_ago, time_updated=hour_ago)
     mid = writer.message(sid, {"role": "user"})
     writer.conn.execute("UPDATE message SET time_updated = ?", (hour_ago,))
     for part_id in ("prt_old", "prt_rewritten"):

@@ -215,14 +215,20 @@ async def _until_delivered(
 ) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + give_up_after
+    # The first look reads the rows of every session, idle ones too, as a `sync` alone does (a
+    # row written in an idle session is found by the daemon's deep poll); the later ones
+    # those of the sessions found behind, and of the active ones.
+    behind_ids: set[str] | None = None
     while True:
         look_began = loop.time()
         cursors, reads = await state.cursors(), await state.table_reads()
         # A new detector each look, that starts from the reads the daemon's captures recorded
         # (not from what this one saw): a change it finds, the daemon has not captured yet.
         detector = ChangeDetector(db, only_shared=config.sessions == "shared", reads=reads)
-        changes = await detector.detect(cursors)
+        deep = behind_ids is None
+        changes = await detector.detect(cursors, deep=deep, check=behind_ids or ())
         behind = [c for c in changes.changed if _ahead_of(c, cursors.get(c.session_id), reads)]
+        behind_ids = {change.session_id for change in behind}
         pending = await state.pending_sessions()
         if not behind and not pending:
             _require_no_dead_letters(len(await state.dead_letters()))
@@ -238,7 +244,8 @@ async def _until_delivered(
                 exit_code=1,
             )
         now = loop.time()
-        await asyncio.sleep(min(next_look_after(now - look_began), max(deadline - now, 0.0)))
+        took = 0.0 if deep else now - look_began  # the deep look, once: spaced as a cheap one
+        await asyncio.sleep(min(next_look_after(took), max(deadline - now, 0.0)))
 
 
 def next_look_after(look_seconds: float) -> float:

@@ -23,7 +23,7 @@ import functools
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,12 +97,18 @@ class ChangeDetector:
         self._reads: dict[str, TableRead] = dict(reads or {})
 
     async def scan(
-        self, cursors: dict[str, Cursor], *, deep: bool = False, fresh: bool = False
+        self,
+        cursors: dict[str, Cursor],
+        *,
+        deep: bool = False,
+        fresh: bool = False,
+        check: Collection[str] = (),
     ) -> Scan:
         """The session list, the journal heads and the shares, in one snapshot: two rows per
         session, whatever the number of messages and parts. `fresh`: every session is a
         candidate, to be captured whole (the cursors still tell which sessions vanished).
-        Raises SchemaError when the database cannot be read as it is now."""
+        `deep`: every table-mode session's rows are read, idle or not; `check`: those of these
+        sessions. Raises SchemaError when the database cannot be read as it is now."""
         db = self._db
         await db.readable()
         if fresh:
@@ -129,7 +135,7 @@ class ChangeDetector:
             if self.only_shared and not (has_share_url or session_id in shared):
                 continue
             head, cursor = heads.get(session_id), cursors.get(session_id)
-            check_rows = deep or now - time_updated < ACTIVE_WINDOW_MS
+            check_rows = deep or session_id in check or now - time_updated < ACTIVE_WINDOW_MS
             if fresh or self._may_have_changed(session_id, head, time_updated, cursor, check_rows):
                 candidates.append((session_id, head, time_updated))
         deleted = [sid for sid in cursors if sid not in sessions]
@@ -170,9 +176,11 @@ class ChangeDetector:
                 scan.rows_read += len(change.keys)
                 yield change
 
-    async def detect(self, cursors: dict[str, Cursor], *, deep: bool = False) -> ChangeSet:
+    async def detect(
+        self, cursors: dict[str, Cursor], *, deep: bool = False, check: Collection[str] = ()
+    ) -> ChangeSet:
         """Everything that changed, collected (for callers that need the whole picture)."""
-        scan = await self.scan(cursors, deep=deep)
+        scan = await self.scan(cursors, deep=deep, check=check)
         changed = [change async for change in self.changes(scan, cursors)]
         return ChangeSet(changed, scan.deleted, scan.rows_read)
 
