@@ -95,7 +95,7 @@ class TablePrint(NamedTuple):
     below the next read's floor changes them, so that read finds it without reading every row
     into Python."""
 
-    below: int
+    below: int | float
     session: int | float | None  # None: the session's row was gone
     rows: int
     total: int

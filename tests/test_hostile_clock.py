@@ -379,3 +379,57 @@ async def test_a_read_kept_without_a_print_resends_nothing_and_keeps_one(
     assert await sync_once(config) == 0
     assert "prt_added" in (await archived(config))[sid]["parts"]
     writer.close()
+
+
+@pytest.mark.parametrize(
+    ("session_offset", "part_offset", "rewritten_to"),
+    [
+        (0, 0.5, None),
+        (0.5, 0, None),
+        (0, 0, -5000),
+        (0, 0, -1e19),
+        (0, 0, float("-inf")),
+    ],
+    ids=["real-stamp", "real-watermark", "before-1970", "before-int64", "minus-infinity"],
+)
+async def test_a_row_with_an_odd_stamp_rewritten_far_below_is_delivered_once(
+    tmp_path: Path,
+    fixtures_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    session_offset: float,
+    part_offset: float,
+    rewritten_to: float | None,
+) -> None:
+    """Stamps opencode does not write but its columns hold: a fraction of a millisecond (REAL),
+    on a part or on the session (its watermark then), and stamps before 1970, down to REALs
+    below SQLite's integers. A part rewritten far below the margin with one (None: a day below,
+    with the part's fraction halved) is delivered, once, by `sync` runs that each reload the
+    state."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    hour_ago = int(time.time() * 1000) - HOUR_MS
+    sid = writer.session(time_created=hour_ago, time_updated=hour_ago + session_offset)
+    mid = writer.message(sid, {"role": "user"})
+    writer.conn.execute("UPDATE message SET time_updated = ?", (hour_ago,))
+    insert_part(writer, sid, mid, "prt_old", hour_ago)
+    insert_part(writer, sid, mid, "prt_rewritten", hour_ago)
+    writer.conn.execute(
+        "UPDATE part SET time_updated = ? WHERE id = 'prt_rewritten'", (hour_ago + part_offset,)
+    )
+    config = make_config(tmp_path, writer.path)
+    received = count_received(monkeypatch)
+    assert await sync_once(config) == 0
+    assert await sync_once(config) == 0
+    sent = sum(received)
+    below = hour_ago - 23 * HOUR_MS + part_offset / 2 if rewritten_to is None else rewritten_to
+    writer.conn.execute(
+        'UPDATE part SET data = \'{"type": "text", "text": "after"}\', time_updated = ? '
+        "WHERE id = 'prt_rewritten'",
+        (below,),
+    )
+    assert await sync_once(config) == 0
+    assert (await archived(config))[sid]["parts"]["prt_rewritten"]["text"] == "after"
+    sent_again = sum(received)
+    assert sent_again > sent
+    assert await sync_once(config) == 0
+    assert sum(received) == sent_again  # once
+    writer.close()

@@ -48,12 +48,18 @@ RESTAMP_MARGIN_MS = 60 * 1000
 # the wall clock are read a moment apart, and a few milliseconds must not make a re-send.
 CLOCK_SLACK_MS = 1000
 # A TablePrint adds up each stamp modulo this: no session's total overflows SQLite's integers,
-# and Python adds up the same values for the rows it has stamps of.
+# and Python adds up the same values for the rows it has stamps of. A REAL stamp (a fraction
+# of a millisecond, or beyond 64 bits) counts as SQLite casts it to an integer.
 PRINT_MODULUS = 2**32
 _WEIGHT = (
-    f"CASE WHEN typeof(time_updated) = 'integer' "
-    f"THEN (time_updated % {PRINT_MODULUS} + {PRINT_MODULUS}) % {PRINT_MODULUS} ELSE 0 END"
+    "CASE WHEN typeof(time_updated) IN ('integer', 'real') "
+    f"THEN (CAST(time_updated AS INTEGER) % {PRINT_MODULUS} + {PRINT_MODULUS}) % {PRINT_MODULUS} "
+    "ELSE 0 END"
 )
+_INT64 = (-(2**63), 2**63 - 1)
+# The floor of a read that takes every row: below any stamp, a REAL one included (a stamp
+# before 1970 is below -1).
+EVERY_ROW = float("-inf")
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 log = structlog.get_logger("syncd.source")
 
@@ -285,9 +291,9 @@ class ChangeDetector:
                     counts[session_id] = len(newer)
         return counts
 
-    def _floor(self, session_id: str, cursor: Cursor | None) -> int:
-        """The lowest `time_updated` table mode reads a session's rows from (-1: all of
-        them): a margin below its watermark, or below its last read if that is lower. The
+    def _floor(self, session_id: str, cursor: Cursor | None) -> float:
+        """The lowest `time_updated` table mode reads a session's rows from (EVERY_ROW: all
+        of them): a margin below its watermark, or below its last read if that is lower. The
         rows written since the last read are stamped from the clock as it was then, however
         far below the watermark it is now (the clock was set back, even while syncd was
         stopped and caught up since): when the last read ran in this boot, the boot's clock
@@ -296,13 +302,13 @@ class ChangeDetector:
         behind the watermark or the last read went back at some time unknown: every row."""
         watermark = cursor.time_updated if cursor else None
         if watermark is None:
-            return -1
+            return EVERY_ROW
         now, (boot, clock) = _wall_ms(), boot_clock()
         read = self._reads.get(session_id)
         if read is not None and read.boot == boot and read.clock <= clock:
             return _floor_below(watermark, now - (clock - read.clock))
         if watermark > now or (read is not None and read.wall > now):
-            return -1
+            return EVERY_ROW
         # A last read in another boot (or in a syncd that did not record it): its own time.
         return _floor_below(watermark, read.wall if read is not None else now)
 
@@ -311,11 +317,11 @@ class ChangeDetector:
         return await self._db.read(functools.partial(_whole_session, session_id=session_id))
 
 
-def _floor_below(watermark: int | None, read_began: int) -> int:
+def _floor_below(watermark: int | None, read_began: int) -> float:
     """The floor of a read (see _floor): a margin below the watermark, or below when the last
     read began (ms, by the wall clock as it is now) if that is lower."""
     if watermark is None:
-        return -1
+        return EVERY_ROW
     return min(watermark, read_began) - RESTAMP_MARGIN_MS
 
 
@@ -349,10 +355,10 @@ class _TableLook:
 
     stamps: dict[ItemKey, int]
     session: int | None
-    floor: int
+    floor: float
     counted: tuple[int, int]
 
-    def print(self, below: int) -> TablePrint:
+    def print(self, below: float) -> TablePrint:
         """What this read knows of the rows stamped below `below` (at or above its floor)."""
         rows, total = self.counted
         for (kind, _), stamp in self.stamps.items():
@@ -365,7 +371,7 @@ def _look_at_tables(
     db: sqlite3.Connection,
     storage_path: Path,
     session_id: str,
-    floor: int,
+    floor: float,
     kept: TableRead | None,
 ) -> _TableLook:
     """The session's rows from `floor` up, as of this snapshot; every row when, since the
@@ -407,7 +413,7 @@ def _look_at_tables(
             "behind?): the session is read whole",
             session=session_id,
         )
-        return _look_at_tables(db, storage_path, session_id, -1, None)
+        return _look_at_tables(db, storage_path, session_id, EVERY_ROW, None)
     return look
 
 
@@ -425,8 +431,11 @@ def _rewritten_below(printed: TablePrint, seen: dict[ItemKey, int], look: _Table
     return now_rows > rows or (now_rows == rows and now_total != total)
 
 
-def _weight(stamp: int) -> int:
-    """A stamp as a TablePrint adds it up (as _WEIGHT does in SQL)."""
+def _weight(stamp: int | float) -> int:
+    """A stamp as a TablePrint adds it up (as _WEIGHT does in SQL: CAST truncates a REAL and
+    clamps it to 64 bits)."""
+    if type(stamp) is float:
+        stamp = int(min(max(stamp, _INT64[0]), _INT64[1]))
     return stamp % PRINT_MODULUS if type(stamp) is int else 0
 
 

@@ -662,8 +662,8 @@ def _print_from(text: str | None) -> TablePrint | None:
     if not isinstance(values, list) or len(values) != len(TablePrint._fields):
         return None
     below, session, rows, total = values
-    if not all(type(value) is int for value in (below, rows, total)):
-        return None
+    if type(below) not in (int, float) or not all(type(value) is int for value in (rows, total)):
+        return None  # below: a REAL watermark's margin is one too
     if session is not None and type(session) not in (int, float):  # as opencode stored it
         return None
     return TablePrint(below, session, rows, total)
