@@ -433,3 +433,36 @@ async def test_a_row_with_an_odd_stamp_rewritten_far_below_is_delivered_once(
     assert await sync_once(config) == 0
     assert sum(received) == sent_again  # once
     writer.close()
+
+
+async def test_a_row_rewritten_far_below_after_a_deletion_is_delivered_by_a_later_run(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """opencode deletes a part (a revert, a compaction) and nothing else moves: a `sync` sends
+    nothing. A writer whose clock is a day behind then rewrites another part: the next `sync`,
+    a new process, compares with what the last one found, not with the read before the
+    deletion (fewer rows below than that one left, so not comparable), and delivers it."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    hour_ago = int(time.time() * 1000) - HOUR_MS
+    sid = writer.session(time_created=hour_ago, time_updated=hour_ago)
+    mid = writer.message(sid, {"role": "user"})
+    writer.conn.execute("UPDATE message SET time_updated = ?", (hour_ago,))
+    for part_id in ("prt_old", "prt_rewritten"):  # ten minutes below the session: counted
+        insert_part(writer, sid, mid, part_id, hour_ago - 10 * 60 * 1000)
+    config = make_config(tmp_path, writer.path)
+    assert await sync_once(config) == 0
+    received = count_received(monkeypatch)
+    writer.conn.execute("DELETE FROM part WHERE id = 'prt_old'")
+    assert await sync_once(config) == 0
+    assert sum(received) == 0
+    writer.conn.execute(
+        'UPDATE part SET data = \'{"type": "text", "text": "after"}\', time_updated = ? '
+        "WHERE id = 'prt_rewritten'",
+        (int(time.time() * 1000) - 24 * HOUR_MS,),
+    )
+    assert await sync_once(config) == 0
+    assert (await archived(config))[sid]["parts"]["prt_rewritten"]["text"] == "after"
+    sent = sum(received)
+    assert await sync_once(config) == 0
+    assert sum(received) == sent
+    writer.close()

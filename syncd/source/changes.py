@@ -231,8 +231,10 @@ class ChangeDetector:
         read = self._reads[session_id] = TableRead(wall, boot, clock, seen, look.print(below))
         if fresh:
             return SessionChange(session_id, keys=fresh, time_updated=newest, read=read)
-        if kept is not None and kept.print is None:
+        if kept is not None and (kept.print is None or look.fewer):
             # A read kept before syncd kept prints (or a damaged one): keep one from now on.
+            # Fewer rows below (deleted): the next read, a new process's too, compares with this
+            # one, not with the kept one it cannot compare with.
             return SessionChange(session_id, read=read)
         return None
 
@@ -357,6 +359,7 @@ class _TableLook:
     session: int | None
     floor: float
     counted: tuple[int, int]
+    fewer: bool = False  # fewer rows below than the kept read left there (deleted, or rewritten)
 
     def print(self, below: float) -> TablePrint:
         """What this read knows of the rows stamped below `below` (at or above its floor)."""
@@ -407,28 +410,33 @@ def _look_at_tables(
         ).fetchone()
         rows, total = rows + below[0], total + below[1]
     look = _TableLook(stamps, session, floor, (rows, total))
-    if kept is not None and printed is not None and _rewritten_below(printed, kept.seen, look):
+    if kept is None or printed is None:
+        return look
+    # The messages and parts stamped below the floor now, against those below it at the read
+    # that kept `printed` and `seen` (less the rows rewritten since with a stamp at or above
+    # it): more of them, or as many with other stamps, and a row was written below the floor.
+    # Fewer: rows that read only counted were rewritten above the floor, or deleted; not
+    # knowing their old stamps, the others are not compared.
+    left_rows, left_total = _left_below(printed, kept.seen, look)
+    if rows > left_rows or (rows == left_rows and total != left_total):
         log.info(
             "rows written with stamps below what table mode reads from (a writer's clock "
             "behind?): the session is read whole",
             session=session_id,
         )
         return _look_at_tables(db, storage_path, session_id, EVERY_ROW, None)
+    look.fewer = rows < left_rows
     return look
 
 
-def _rewritten_below(printed: TablePrint, seen: dict[ItemKey, int], look: _TableLook) -> bool:
-    """Whether the messages and parts stamped below `look`'s floor now are not those that
-    were below it at the read that kept `printed` and `seen` (less the rows rewritten since
-    with a stamp at or above it): more of them, or as many with other stamps. Fewer: rows that
-    read only counted were rewritten above the floor, or deleted; not knowing their old
-    stamps, the others are not compared."""
+def _left_below(printed: TablePrint, seen: dict[ItemKey, int], look: _TableLook) -> tuple[int, int]:
+    """How many messages and parts the read that kept `printed` and `seen` left below
+    `look`'s floor, their stamps added up, less those `look` met at or above it."""
     rows, total = printed.rows, printed.total
     for key, stamp in seen.items():
         if key[0] != "session" and stamp < look.floor and key not in look.stamps:
             rows, total = rows + 1, total + _weight(stamp)
-    now_rows, now_total = look.counted
-    return now_rows > rows or (now_rows == rows and now_total != total)
+    return rows, total
 
 
 def _weight(stamp: int | float) -> int:
