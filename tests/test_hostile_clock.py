@@ -466,3 +466,44 @@ async def test_a_row_rewritten_far_below_after_a_deletion_is_delivered_by_a_late
     assert await sync_once(config) == 0
     assert sum(received) == sent
     writer.close()
+
+
+async def test_sessions_back_from_a_held_deletion_are_read_on_from_their_last_read(
+    tmp_path: Path, fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every session vanishes from a running daemon's database (emptied in place: the
+    deletion is held, the cursors kept) and comes back as a backup had it: one part with older
+    content, stamped a day below. The daemon compares with the read it kept, as a restarted one
+    does: the part is delivered, and only it is sent."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=False)
+    hour_ago = int(time.time() * 1000) - HOUR_MS
+    sids = []
+    for n in range(4):
+        sid = writer.session(time_created=hour_ago, time_updated=hour_ago)
+        mid = writer.message(sid, {"role": "user"})
+        insert_part(writer, sid, mid, f"prt_{n}", hour_ago - 10 * 60 * 1000)
+        sids.append(sid)
+    writer.conn.execute("UPDATE message SET time_updated = ?", (hour_ago,))
+    config = make_config(tmp_path, writer.path, on_delete="delete")
+    received = count_received(monkeypatch)
+    pipeline = await Pipeline.open(config, RetryPolicy())
+    try:
+        await capture_and_drain(pipeline, deep=True)
+        sessions = writer.conn.execute("SELECT * FROM session").fetchall()
+        writer.conn.execute("DELETE FROM session")
+        await capture_and_drain(pipeline, deep=True)
+        assert set(await pipeline.state.held_deletions()) == set(sids)
+        marks = ", ".join("?" * len(sessions[0]))
+        writer.conn.executemany(f"INSERT INTO session VALUES ({marks})", sessions)
+        writer.conn.execute(
+            'UPDATE part SET data = \'{"type": "text", "text": "from the backup"}\', '
+            "time_updated = ? WHERE id = 'prt_0'",
+            (hour_ago - 24 * HOUR_MS,),
+        )
+        sent = sum(received)
+        await capture_and_drain(pipeline, deep=True)
+    finally:
+        await pipeline.close()
+    assert (await archived(config))[sids[0]]["parts"]["prt_0"]["text"] == "from the backup"
+    assert sum(received) == sent + 1
+    writer.close()

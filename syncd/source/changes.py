@@ -133,7 +133,9 @@ class ChangeDetector:
             shared: set[str] = set()
             if db.schema.has_shares:
                 shared = {row[0] for row in await db.rows("SELECT session_id FROM session_share")}
-        for gone in self._reads.keys() - sessions.keys():  # memory grows with sessions alive
+        # Memory grows with the sessions alive, and those whose cursor is kept while they are gone
+        # (a deletion held): back, they are read on from where they were.
+        for gone in self._reads.keys() - sessions.keys() - cursors.keys():
             del self._reads[gone]
         now = int(time.time() * 1000)
         candidates = []
