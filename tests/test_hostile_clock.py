@@ -205,25 +205,7 @@ async def test_sync_beside_a_daemon_waits_for_a_late_row_it_has_not_captured(
     captured it."""
     writer, sid, mid, now, config = await delivered_part(tmp_path, fixtures_dir, "prt_first")
     insert_part(writer, sid, mid, "prt_late", now - late_by)
-    daemon = StateLock(config.state)  # a daemon owns the state and has not looked since
-    daemon.acquire()
-    try:
-        state = await StateStore.open(config.state)
-        try:
-            await state.set_meta(DELIVERING_META, json.dumps(delivering(config)))
-        finally:
-            await state.close()
-        with pytest.raises(UserError, match="has not delivered 1 session"):
-            await sync_once(config, give_up_after=1.0)
-        # The daemon captures and delivers it: now the sync beside it says so.
-        pipeline = await Pipeline.open(config, RetryPolicy())
-        try:
-            await capture_and_drain(pipeline)
-        finally:
-            await pipeline.close()
-        assert await sync_once(config, give_up_after=5.0) == 0
-    finally:
-        daemon.release()
+    await sync_beside_daemon_waits_until_captured(config, deep=False)
     assert set((await archived(config))[sid]["parts"]) == {"prt_first", "prt_late"}
     writer.close()
 
@@ -236,24 +218,7 @@ async def test_sync_beside_a_daemon_waits_for_an_idle_session_rewritten_far_belo
     as a `sync` alone does, and waits until the daemon captured it."""
     writer, sid, mid, config, _ = await old_rows_delivered(tmp_path, fixtures_dir, monkeypatch)
     insert_part(writer, sid, mid, "prt_added", int(time.time() * 1000) - 24 * HOUR_MS)
-    daemon = StateLock(config.state)
-    daemon.acquire()
-    try:
-        state = await StateStore.open(config.state)
-        try:
-            await state.set_meta(DELIVERING_META, json.dumps(delivering(config)))
-        finally:
-            await state.close()
-        with pytest.raises(UserError, match="has not delivered 1 session"):
-            await sync_once(config, give_up_after=1.0)
-        pipeline = await Pipeline.open(config, RetryPolicy())
-        try:
-            await capture_and_drain(pipeline, deep=True)  # the daemon's deep poll
-        finally:
-            await pipeline.close()
-        assert await sync_once(config, give_up_after=5.0) == 0
-    finally:
-        daemon.release()
+    await sync_beside_daemon_waits_until_captured(config, deep=True)  # the daemon's deep poll
     assert "prt_added" in (await archived(config))[sid]["parts"]
     writer.close()
 
@@ -507,3 +472,27 @@ async def test_sessions_back_from_a_held_deletion_are_read_on_from_their_last_re
     assert (await archived(config))[sids[0]]["parts"]["prt_0"]["text"] == "from the backup"
     assert sum(received) == sent + 1
     writer.close()
+
+
+async def sync_beside_daemon_waits_until_captured(config: Config, *, deep: bool) -> None:
+    """With a daemon owning the state that has not looked since one session changed, a `sync`
+    beside it says that session is not delivered; once the daemon has captured and delivered
+    it (`deep`: on its deep poll), the sync says everything is."""
+    daemon = StateLock(config.state)
+    daemon.acquire()
+    try:
+        state = await StateStore.open(config.state)
+        try:
+            await state.set_meta(DELIVERING_META, json.dumps(delivering(config)))
+        finally:
+            await state.close()
+        with pytest.raises(UserError, match="has not delivered 1 session"):
+            await sync_once(config, give_up_after=1.0)
+        pipeline = await Pipeline.open(config, RetryPolicy())
+        try:
+            await capture_and_drain(pipeline, deep=deep)
+        finally:
+            await pipeline.close()
+        assert await sync_once(config, give_up_after=5.0) == 0
+    finally:
+        daemon.release()
