@@ -210,6 +210,39 @@ async def test_time_updated_going_backwards_still_delivers(
     writer.close()
 
 
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "tables"])
+@pytest.mark.parametrize("table", ["part", "session"])
+@pytest.mark.parametrize("stamp", ["'abc'", "X'00ff'", "1e999", "-1e999", "12.5"])
+async def test_a_stamp_opencode_never_writes_stops_nothing(
+    tmp_path: Path, fixtures_dir: Path, journal: bool, table: str, stamp: str
+) -> None:
+    """A `time_updated` that is text, a blob, infinite or fractional: every capture stopped on
+    it in table mode (comparing text with numbers, infinity in the kept read's JSON), and the
+    daemon's scan in both modes; now the row is delivered, or dead-lettered with its reason,
+    and every other session delivered."""
+    writer = FakeOpencode(tmp_path / "opencode.db", fixtures_dir, journal=journal)
+    sid = writer.session()
+    odd = writer.part(sid, writer.message(sid, {"role": "user"}), {"type": "text", "text": "x"})
+    other = writer.session()
+    fine = writer.part(other, writer.message(other, {"role": "user"}), {"type": "text"})
+    row = odd if table == "part" else sid
+    writer.conn.execute(f"UPDATE {table} SET time_updated = {stamp} WHERE id = ?", (row,))
+    config = make_config(tmp_path, writer.path)
+    try:
+        await sync_once(config)
+    except UserError as refused:
+        assert "dead-lettered" in str(refused)
+    assert list(await dead_letters(config)) in ([], [row])
+    assert fine in (await archived(config))[other]["parts"]
+    # The daemon's wake-up: not deep, idle sessions told by their stamp.
+    pipeline = await Pipeline.open(config, RetryPolicy())
+    try:
+        await pipeline.capture()
+    finally:
+        await pipeline.close()
+    writer.close()
+
+
 async def test_a_row_whose_id_is_not_utf8_text_is_dead_lettered_not_skipped(
     tmp_path: Path, fixtures_dir: Path
 ) -> None:

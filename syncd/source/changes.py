@@ -47,16 +47,15 @@ RESTAMP_MARGIN_MS = 60 * 1000
 # The stamps a read keeps reach this much lower than the next read's floor: the boot clock and
 # the wall clock are read a moment apart, and a few milliseconds must not make a re-send.
 CLOCK_SLACK_MS = 1000
+# A row's `time_updated` as syncd reads it: an integer, whatever the row holds (a REAL cut to
+# its milliseconds and to 64 bits, text or a blob as SQLite casts them, 0 for no number), so
+# that a stamp opencode would never write is compared, kept as JSON and added up like any
+# other instead of stopping every capture (a TypeError, or infinity in the kept read).
+STAMP = "CAST(time_updated AS INTEGER)"
 # A TablePrint adds up each stamp modulo this: no session's total overflows SQLite's integers,
-# and Python adds up the same values for the rows it has stamps of. A REAL stamp (a fraction
-# of a millisecond, or beyond 64 bits) counts as SQLite casts it to an integer.
+# and Python adds up the same values for the rows it has stamps of.
 PRINT_MODULUS = 2**32
-_WEIGHT = (
-    "CASE WHEN typeof(time_updated) IN ('integer', 'real') "
-    f"THEN (CAST(time_updated AS INTEGER) % {PRINT_MODULUS} + {PRINT_MODULUS}) % {PRINT_MODULUS} "
-    "ELSE 0 END"
-)
-_INT64 = (-(2**63), 2**63 - 1)
+_WEIGHT = f"({STAMP} % {PRINT_MODULUS} + {PRINT_MODULUS}) % {PRINT_MODULUS}"
 # The floor of a read that takes every row: below any stamp, a REAL one included (a stamp
 # before 1970 is below -1).
 EVERY_ROW = float("-inf")
@@ -122,7 +121,7 @@ class ChangeDetector:
         async with db.snapshot():
             sessions = {
                 row[0]: (row[1], bool(row[2]))
-                for row in await db.rows("SELECT id, time_updated, share_url FROM session")
+                for row in await db.rows(f"SELECT id, {STAMP}, share_url FROM session")
             }
             heads: dict[str, int] = {}
             if db.has_journal:
@@ -389,7 +388,7 @@ def _look_at_tables(
         floor = max(floor, printed.below)  # its stamps reach down to there
     stamps: dict[ItemKey, int] = {}
     session = None
-    row = db.execute("SELECT time_updated FROM session WHERE id = ?", (session_id,)).fetchone()
+    row = db.execute(f"SELECT {STAMP} FROM session WHERE id = ?", (session_id,)).fetchone()
     if row is not None:
         # A diff kept in a file (opencode <= 1.15) is written after the row: the file's own
         # stamp tells whether the session must be read again for it.
@@ -401,13 +400,13 @@ def _look_at_tables(
         stamps.update(
             ((kind, row[0]), row[1])
             for row in db.execute(
-                f"SELECT id, time_updated FROM {kind} WHERE session_id = ? AND time_updated >= ?",
+                f"SELECT id, {STAMP} FROM {kind} WHERE session_id = ? AND {STAMP} >= ?",
                 (session_id, floor),
             )
         )
         below = db.execute(
             f"SELECT COUNT(*), COALESCE(SUM({_WEIGHT}), 0) FROM {kind} "
-            "WHERE session_id = ? AND time_updated < ?",
+            f"WHERE session_id = ? AND {STAMP} < ?",
             (session_id, floor),
         ).fetchone()
         rows, total = rows + below[0], total + below[1]
@@ -441,12 +440,9 @@ def _left_below(printed: TablePrint, seen: dict[ItemKey, int], look: _TableLook)
     return rows, total
 
 
-def _weight(stamp: int | float) -> int:
-    """A stamp as a TablePrint adds it up (as _WEIGHT does in SQL: CAST truncates a REAL and
-    clamps it to 64 bits)."""
-    if type(stamp) is float:
-        stamp = int(min(max(stamp, _INT64[0]), _INT64[1]))
-    return stamp % PRINT_MODULUS if type(stamp) is int else 0
+def _weight(stamp: int) -> int:
+    """A stamp as a TablePrint adds it up (as _WEIGHT does in SQL)."""
+    return stamp % PRINT_MODULUS
 
 
 def _unseen(stamps: dict[ItemKey, int], seen: dict[ItemKey, int]) -> set[ItemKey]:
