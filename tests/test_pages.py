@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from syncd.archive import ArchiveStore, StoreUnavailable
 from syncd.archive.sqlite import SqliteArchive
+from syncd.model import Share
 from syncd.receiver.app import build_app
 from syncd.receiver.pages import live, markup, render, view
 from tests.support import FIXTURES
@@ -229,6 +230,12 @@ async def test_the_list_links_page_to_page(store: ArchiveStore) -> None:
         assert re.findall(r'<a href="/share/[^"]+">([^<]+)</a>', huge.text) == seen[:50]
 
 
+async def share_with_a_message(store: ArchiveStore, session_id: str) -> Share:
+    share = await store.create_share(session_id, "http://testserver")
+    await store.sync(share.id, share.secret, [{"type": "message", "data": {"id": "m1"}}])
+    return share
+
+
 class OutageArchive(SqliteArchive):
     """A store whose database goes out of reach while a page's stream waits for changes."""
 
@@ -241,8 +248,7 @@ async def test_a_store_outage_ends_a_live_stream_for_the_browser_to_resume(
 ) -> None:
     store = await OutageArchive.open(tmp_path / "archive.db")
     try:
-        share = await store.create_share("ses_outage0001", "http://testserver")
-        await store.sync(share.id, share.secret, [{"type": "message", "data": {"id": "m1"}}])
+        share = await share_with_a_message(store, "ses_outage0001")
         async with client_for(store, None) as client:
             answer = await client.get(f"/share/{share.id}/events")
         assert answer.status_code == 200
@@ -268,8 +274,7 @@ async def test_a_refused_live_stream_reads_nothing_and_a_missing_share_holds_no_
 ) -> None:
     store = await CountingArchive.open(tmp_path / "archive.db")
     try:
-        share = await store.create_share("ses_counted0001", "http://testserver")
-        await store.sync(share.id, share.secret, [{"type": "message", "data": {"id": "m1"}}])
+        share = await share_with_a_message(store, "ses_counted0001")
         streams = live.LiveStreams(1)
 
         def request(share_id: str) -> Request:
